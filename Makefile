@@ -1,0 +1,59 @@
+# cnn-deploy: `make demo` runs the main job on this machine, `make test` runs the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+MODELS ?= alexnet resnet18 resnet50
+URL    ?= grpc://127.0.0.1:8001
+
+.PHONY: help venv test test-slow lint demo export repo serve loadtest bench-export bench-serving clean
+
+help:
+	@echo "make demo          export $(MODELS), serve them with Triton on CPU, classify, verify, load-test"
+	@echo "make test          set up $(VENV) and run the tests (not slow, not gpu)"
+	@echo "make test-slow     every architecture, long load tests"
+	@echo "make export        python -m export build MODELS --repository model_repository"
+	@echo "make serve         python -m serving up (foreground, Ctrl-C stops)"
+	@echo "make bench-export  PyTorch eager vs ONNX Runtime, JSON in reports/"
+	@echo "make bench-serving Triton vs in-process ONNX Runtime on ResNet-50, JSON in reports/"
+
+# The venv is rebuilt from nothing when the project's dependency files change.
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: venv
+	$(PY) -m pytest -m "not slow and not gpu"
+
+test-slow: venv
+	$(PY) -m pytest -m "slow"
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+demo: venv
+	$(PY) -m clients demo --models $(MODELS)
+
+export: venv
+	$(PY) -m export build $(MODELS) --repository model_repository
+
+repo: venv
+	$(PY) -m serving repo $(MODELS)
+
+serve: venv
+	$(PY) -m serving up
+
+loadtest: venv
+	$(PY) -m clients loadtest --url $(URL) --model resnet50 --concurrency 1,2,4,8
+
+bench-export: venv
+	$(PY) -m export benchmark $(MODELS) vgg16 googlenet
+
+bench-serving: venv
+	$(PY) -m serving benchmark
+
+clean:
+	rm -rf build reports

@@ -1,0 +1,174 @@
+"""`python -m clients infer|verify|loadtest|demo`: thin commands over the client library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from rich.table import Table
+
+from clients import ClientError
+from export import ExportError
+from export.console import error, stderr, stdout
+
+DEFAULT_URL = "grpc://127.0.0.1:8001"
+
+
+def _common() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(
+        "--url", default=DEFAULT_URL, help=f"grpc://HOST:PORT or http://HOST:PORT (default {DEFAULT_URL})"
+    )
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
+    p.add_argument(
+        "--retries", type=int, default=2, help="retries, with backoff, when the server is unreachable"
+    )
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from clients import loadtest_cli
+
+    parser = argparse.ArgumentParser(prog="python -m clients", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    common = _common()
+
+    i = sub.add_parser("infer", parents=[common], help="classify image files")
+    i.add_argument("--model", required=True)
+    i.add_argument("images", nargs="+", metavar="IMAGE", type=Path, help="JPEG/PNG files")
+    i.add_argument("--top-k", type=int, default=5)
+
+    v = sub.add_parser("verify", parents=[common], help="check the served answers against the golden sets")
+    v.add_argument(
+        "--model",
+        action="append",
+        dest="models",
+        metavar="NAME",
+        help="model to verify (repeatable; default: every registered model that is ready)",
+    )
+    v.add_argument(
+        "--repository",
+        type=Path,
+        default=Path("model_repository"),
+        help="where the golden sets are: REPO/<model>/<version>/golden.npz (default model_repository)",
+    )
+
+    loadtest_cli.add_parser(sub)  # its own options: --url, --timeout and --json included
+
+    d = sub.add_parser("demo", help="the main job: export, serve, classify, verify, load-test, stop")
+    d.add_argument("--models", nargs="+", default=["alexnet", "resnet18", "resnet50"])
+    d.add_argument("--weights", default="random", help="random (default, offline), imagenet, or a checkpoint")
+    d.add_argument("--image", type=Path, default=None, help="photo to classify (default: a sample photo)")
+    d.add_argument("--output", type=Path, default=Path("reports"), help="report directory (default reports)")
+    return parser
+
+
+def _client(args):
+    from clients.client import TritonClient
+
+    return TritonClient(args.url, timeout=args.timeout, retries=args.retries)
+
+
+def cmd_infer(args) -> int:
+    if args.top_k < 1:
+        raise ClientError("--top-k must be >= 1")
+    with _client(args) as client:
+        info = client.model_info(args.model)
+        predictions = client.classify(args.model, args.images, top_k=args.top_k)
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {"image": str(img), "predictions": [p.__dict__ for p in preds]}
+                    for img, preds in zip(args.images, predictions, strict=False)
+                ],
+                indent=2,
+            )
+        )
+    else:
+        table = Table(title=f"{args.model} at {args.url} ({info.weights_source or 'unknown weights'})")
+        for col in ("image", "rank", "label", "class", "score"):
+            table.add_column(col, justify="right" if col in ("rank", "class", "score") else "left")
+        for img, preds in zip(args.images, predictions, strict=False):
+            for rank, p in enumerate(preds, 1):
+                table.add_row(
+                    img.name if rank == 1 else "", str(rank), p.label, str(p.index), f"{p.score:.4f}"
+                )
+        stdout.print(table)
+    if info.weights_random:
+        stderr.print(f"[yellow]note:[/] {args.model} serves RANDOM weights: the labels are meaningless")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from clients.verify import verify
+
+    with _client(args) as client:
+        results = verify(client, args.models, args.repository)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    else:
+        table = Table(title=f"verify {args.url} against the golden sets in {args.repository}")
+        for col in (
+            "model",
+            "version",
+            "precision",
+            "samples",
+            "max abs err",
+            "max rel err",
+            "top-5",
+            "result",
+        ):
+            table.add_column(col)
+        for r in results:
+            c = r.comparison
+            cells = (
+                [f"{c.max_abs_err:.2e}", f"{c.max_rel_err:.2e}", f"{c.top5_agreement:.0%}"]
+                if c
+                else ["", "", ""]
+            )
+            verdict = "[green]PASS[/]" if r.passed else f"[bold red]FAIL[/] {r.error or ''}"
+            table.add_row(r.model, r.version, r.precision, str(r.samples), *cells, verdict)
+        stdout.print(table)
+    failed = [r.model for r in results if not r.passed]
+    if failed:
+        error(f"verification failed for {', '.join(failed)}")
+        return 1
+    return 0
+
+
+def cmd_loadtest(args) -> int:
+    from clients import loadtest_cli
+
+    return loadtest_cli.run(args)
+
+
+def cmd_demo(args) -> int:
+    from clients.demo import run_demo
+
+    return run_demo(models=args.models, weights=args.weights, image=args.image, output=args.output)
+
+
+COMMANDS = {"infer": cmd_infer, "verify": cmd_verify, "loadtest": cmd_loadtest, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["python", "-m", "clients", *argv])  # recorded in reports
+    try:
+        return COMMANDS[args.command](args)
+    except (ClientError, ExportError) as e:
+        error(str(e))
+        return 1
+    except KeyboardInterrupt:
+        stderr.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

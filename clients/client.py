@@ -1,0 +1,430 @@
+"""One client for Triton over gRPC or HTTP, picked by URL scheme, in sync and asyncio flavours.
+
+    with TritonClient("grpc://localhost:8001") as client:
+        client.wait_until_ready("resnet50")
+        print(client.classify("resnet50", ["cat.jpg"], top_k=5))
+
+Library errors are translated at the boundary into :mod:`clients` exceptions with messages a
+user can act on; an unreachable server is retried a bounded number of times with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+from tritonclient.utils import InferenceServerException
+
+from clients import (
+    BadInputError,
+    ClientError,
+    InferenceError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    ServerUnavailableError,
+)
+from clients.model_info import ModelInfo, Prediction
+from export.preprocess import ImageError, preprocess_files
+
+DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
+_NP_TO_TRITON = {np.dtype(np.float32): "FP32", np.dtype(np.float16): "FP16", np.dtype(np.uint8): "UINT8"}
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    protocol: str  # "grpc" | "http"
+    host: str
+    port: int
+    ssl: bool = False
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def __str__(self) -> str:
+        return f"{self.protocol}{'s' if self.ssl else ''}://{self.address}"
+
+
+def parse_url(url: str) -> Endpoint:
+    """`grpc://host:8001`, `http://host:8000` (and grpcs/https); the scheme picks the protocol."""
+    parsed = urlparse(url if "://" in url else f"//{url}")
+    scheme = parsed.scheme.lower()
+    protocols = {
+        "grpc": ("grpc", False),
+        "grpcs": ("grpc", True),
+        "http": ("http", False),
+        "https": ("http", True),
+    }
+    if scheme not in protocols:
+        raise ClientError(f"unsupported URL {url!r}: use grpc://HOST:PORT or http://HOST:PORT")
+    protocol, ssl = protocols[scheme]
+    try:
+        port = parsed.port or DEFAULT_PORTS[protocol]
+    except ValueError:
+        raise ClientError(f"invalid port in URL {url!r}") from None
+    if not parsed.hostname:
+        raise ClientError(f"no host in URL {url!r}")
+    return Endpoint(protocol, parsed.hostname, port, ssl)
+
+
+def translate(error: BaseException, endpoint: Endpoint, model: str | None = None) -> ClientError:
+    """Map tritonclient / transport errors to our typed errors (pytriton's `raise ... from e`)."""
+    if isinstance(error, ClientError):
+        return error
+    if isinstance(error, InferenceServerException):
+        status, message = str(error.status() or ""), error.message() or str(error)
+        lowered = message.lower()
+        if "unknown model" in lowered and ("not found" in lowered or "is not found" in lowered):
+            return ModelNotFoundError(f"model {model!r} is not served at {endpoint}")
+        if "unknown model" in lowered or "not ready" in lowered or "no available versions" in lowered:
+            return ModelNotReadyError(
+                f"model {model!r} is not ready at {endpoint} (it may have failed to load; "
+                "see the server log or `python -m serving status`)"
+            )
+        if "UNAVAILABLE" in status or "failed to connect" in lowered or "connection refused" in lowered:
+            return ServerUnavailableError(f"Triton server at {endpoint} is unreachable: {message}")
+        if "DEADLINE_EXCEEDED" in status or "timed out" in lowered or "deadline" in lowered:
+            return ServerUnavailableError(f"request to {endpoint} timed out")
+        if "INVALID_ARGUMENT" in status or status == "400" or "unexpected shape" in lowered:
+            return BadInputError(f"{model}: request rejected by the server: {message}")
+        return InferenceError(f"{model}: server error: {message}")
+    if isinstance(error, (ConnectionError, OSError, asyncio.TimeoutError, TimeoutError)):
+        return ServerUnavailableError(
+            f"Triton server at {endpoint} is unreachable: {error.__class__.__name__}: {error}"
+        )
+    name = error.__class__.__name__
+    if "Connect" in name or "Timeout" in name or "ServerDisconnected" in name:  # aiohttp, geventhttpclient
+        return ServerUnavailableError(f"Triton server at {endpoint} is unreachable: {name}: {error}")
+    return InferenceError(f"unexpected client error talking to {endpoint}: {name}: {error}")
+
+
+def check_batch(info: ModelInfo, batch: np.ndarray) -> np.ndarray:
+    """Reject a bad batch locally, with the same clarity as the server would."""
+    if not isinstance(batch, np.ndarray):
+        raise BadInputError(f"{info.name}: input must be a numpy array, got {type(batch).__name__}")
+    if batch.ndim == len(info.input_dims):
+        batch = batch[None]  # a single example
+    if tuple(batch.shape[1:]) != info.input_dims:
+        raise BadInputError(
+            f"{info.name}: input {info.input_name!r} expects shape "
+            f"[N, {', '.join(map(str, info.input_dims))}], got {list(batch.shape)}"
+        )
+    datatype = _NP_TO_TRITON.get(batch.dtype)
+    if datatype != info.input_datatype:
+        raise BadInputError(
+            f"{info.name}: input {info.input_name!r} expects {info.input_datatype}, got {batch.dtype.name}"
+        )
+    if len(batch) == 0:
+        raise BadInputError(f"{info.name}: empty batch")
+    return np.ascontiguousarray(batch)
+
+
+def chunks(batch: np.ndarray, size: int) -> list[np.ndarray]:
+    size = size or len(batch)
+    return [batch[i : i + size] for i in range(0, len(batch), size)]
+
+
+def load_images(info: ModelInfo, images: list[str | Path]) -> np.ndarray:
+    if not images:
+        raise BadInputError("no image given")
+    try:
+        return preprocess_files(list(images), info.preprocessing)
+    except ImageError as e:
+        raise BadInputError(str(e)) from e
+
+
+class _Base:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 30.0,
+        retries: int = 2,
+        backoff: float = 0.25,
+        headers: dict[str, str] | None = None,
+    ):
+        if retries < 0 or timeout <= 0:
+            raise ClientError("timeout must be > 0 and retries >= 0")
+        self.endpoint = parse_url(url)
+        self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self.headers = headers or None
+        self._info: dict[str, ModelInfo] = {}
+        self._module = self._import()
+
+    def _import(self):
+        raise NotImplementedError
+
+    def _delays(self):
+        """Exponential backoff between the bounded retries (0.25 s, 0.5 s, 1 s, ...)."""
+        return [self.backoff * 2**i for i in range(self.retries)]
+
+    def _request(self, model: str, batch: np.ndarray, class_count: int):
+        m = self._module
+        inp = m.InferInput(self._info[model].input_name, list(batch.shape), _NP_TO_TRITON[batch.dtype])
+        inp.set_data_from_numpy(batch)
+        out = m.InferRequestedOutput(self._info[model].output_name, class_count=class_count)
+        return [inp], [out]
+
+
+class TritonClient(_Base):
+    """Synchronous client. Usable as a context manager."""
+
+    def _import(self):
+        if self.endpoint.protocol == "grpc":
+            import tritonclient.grpc as module
+
+            self._client = module.InferenceServerClient(self.endpoint.address, ssl=self.endpoint.ssl)
+        else:
+            import tritonclient.http as module
+
+            self._client = module.InferenceServerClient(
+                self.endpoint.address,
+                ssl=self.endpoint.ssl,
+                connection_timeout=self.timeout,
+                network_timeout=self.timeout,
+            )
+        return module
+
+    def __enter__(self) -> TritonClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _call(self, fn: Callable[[], Any], model: str | None = None, *, retry: bool = True):
+        delays = self._delays() if retry else []
+        while True:
+            try:
+                return fn()
+            except Exception as e:
+                error = translate(e, self.endpoint, model)
+                if not isinstance(error, ServerUnavailableError) or not delays:
+                    raise error from e
+                time.sleep(delays.pop(0))
+
+    def _kw(self) -> dict:
+        return {"client_timeout": self.timeout} if self.endpoint.protocol == "grpc" else {}
+
+    def server_ready(self) -> bool:
+        try:
+            return bool(self._client.is_server_ready(headers=self.headers, **self._kw()))
+        except Exception:
+            return False
+
+    def wait_until_ready(self, model: str | None = None, *, timeout: float = 60.0, poll: float = 0.5) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.server_ready():
+            if time.monotonic() > deadline:
+                raise ServerUnavailableError(
+                    f"Triton server at {self.endpoint} not ready after {timeout:.0f}s"
+                )
+            time.sleep(poll)
+        if model is None:
+            return
+        while True:
+            self.model_info(model)  # raises ModelNotFoundError for an unknown model
+            if self._call(
+                lambda: self._client.is_model_ready(model, headers=self.headers, **self._kw()), model
+            ):
+                return
+            if time.monotonic() > deadline:
+                raise ModelNotReadyError(f"model {model!r} not ready at {self.endpoint} after {timeout:.0f}s")
+            time.sleep(poll)
+
+    def model_info(self, model: str) -> ModelInfo:
+        if model not in self._info:
+            kw = {"as_json": True, **self._kw()} if self.endpoint.protocol == "grpc" else {}
+            metadata = self._call(
+                lambda: self._client.get_model_metadata(model, headers=self.headers, **kw), model
+            )
+            config = self._call(
+                lambda: self._client.get_model_config(model, headers=self.headers, **kw), model
+            )
+            self._info[model] = ModelInfo.from_server(metadata, config)
+        return self._info[model]
+
+    def infer(
+        self, model: str, batch: np.ndarray, *, version: str = "", class_count: int = 0, retry: bool = True
+    ) -> np.ndarray:
+        """Logits (or, with class_count, "score:index:label" bytes) for a batch of any size."""
+        info = self.model_info(model)
+        batch = check_batch(info, batch)
+        outputs = []
+        for part in chunks(batch, info.max_batch_size):
+            inputs, requested = self._request(model, part, class_count)
+            result = self._call(
+                lambda inputs=inputs, requested=requested: self._client.infer(
+                    model,
+                    inputs,
+                    model_version=version,
+                    outputs=requested,
+                    headers=self.headers,
+                    **self._kw(),
+                ),
+                model,
+                retry=retry,
+            )
+            outputs.append(result.as_numpy(info.output_name))
+        return np.concatenate(outputs)
+
+    def classify(self, model: str, images: list[str | Path], *, top_k: int = 5) -> list[list[Prediction]]:
+        """Image files -> top-k labels, through Triton's classification extension."""
+        info = self.model_info(model)
+        if not info.has_labels:
+            raise ClientError(f"model {model!r} has no label file: it cannot classify")
+        result = self.infer(model, load_images(info, images), class_count=top_k)
+        return [[Prediction.parse(e) for e in row] for row in result.reshape(len(images), -1)]
+
+    def statistics(self, model: str, version: str = "") -> dict:
+        """Triton's statistics for one model version (the first one listed if none given)."""
+        kw = {"as_json": True, **self._kw()} if self.endpoint.protocol == "grpc" else {}
+        stats = self._call(
+            lambda: self._client.get_inference_statistics(
+                model, model_version=version, headers=self.headers, **kw
+            ),
+            model,
+        )
+        return stats["model_stats"][0] if stats.get("model_stats") else {}
+
+    def ready_models(self, candidates: list[str]) -> list[str]:
+        """Which of the candidate names the server has ready (no admin key needed)."""
+        return [
+            m
+            for m in candidates
+            if self._call(lambda m=m: self._client.is_model_ready(m, headers=self.headers, **self._kw()))
+        ]
+
+
+class AsyncTritonClient(_Base):
+    """asyncio client with the same methods (awaitable). `async with AsyncTritonClient(url) as c:`"""
+
+    def _import(self):
+        if self.endpoint.protocol == "grpc":
+            import tritonclient.grpc.aio as module
+        else:
+            import tritonclient.http.aio as module
+        self._aio_client = None
+        return module
+
+    @property
+    def _client(self):
+        # Created on first use, inside the running event loop: the aio clients bind to the loop
+        # they are created in (aiohttp refuses to be created outside one).
+        if self._aio_client is None:
+            if self.endpoint.protocol == "grpc":
+                self._aio_client = self._module.InferenceServerClient(
+                    self.endpoint.address, ssl=self.endpoint.ssl
+                )
+            else:
+                self._aio_client = self._module.InferenceServerClient(
+                    self.endpoint.address, ssl=self.endpoint.ssl, conn_timeout=self.timeout, conn_limit=1000
+                )
+        return self._aio_client
+
+    async def __aenter__(self) -> AsyncTritonClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._aio_client is not None:
+            await self._aio_client.close()
+            self._aio_client = None
+
+    async def _call(self, fn: Callable[[], Any], model: str | None = None, *, retry: bool = True):
+        delays = self._delays() if retry else []
+        while True:
+            try:
+                return await asyncio.wait_for(fn(), self.timeout)
+            except Exception as e:
+                error = translate(e, self.endpoint, model)
+                if not isinstance(error, ServerUnavailableError) or not delays:
+                    raise error from e
+                await asyncio.sleep(delays.pop(0))
+
+    def _kw(self) -> dict:
+        return {"as_json": True} if self.endpoint.protocol == "grpc" else {}
+
+    async def server_ready(self) -> bool:
+        try:
+            return bool(
+                await asyncio.wait_for(self._client.is_server_ready(headers=self.headers), self.timeout)
+            )
+        except Exception:
+            return False
+
+    async def wait_until_ready(self, model: str | None = None, *, timeout: float = 60.0, poll: float = 0.5):
+        deadline = time.monotonic() + timeout
+        while not await self.server_ready():
+            if time.monotonic() > deadline:
+                raise ServerUnavailableError(
+                    f"Triton server at {self.endpoint} not ready after {timeout:.0f}s"
+                )
+            await asyncio.sleep(poll)
+        if model is None:
+            return
+        while True:
+            await self.model_info(model)
+            if await self._call(lambda: self._client.is_model_ready(model, headers=self.headers), model):
+                return
+            if time.monotonic() > deadline:
+                raise ModelNotReadyError(f"model {model!r} not ready at {self.endpoint} after {timeout:.0f}s")
+            await asyncio.sleep(poll)
+
+    async def model_info(self, model: str) -> ModelInfo:
+        if model not in self._info:
+            kw = self._kw()
+            metadata = await self._call(
+                lambda: self._client.get_model_metadata(model, headers=self.headers, **kw), model
+            )
+            config = await self._call(
+                lambda: self._client.get_model_config(model, headers=self.headers, **kw), model
+            )
+            self._info[model] = ModelInfo.from_server(metadata, config)
+        return self._info[model]
+
+    async def infer(
+        self, model: str, batch: np.ndarray, *, version: str = "", class_count: int = 0, retry: bool = True
+    ) -> np.ndarray:
+        info = await self.model_info(model)
+        batch = check_batch(info, batch)
+        outputs = []
+        for part in chunks(batch, info.max_batch_size):
+            inputs, requested = self._request(model, part, class_count)
+            result = await self._call(
+                lambda inputs=inputs, requested=requested: self._client.infer(
+                    model, inputs, model_version=version, outputs=requested, headers=self.headers
+                ),
+                model,
+                retry=retry,
+            )
+            outputs.append(result.as_numpy(info.output_name))
+        return np.concatenate(outputs)
+
+    async def classify(
+        self, model: str, images: list[str | Path], *, top_k: int = 5
+    ) -> list[list[Prediction]]:
+        info = await self.model_info(model)
+        if not info.has_labels:
+            raise ClientError(f"model {model!r} has no label file: it cannot classify")
+        result = await self.infer(model, load_images(info, images), class_count=top_k)
+        return [[Prediction.parse(e) for e in row] for row in result.reshape(len(images), -1)]
+
+    async def statistics(self, model: str, version: str = "") -> dict:
+        stats = await self._call(
+            lambda: self._client.get_inference_statistics(
+                model, model_version=version, headers=self.headers, **self._kw()
+            ),
+            model,
+        )
+        return stats["model_stats"][0] if stats.get("model_stats") else {}

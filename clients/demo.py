@@ -1,0 +1,224 @@
+"""`make demo`: export -> repository -> local Triton -> classify -> verify -> load test -> stop.
+
+Each stage runs the same public command a user would type (the export in a subprocess, so
+this module, like all of `clients`, never imports torch), as named steps with a status.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.table import Table
+
+from clients import ClientError
+from clients.client import TritonClient
+from export import ExportError
+from export.console import stderr, stdout
+from export.images import sample_photos
+from export.steps import Status, Step, StepResult, run_steps
+from serving import ServingError
+
+REPOSITORY = Path("model_repository")
+
+
+@dataclass
+class Demo:
+    models: list[str]
+    weights: str
+    image: Path
+    output: Path
+    ports: tuple[int, int, int] = (8000, 8001, 8002)
+    reports: list[Path] = field(default_factory=list)
+    classified: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def grpc_url(self) -> str:
+        return f"grpc://127.0.0.1:{self.ports[1]}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports[0]}"
+
+    @property
+    def loadtest_model(self) -> str:
+        return "resnet50" if "resnet50" in self.models else self.models[-1]
+
+
+def _python(*args: str) -> None:
+    """Run `python -m ...` with the output going straight to the terminal."""
+    stderr.print(f"[dim]$ python -m {' '.join(args)}[/]", highlight=False)
+    code = subprocess.call([sys.executable, "-m", *args])
+    if code != 0:
+        raise StepFailed(f"`python -m {' '.join(args)}` exited with {code}")
+
+
+class StepFailed(Exception):
+    """A command of the demo failed; it has printed its own error already."""
+
+
+USER_ERRORS = (StepFailed, ClientError, ExportError, ServingError)
+
+
+def _free_ports() -> tuple[int, int, int]:
+    """8000-8002 when free (the documented defaults), else any three free ports."""
+    from serving.triton import port_free
+
+    if all(port_free("127.0.0.1", p) for p in (8000, 8001, 8002)):
+        return 8000, 8001, 8002
+    import socket
+
+    ports = []
+    socks = []
+    for _ in range(3):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return tuple(ports)
+
+
+def step_export(d: Demo) -> str:
+    if d.weights == "random":
+        stderr.print(
+            "[yellow]note:[/] offline default: seeded RANDOM weights. The pipeline, serving and "
+            "verification are real; the predicted labels are not. Use --weights imagenet online."
+        )
+    _python("export", "build", *d.models, "--weights", d.weights, "--repository", str(REPOSITORY))
+    return f"{len(d.models)} models exported, verified and placed in {REPOSITORY}/"
+
+
+def step_serve(d: Demo) -> str:
+    d.ports = _free_ports()
+    http, grpc, metrics = map(str, d.ports)
+    _python(
+        "serving",
+        "up",
+        "--detach",
+        "--repository",
+        str(REPOSITORY),
+        "--http-port",
+        http,
+        "--grpc-port",
+        grpc,
+        "--metrics-port",
+        metrics,
+    )
+    return f"Triton on {d.http_url} and {d.grpc_url}"
+
+
+def step_classify(d: Demo) -> str:
+    table = Table(title=f"classify {d.image.name} over gRPC (top-3)")
+    for col in ("model", "1st", "2nd", "3rd"):
+        table.add_column(col)
+    with TritonClient(d.grpc_url) as client:
+        for model in d.models:
+            (preds,) = client.classify(model, [d.image], top_k=3)
+            table.add_row(model, *[f"{p.label} ({p.score:.2f})" for p in preds])
+            d.classified[model] = preds[0].label
+    stdout.print(table)
+    return f"{d.image.name}: " + ", ".join(f"{m} -> {label}" for m, label in d.classified.items())
+
+
+def step_verify(d: Demo) -> str:
+    _python("clients", "verify", "--url", d.http_url, *[a for m in d.models for a in ("--model", m)])
+    return f"{len(d.models)} models match their golden sets over HTTP"
+
+
+def step_self_test(d: Demo) -> str:
+    _python(
+        "clients",
+        "loadtest",
+        "--url",
+        d.grpc_url,
+        "--self-test",
+        "--concurrency",
+        "1,4,16",
+        "--warmup-s",
+        "1",
+        "--window-s",
+        "1",
+        "--max-windows",
+        "5",
+        "--output",
+        str(d.output),
+    )
+    d.reports += sorted(d.output.glob("loadtest-identity.*"))
+    return "load generator capacity measured against the identity model"
+
+
+def step_loadtest(d: Demo) -> str:
+    m = d.loadtest_model
+    _python(
+        "clients",
+        "loadtest",
+        "--url",
+        d.grpc_url,
+        "--model",
+        m,
+        "--concurrency",
+        "1,2,4",
+        "--warmup-s",
+        "2",
+        "--window-s",
+        "2",
+        "--max-windows",
+        "6",
+        "--output",
+        str(d.output),
+    )
+    d.reports += sorted(d.output.glob(f"loadtest-{m}.*"))
+    return f"{m}: concurrency 1, 2, 4 with every answer verified"
+
+
+def step_stop(d: Demo) -> str:
+    _python("serving", "down")
+    return "server stopped"
+
+
+STEPS: list[Step[Demo]] = [
+    Step("export", step_export),
+    Step("serve", step_serve),
+    Step("classify", step_classify),
+    Step("verify", step_verify),
+    Step("generator self-test", step_self_test),
+    Step("load test", step_loadtest),
+]
+
+
+def run_demo(*, models: list[str], weights: str, image: Path | None, output: Path) -> int:
+    demo = Demo(models=models, weights=weights, image=image or sample_photos()[0], output=output)
+    output.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("COLUMNS", "120")
+    try:
+        results = run_steps(
+            STEPS,
+            demo,
+            on_start=lambda s: stderr.rule(f"[bold]{s.name}"),
+            on_finish=_explain,
+            user_errors=USER_ERRORS,
+        )
+    finally:
+        stderr.rule("[bold]stop")
+        results_stop = run_steps([Step("stop", step_stop, required=False)], demo, user_errors=USER_ERRORS)
+    results += results_stop
+    table = Table(title="make demo: summary")
+    for col in ("step", "status", "detail", "time"):
+        table.add_column(col)
+    color = {Status.OK: "green", Status.FAIL: "bold red", Status.SKIPPED: "yellow"}
+    for r in results:
+        table.add_row(r.name, f"[{color[r.status]}]{r.status.value}[/]", r.detail, f"{r.seconds:.0f}s")
+    stdout.print(table)
+    if demo.reports:
+        stdout.print("reports: " + "  ".join(str(p) for p in demo.reports))
+    return 0 if all(r.status is not Status.FAIL for r in results) else 1
+
+
+def _explain(result: StepResult) -> None:
+    if result.status is Status.FAIL:
+        stderr.print(f"[red]step {result.name} failed:[/] {result.detail}", highlight=False)

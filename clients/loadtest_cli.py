@@ -1,0 +1,232 @@
+"""`python -m clients loadtest`: concurrency sweeps or request rates against a served model.
+
+Thin over :func:`clients.loadtest.run_loadtest`: options -> LoadTestConfig and Slo, a live progress
+line on stderr, then the files (JSON, CSV, PNG), a table (or `--json`) on stdout, and the exit
+code: 0 when every objective held, 1 when one was missed or the run failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+from rich.live import Live
+from rich.measure import Measurement
+from rich.text import Text
+
+from clients import ClientError
+from clients.loadtest import ARRIVALS, IDENTITY_MODEL, LoadTestConfig, Progress, Slo, run_loadtest
+from clients.loadtest_report import summary_lines, summary_table, to_json, write_reports
+from export import ExportError
+from export.console import error, stderr, stdout
+
+DEFAULT_URL = "grpc://localhost:8001"
+
+
+def _levels(number: type) -> Callable[[str], tuple]:
+    def parse(text: str) -> tuple:
+        try:
+            values = tuple(number(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a list like 1,2,4,8, got {text!r}") from None
+        if not values or any(v <= 0 for v in values):
+            raise argparse.ArgumentTypeError(f"expected positive values, got {text!r}")
+        return values
+
+    return parse
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--url", default=DEFAULT_URL, help=f"grpc://HOST:PORT or http://HOST:PORT (default {DEFAULT_URL})"
+    )
+    p.add_argument("--model", help="the served model (not needed with --self-test alone)")
+    load = p.add_mutually_exclusive_group()
+    load.add_argument(
+        "--concurrency",
+        type=_levels(int),
+        metavar="N,N,...",
+        help="closed loop: sweep these numbers of outstanding requests (default 1,2,4,8)",
+    )
+    load.add_argument(
+        "--rate",
+        type=_levels(float),
+        metavar="R,R,...",
+        help="open loop: sweep these request rates (requests/s)",
+    )
+    p.add_argument("--arrival", choices=ARRIVALS, help="with --rate: inter-arrival times (default constant)")
+    p.add_argument(
+        "--max-outstanding", type=int, default=64, help="with --rate: cap on requests in flight (default 64)"
+    )
+    p.add_argument("--batch-size", type=int, default=1, help="images per request (default 1)")
+    p.add_argument("--warmup-s", type=float, default=2.0, help="warm-up per step, seconds (default 2)")
+    p.add_argument("--window-s", type=float, default=3.0, help="measurement window, seconds (default 3)")
+    p.add_argument(
+        "--stability",
+        type=float,
+        default=10.0,
+        metavar="PERCENT",
+        help="the last 3 windows' throughput and p99 must lie within this %% of their mean (default 10)",
+    )
+    p.add_argument("--max-windows", type=int, default=10, help="windows per step at most (default 10)")
+    p.add_argument(
+        "--max-step-s", type=float, default=60.0, help="time per step at most, seconds (default 60)"
+    )
+    p.add_argument(
+        "--verify-fraction",
+        type=float,
+        default=1.0,
+        help="fraction of answers checked against the golden set (default 1.0)",
+    )
+    p.add_argument(
+        "--repository",
+        type=Path,
+        default=Path("model_repository"),
+        help="golden set at DIR/<model>/<version>/golden.npz (default model_repository)",
+    )
+    p.add_argument("--golden", type=Path, help="the golden set file to use instead")
+    p.add_argument("--p99-ms", type=float, help="objective: every step's p99 latency at most this (ms)")
+    p.add_argument(
+        "--max-error-rate", type=float, help="objective: every step's errors/requests at most this (e.g. 0)"
+    )
+    p.add_argument(
+        "--max-wrong", type=int, help="objective: at most this many wrong answers (default: no limit)"
+    )
+    p.add_argument(
+        "--self-test",
+        action="store_true",
+        help=f"also run the sweep against '{IDENTITY_MODEL}': the generator's own capacity",
+    )
+    p.add_argument("--output", type=Path, default=Path("reports"), help="report directory (default reports)")
+    p.add_argument("--json", action="store_true", help="print the JSON report on stdout instead of the table")
+    p.add_argument("--timeout", type=float, default=30.0, help="per request, seconds (default 30)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed for Poisson arrivals, sampling and random inputs"
+    )
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register `loadtest` on the `python -m clients` sub-command parser."""
+    p = subparsers.add_parser(
+        "loadtest",
+        help="load test a served model: latency, throughput, correctness",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_arguments(p)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[LoadTestConfig, Slo]:
+    if not args.model and not args.self_test:
+        raise ClientError("--model is required (or --self-test alone to measure the generator)")
+    if args.arrival and not args.rate:
+        raise ClientError("--arrival applies to --rate only")
+    mode = "rate" if args.rate else "concurrency"
+    config = LoadTestConfig(
+        url=args.url,
+        model=args.model or IDENTITY_MODEL,
+        mode=mode,
+        levels=args.rate or args.concurrency or (1, 2, 4, 8),
+        arrival=args.arrival or "constant",
+        batch_size=args.batch_size,
+        warmup_s=args.warmup_s,
+        window_s=args.window_s,
+        stability=args.stability / 100,
+        max_windows=args.max_windows,
+        max_step_s=args.max_step_s,
+        max_outstanding=args.max_outstanding,
+        verify_fraction=args.verify_fraction,
+        repository=args.repository,
+        golden=args.golden,
+        timeout=args.timeout,
+        seed=args.seed,
+    )
+    slo = Slo(p99_ms=args.p99_ms, max_error_rate=args.max_error_rate, max_wrong=args.max_wrong)
+    return config, slo
+
+
+class _ProgressDisplay:
+    """One live line on stderr (current step, window, running throughput and p99) on a terminal;
+    a line per finished step otherwise (CI logs)."""
+
+    def __init__(self) -> None:
+        self.live = (
+            Live(Text(""), console=stderr, transient=True, refresh_per_second=4)
+            if stderr.is_terminal
+            else None
+        )
+
+    def __enter__(self) -> _ProgressDisplay:
+        if self.live:
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.live:
+            self.live.stop()
+
+    def __call__(self, p: Progress) -> None:
+        p99 = "-" if p.p99_ms is None else f"{p.p99_ms:.1f} ms"
+        if p.phase == "done":
+            stable = "stable" if p.result.stable else f"not stable after {p.result.windows_run} windows"
+            stderr.print(
+                f"{p.model} step {p.step}/{p.steps} {p.label}: {p.inferences_per_s:.1f} infer/s, "
+                f"p99 {p99}, {stable}",
+                highlight=False,
+            )
+            return
+        if self.live:
+            window = "warm-up" if p.phase == "warm-up" else f"window {p.window}/{p.max_windows}"
+            self.live.update(
+                Text(
+                    f"{p.model} step {p.step}/{p.steps} {p.label} · {window} · "
+                    f"{p.inferences_per_s:.1f} infer/s · p99 {p99}"
+                )
+            )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the load test the options describe; returns the exit code."""
+    command = getattr(args, "command_line", None) or shlex.join(["python", "-m", "clients", *sys.argv[1:]])
+
+    try:
+        config, slo = config_from_args(args)
+        with _ProgressDisplay() as progress:
+            report = run_loadtest(
+                config, slo=slo, self_test=args.self_test, progress=progress, command=command
+            )
+        data = report.to_dict()
+        paths = write_reports(data, args.output)
+    except (ClientError, ExportError) as e:
+        error(str(e))
+        return 1
+    except KeyboardInterrupt:
+        error("interrupted")
+        return 130
+    if args.json:
+        stdout.out(to_json(data).rstrip("\n"), highlight=False)
+    else:
+        table = summary_table(data)
+        # Never cut numbers to "…" on a narrow terminal: print the table at its own width.
+        needed = Measurement.get(stdout, stdout.options.update_width(1000), table).maximum
+        wide = Console(
+            file=stdout.file,
+            width=max(stdout.width, needed),
+            color_system=stdout.color_system,
+            force_terminal=stdout.is_terminal,
+            soft_wrap=True,
+        )
+        wide.print(table)
+        for line in summary_lines(data):
+            stdout.print(line, highlight=False)
+        stdout.print(f"reports: {paths.json}, {paths.csv}, {paths.png}", highlight=False, markup=False)
+    for line in data["slo"]["violations"]:
+        error(f"SLO missed: {line}")
+    for line in data["failures"]:
+        error(line)
+    return 0 if report.passed else 1

@@ -1,0 +1,160 @@
+"""What a load test sends and how it checks each answer: golden rows (or seeded random ones)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from clients import ClientError
+from clients.model_info import ModelInfo
+from export import ExportError
+from export.golden import GOLDEN_FILENAME, GoldenSet
+from export.metrics import compare
+
+# serving.repository.IDENTITY_MODEL, not imported: the serving package pulls in the exporter's registry.
+IDENTITY_MODEL = "identity"
+_NP_DTYPES = {"FP32": np.float32, "FP16": np.float16, "UINT8": np.uint8}
+_POOL_BYTES = 64 << 20  # distinct batches kept ready to send; rows are cycled through them
+_RANDOM_ROWS = 8
+
+
+class LoadTestError(ClientError):
+    """A load test that cannot run as asked (bad settings, unusable golden set)."""
+
+
+@dataclass
+class Workload:
+    """The batches sent (golden rows, or seeded random ones, cycled) and how each answer is checked."""
+
+    inputs: np.ndarray  # rows, in the model's input dtype
+    expected: np.ndarray | None  # golden reference rows, for check == "golden"
+    batch_size: int
+    check: str  # "golden" | "identity" | "none"
+    source: str | None = None
+    precision: str | None = None
+    atol: float | None = None
+    rtol: float | None = None
+    reason: str | None = None  # why verification is disabled
+
+    def __post_init__(self) -> None:
+        n, b = len(self.inputs), self.batch_size
+        if n == 0:
+            raise LoadTestError("the golden set has no rows")
+        # Batch k holds rows (k*b + j) mod n; the cycle repeats after n / gcd(n, b) batches. Keep
+        # at most _POOL_BYTES of them ready so large batches don't hold gigabytes.
+        count = max(1, min(n // math.gcd(n, b), _POOL_BYTES // (self.inputs[0].nbytes * b)))
+        self._rows = [[(k * b + j) % n for j in range(b)] for k in range(count)]
+        self._batches = [np.ascontiguousarray(self.inputs[r]) for r in self._rows]
+        if self.check == "golden":
+            self._expected = [self.expected[r] for r in self._rows]
+        elif self.check == "identity":
+            self._expected = [x.reshape(b, -1) for x in self._batches]
+
+    @property
+    def enabled(self) -> bool:
+        return self.check != "none"
+
+    def rows(self, index: int) -> list[int]:
+        return self._rows[index % len(self._rows)]
+
+    def batch(self, index: int) -> np.ndarray:
+        return self._batches[index % len(self._batches)]
+
+    def verify(self, index: int, output: np.ndarray) -> tuple[bool, float]:
+        """(correct, max |error|) of one answer."""
+        want = self._expected[index % len(self._expected)]
+        got = np.asarray(output)
+        if self.check == "identity":  # exact: the model copies the first values of the input
+            want = want[:, : got.shape[-1]] if got.ndim == 2 else want
+        if got.shape != want.shape:
+            return False, math.inf
+        if self.check == "identity":
+            return bool(np.array_equal(got, want)), float(np.max(np.abs(got.astype(np.float64) - want)))
+        result = compare(want, got, atol=self.atol, rtol=self.rtol)
+        return result.passed, result.max_abs_err
+
+    def describe(self, fraction: float) -> dict:
+        if self.check == "golden":
+            summary = (
+                f"golden set {self.source} ({self.precision}: atol={self.atol:g}, "
+                f"rtol={self.rtol:g}), {fraction:.0%} of answers"
+            )
+        elif self.check == "identity":
+            summary = f"identity (output == first 1000 input values), {fraction:.0%} of answers"
+        else:
+            summary = "disabled (no golden set)"
+        return {
+            "enabled": self.enabled,
+            "method": self.check,
+            "summary": summary,
+            "fraction": fraction,
+            "source": self.source,
+            "precision": self.precision,
+            "atol": self.atol,
+            "rtol": self.rtol,
+            "reason": self.reason,
+        }
+
+
+def _is_identity(info: ModelInfo) -> bool:
+    return IDENTITY_MODEL in (info.name, info.parameters.get("cnn_deploy.architecture"))
+
+
+def build_workload(
+    info: ModelInfo, *, batch_size: int, seed: int, golden: Path | None, repository: Path
+) -> Workload:
+    """Golden rows and their check, or seeded random rows when the model has no golden set."""
+    dtype = _NP_DTYPES.get(info.input_datatype)
+    if dtype is None:
+        raise LoadTestError(
+            f"{info.name}: input datatype {info.input_datatype} is not supported "
+            f"(supported: {', '.join(_NP_DTYPES)})"
+        )
+    rng = np.random.default_rng(seed)
+    shape = (_RANDOM_ROWS, *info.input_dims)
+    random_rows = (
+        rng.integers(0, 256, shape).astype(dtype)
+        if dtype is np.uint8
+        else rng.standard_normal(shape, dtype=np.float32).astype(dtype)
+    )
+    if _is_identity(info) and golden is None:
+        return Workload(random_rows, None, batch_size, "identity")
+    # A <name>_trt model serves the ONNX model's export: same golden set.
+    exported = info.name.removesuffix("_trt")
+    path = Path(golden or repository / exported / str(info.latest_version) / GOLDEN_FILENAME)
+    if golden is None and not path.is_file():
+        return Workload(random_rows, None, batch_size, "none", reason=f"no golden set at {path}")
+    try:
+        golden_set = GoldenSet.load(path)
+    except ExportError as e:
+        raise LoadTestError(str(e)) from None
+    has, wants = (
+        (golden_set.inputs.shape[1:], golden_set.outputs.shape[1:]),
+        (info.input_dims, info.output_dims),
+    )
+    if tuple(map(tuple, has)) != wants:
+        raise LoadTestError(
+            f"golden set {path} maps {list(has[0])} -> {list(has[1])} but {info.name} takes "
+            f"{list(wants[0])} -> {list(wants[1])}: is it another model's golden set?"
+        )
+    if dtype is np.uint8:
+        raise LoadTestError(f"golden set {path} holds float inputs but {info.name} takes UINT8")
+    tolerance = golden_set.tolerances.get(info.precision)
+    if tolerance is None:
+        raise LoadTestError(
+            f"golden set {path} has no tolerance for precision {info.precision!r} "
+            f"(it has: {', '.join(golden_set.tolerances) or 'none'})"
+        )
+    return Workload(
+        golden_set.inputs.astype(dtype),
+        golden_set.outputs,
+        batch_size,
+        "golden",
+        source=str(path),
+        precision=info.precision,
+        atol=float(tolerance["atol"]),
+        rtol=float(tolerance["rtol"]),
+    )

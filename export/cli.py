@@ -1,0 +1,241 @@
+"""`python -m export build|analyze|compare|benchmark`: thin commands over public functions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from rich.table import Table
+
+from export import ExportError, registry
+from export.console import error, stderr, stdout
+
+
+def _archs_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("architectures", nargs="*", metavar="ARCH", help=f"one of: {', '.join(registry.names())}")
+    p.add_argument("--all", action="store_true", help="every registered architecture")
+    return p
+
+
+def _json_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from export.pipeline import DEFAULT_OUTPUT
+
+    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser(
+        "build", parents=[_archs_parent(), _json_parent()], help="export, optimize and verify ONNX models"
+    )
+    b.add_argument(
+        "--weights",
+        default="random",
+        help="'imagenet' (torchvision's published weights; needs network or the torch hub cache), "
+        "'random' (seeded; default) or a path to a state_dict checkpoint",
+    )
+    b.add_argument("--seed", type=int, default=0, help="seed for --weights random")
+    b.add_argument(
+        "--output", type=Path, default=DEFAULT_OUTPUT, help=f"output directory (default {DEFAULT_OUTPUT})"
+    )
+    b.add_argument("--no-fp16", dest="fp16", action="store_false", help="skip the FP16 variant")
+    b.add_argument("--keep-raw", action="store_true", help="also keep the unoptimized graph (model.raw.onnx)")
+    b.add_argument(
+        "--repository",
+        type=Path,
+        default=None,
+        help="then place the models in this Triton model repository (see `python -m serving repo`)",
+    )
+    b.add_argument("--tensorrt", action="store_true", help="with --repository: also add <name>_trt models")
+
+    a = sub.add_parser("analyze", parents=[_json_parent()], help="the lecture's per-layer table")
+    a.add_argument("architecture", metavar="ARCH")
+    a.add_argument(
+        "--input-size",
+        type=int,
+        default=224,
+        help="square input side; the lecture's AlexNet uses 227 (default 224, torchvision's)",
+    )
+
+    c = sub.add_parser(
+        "compare", parents=[_json_parent()], help="params, GFLOPs, memory and accuracy side by side"
+    )
+    c.add_argument(
+        "--plot", type=Path, default=None, metavar="FILE.png", help="write the cost/accuracy chart"
+    )
+    c.add_argument("--models", type=Path, default=DEFAULT_OUTPUT, help="export directory, for ONNX sizes")
+
+    bench = sub.add_parser(
+        "benchmark",
+        parents=[_archs_parent(), _json_parent()],
+        help="PyTorch eager vs ONNX Runtime (unoptimized and optimized graph)",
+    )
+    bench.add_argument("--batch-sizes", default="1,8", help="comma-separated (default 1,8)")
+    bench.add_argument(
+        "--threads", type=int, default=os.cpu_count(), help="intra-op threads for both runtimes"
+    )
+    bench.add_argument(
+        "--seconds",
+        type=float,
+        default=3.0,
+        help="measuring time per configuration, split over 3 interleaved rounds",
+    )
+    bench.add_argument(
+        "--output",
+        type=Path,
+        default=Path("reports/export-benchmark.json"),
+        help="JSON report path (default reports/export-benchmark.json)",
+    )
+    return parser
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from export.build import build_all
+
+    archs = registry.resolve(args.architectures, all_=args.all)
+    jobs = build_all(
+        archs,
+        weights=args.weights,
+        seed=args.seed,
+        output=args.output,
+        fp16=args.fp16,
+        keep_raw=args.keep_raw,
+        console=stderr,
+        debug=args.debug,
+    )
+    ok = all(j.succeeded for j in jobs)
+    if args.json:
+        print(json.dumps([j.to_dict() for j in jobs], indent=2))
+    else:
+        stdout.print(_summary_table(jobs))
+    exported = [j.arch for j in jobs if j.succeeded]
+    if exported and args.repository is not None:
+        from serving import ServingError
+        from serving.repository import place_models  # the serving stage, when asked for
+
+        try:  # the models that passed verification are served; a failed one keeps its old version
+            place_models(
+                exported,
+                models_dir=args.output,
+                repository=args.repository,
+                tensorrt=args.tensorrt,
+                console=stderr,
+            )
+        except ServingError as e:
+            raise ExportError(str(e)) from e
+    if not ok:
+        for j in jobs:
+            if not j.succeeded:
+                error(f"{j.arch.name}: {j.error}")
+    return 0 if ok else 1
+
+
+def _summary_table(jobs) -> Table:
+    from export.steps import Status
+
+    table = Table(
+        title="export summary",
+        caption="rel err: max |ONNX Runtime - PyTorch| / logit scale, "
+        "over random batches of 1, 2 and max and the sample photos; top5: label agreement",
+    )
+    for col in ("model", "result", "graph (nodes, size)", "fp32 vs PyTorch", "fp16 vs PyTorch", "time"):
+        table.add_column(col)
+    for j in jobs:
+        result = "[green]OK[/]" if j.succeeded else f"[bold red]FAIL[/] at {j.error.split(':')[0]}"
+        graph = fp32 = fp16 = ""
+        if j.optimized_stats:
+            graph = (
+                f"{j.raw_stats.nodes}->{j.optimized_stats.nodes}, {j.optimized_stats.size_bytes / 1e6:.0f} MB"
+            )
+        for precision, cell in (("fp32", 0), ("fp16", 1)):
+            rs = j.verification.get(precision)
+            if rs:
+                worst = max(r.comparison.max_rel_err for r in rs)
+                top5 = min(r.comparison.top5_agreement for r in rs)
+                ok = all(r.comparison.passed for r in rs)
+                text = f"{'[green]pass[/]' if ok else '[red]fail[/]'} rel err {worst:.1e} top5 {top5:.0%}"
+                if cell == 0:
+                    fp32 = text
+                else:
+                    fp16 = text
+        if j.status_of("fp16") is Status.SKIPPED and j.succeeded:
+            fp16 = "skipped"
+        seconds = sum(r.seconds for r in j.results)
+        table.add_row(j.arch.name, result, graph, fp32, fp16, f"{seconds:.0f}s")
+    return table
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from export.analysis import analyze, render_table
+
+    result = analyze(registry.get(args.architecture), input_size=args.input_size)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        stdout.print(render_table(result))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from export.comparison import compare_architectures, plot, render_table
+
+    rows = compare_architectures(list(registry.ARCHITECTURES.values()), models_dir=args.models)
+    if args.plot is not None:
+        plot(rows, args.plot)
+        stderr.print(f"chart written to {args.plot}")
+    if args.json:
+        print(json.dumps([r.to_dict() for r in rows], indent=2))
+    else:
+        stdout.print(render_table(rows))
+    return 0
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from export.benchmark import run_benchmark
+
+    archs = registry.resolve(args.architectures, all_=args.all)
+    try:
+        sizes = [int(s) for s in args.batch_sizes.split(",") if s.strip()]
+    except ValueError:
+        raise ExportError(
+            f"--batch-sizes must be comma-separated integers, got {args.batch_sizes!r}"
+        ) from None
+    run_benchmark(
+        archs,
+        batch_sizes=sizes,
+        threads=args.threads,
+        seconds=args.seconds,
+        output=args.output,
+        as_json=args.json,
+        console=stderr,
+        out=stdout,
+    )
+    return 0
+
+
+COMMANDS = {"build": cmd_build, "analyze": cmd_analyze, "compare": cmd_compare, "benchmark": cmd_benchmark}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ExportError as e:
+        error(str(e))
+        return 1
+    except KeyboardInterrupt:
+        stderr.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""The golden set: inputs + PyTorch reference outputs + tolerances, saved beside each model.
+
+numpy only (no torch): the clients load it to verify a live server.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from export import ExportError
+
+GOLDEN_FILENAME = "golden.npz"
+
+
+@dataclass
+class GoldenSet:
+    architecture: str
+    inputs: np.ndarray  # float32 NCHW, already preprocessed
+    outputs: np.ndarray  # float32 N x classes, PyTorch eager on CPU
+    case_names: list[str]  # one per row: "random-0", "photo:chelsea.png", ...
+    tolerances: dict[str, dict[str, float]]  # precision -> {"atol", "rtol"}
+    meta: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.inputs) != len(self.outputs) or len(self.inputs) != len(self.case_names):
+            raise ValueError("golden set: inputs, outputs and case names differ in length")
+
+    def save(self, path: str | Path) -> None:
+        header = {
+            "architecture": self.architecture,
+            "case_names": self.case_names,
+            "tolerances": self.tolerances,
+            "meta": self.meta,
+        }
+        with open(path, "wb") as f:
+            np.savez(
+                f,
+                inputs=self.inputs.astype(np.float32),
+                outputs=self.outputs.astype(np.float32),
+                header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
+            )
+
+    @classmethod
+    def load(cls, path: str | Path) -> GoldenSet:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                header = json.loads(data["header"].tobytes().decode())
+                return cls(
+                    architecture=header["architecture"],
+                    inputs=data["inputs"],
+                    outputs=data["outputs"],
+                    case_names=list(header["case_names"]),
+                    tolerances=header["tolerances"],
+                    meta=header.get("meta", {}),
+                )
+        except FileNotFoundError:
+            raise ExportError(f"golden set not found: {path}") from None
+        except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+            raise ExportError(f"golden set {path} is unreadable: {e}") from e

@@ -1,0 +1,73 @@
+"""How two sets of logits are compared: shared by export verification and the clients.
+
+numpy only (no torch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+TOP_K = 5
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Result of comparing candidate logits with reference logits (rows = samples)."""
+
+    samples: int
+    max_abs_err: float
+    max_rel_err: float
+    top5_agreement: float  # mean |top5(got) ∩ top5(ref)| / 5
+    top1_agreement: float
+    within_tolerance: bool  # every element: |got - ref| <= atol + rtol * scale(row)
+    top5_consistent: bool  # every label in top5(got) is a top-5 label of ref, up to the tolerance
+    atol: float
+    rtol: float
+
+    @property
+    def passed(self) -> bool:
+        return self.within_tolerance and self.top5_consistent
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "passed": self.passed}
+
+
+def topk(logits: np.ndarray, k: int = TOP_K) -> np.ndarray:
+    """Indices of the k largest logits per row, largest first."""
+    idx = np.argpartition(-logits, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(logits, idx, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(idx, order, axis=1)
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, *, atol: float, rtol: float) -> Comparison:
+    """Compare logits element-wise and by top-5 labels; reports, never raises on mismatch."""
+    ref = np.asarray(reference, dtype=np.float64)
+    got = np.asarray(candidate, dtype=np.float64)
+    if ref.shape != got.shape:
+        raise ValueError(f"shape mismatch: reference {ref.shape}, candidate {got.shape}")
+    diff = np.abs(got - ref)
+    # Relative to the row's logit scale (its largest |logit|), not element-wise: logits near
+    # zero make element-wise relative error meaningless, and the scale differs by orders of
+    # magnitude between trained and random weights.
+    scale = np.maximum(np.abs(ref).max(axis=1, keepdims=True), np.finfo(np.float32).tiny)
+    allowed = atol + rtol * scale
+    k = min(TOP_K, ref.shape[1])
+    ref_top, got_top = topk(ref, k), topk(got, k)
+    overlap = [len(set(a) & set(b)) / k for a, b in zip(ref_top, got_top, strict=False)]
+    # A label outside the reference's top-5 still agrees when it ties with the 5th within the
+    # tolerance (random-weight models produce near-ties that rounding may reorder).
+    kth = np.take_along_axis(ref, ref_top[:, -1:], axis=1)
+    got_ref_values = np.take_along_axis(ref, got_top, axis=1)
+    return Comparison(
+        samples=int(ref.shape[0]),
+        max_abs_err=float(diff.max()),
+        max_rel_err=float((diff / scale).max()),
+        top5_agreement=float(np.mean(overlap)),
+        top1_agreement=float(np.mean(ref_top[:, 0] == got_top[:, 0])),
+        within_tolerance=bool(np.all(diff <= allowed)),
+        top5_consistent=bool(np.all(got_ref_values >= kth - allowed)),
+        atol=atol,
+        rtol=rtol,
+    )

@@ -1,0 +1,222 @@
+"""The export pipeline for one architecture: weights -> ONNX -> optimize -> verify -> FP16 ->
+golden set -> publish. Each step reports a status; see :mod:`export.steps`."""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+
+from export import ExportError, __version__
+from export.convert import GraphStats, optimize, stamp_metadata, to_fp16, to_onnx
+from export.fsutil import atomic_write_text, discard, make_staging_dir, publish_dir
+from export.golden import GOLDEN_FILENAME, GoldenSet
+from export.models import LoadedModel, load_model
+from export.registry import Architecture
+from export.steps import SkipStep, Status, Step, StepResult, run_steps, succeeded
+from export.verify import Case, CaseResult, failures, reference_cases, summarize, verify
+
+MODEL_FILENAME = "model.onnx"
+FP16_FILENAME = "model.fp16.onnx"
+RAW_FILENAME = "model.raw.onnx"
+LABELS_FILENAME = "labels.txt"
+REPORT_FILENAME = "export.json"
+DEFAULT_OUTPUT = Path("build/models")
+
+
+@dataclass
+class ExportJob:
+    arch: Architecture
+    output_dir: Path
+    weights: str = "random"
+    seed: int = 0
+    fp16: bool = True
+    keep_raw: bool = False
+    # filled in by the steps
+    staging: Path | None = None
+    loaded: LoadedModel | None = None
+    raw: onnx.ModelProto | None = None
+    raw_stats: GraphStats | None = None
+    optimized_stats: GraphStats | None = None
+    cases: list[Case] = field(default_factory=list)
+    verification: dict[str, list[CaseResult]] = field(default_factory=dict)
+    results: list[StepResult] = field(default_factory=list)
+
+    @property
+    def final_dir(self) -> Path:
+        return self.output_dir / self.arch.name
+
+    @property
+    def succeeded(self) -> bool:
+        return bool(self.results) and succeeded(self.results)
+
+    @property
+    def error(self) -> str | None:
+        failed = [r for r in self.results if r.status is Status.FAIL]
+        return f"{failed[0].name}: {failed[0].detail}" if failed else None
+
+    def status_of(self, step: str) -> Status | None:
+        return next((r.status for r in self.results if r.name == step), None)
+
+    def to_dict(self) -> dict:
+        out = {
+            "architecture": self.arch.name,
+            "succeeded": self.succeeded,
+            "error": self.error,
+            "output": str(self.final_dir) if self.succeeded else None,
+            "steps": [r.to_dict() for r in self.results],
+        }
+        out["verification"] = {p: [r.to_dict() for r in rs] for p, rs in self.verification.items()}
+        return out
+
+    def metadata(self, precision: str) -> dict[str, object]:
+        assert self.loaded is not None
+        return {
+            "weights_source": self.loaded.weights_source,
+            "weights_random": str(self.loaded.is_random).lower(),
+            "precision": precision,
+            "preprocessing": self.loaded.preprocessing.to_dict(),
+            **self.loaded.meta,
+        }
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def step_weights(job: ExportJob) -> str:
+    job.loaded = load_model(job.arch, job.weights, seed=job.seed)
+    job.staging = make_staging_dir(job.output_dir, job.arch.name)
+    note = " (RANDOM weights: for testing, not for real predictions)" if job.loaded.is_random else ""
+    return job.loaded.weights_source + note
+
+
+def step_export(job: ExportJob) -> str:
+    job.raw = to_onnx(job.loaded.model, job.arch)
+    job.raw_stats = GraphStats.of(job.raw)
+    if job.keep_raw:
+        onnx.save(job.raw, job.staging / RAW_FILENAME)
+    opset = job.raw.opset_import[0].version
+    return f"opset {opset}, {job.raw_stats.nodes} nodes, {_mb(job.raw_stats.size_bytes)}"
+
+
+def step_optimize(job: ExportJob) -> str:
+    optimized = optimize(job.raw)
+    stamp_metadata(optimized, job.arch, job.metadata("fp32"))
+    job.optimized_stats = GraphStats.of(optimized)
+    onnx.save(optimized, job.staging / MODEL_FILENAME)
+    job.raw = None  # free the memory before verification (VGG: 0.5 GB)
+    return (
+        f"{job.raw_stats.nodes} -> {job.optimized_stats.nodes} nodes, "
+        f"{_mb(job.raw_stats.size_bytes)} -> {_mb(job.optimized_stats.size_bytes)}"
+    )
+
+
+def _verify(job: ExportJob, filename: str, precision: str) -> str:
+    if not job.cases:
+        job.cases = reference_cases(job.loaded.model, job.arch, job.loaded.preprocessing)
+    tolerance = job.arch.fp32 if precision == "fp32" else job.arch.fp16
+    results = verify(job.staging / filename, job.cases, tolerance)
+    job.verification[precision] = results
+    bad = failures(results)
+    if bad:
+        raise ExportError(f"{precision} verification failed: " + "; ".join(bad))
+    return summarize(results)
+
+
+def step_verify(job: ExportJob) -> str:
+    return _verify(job, MODEL_FILENAME, "fp32")
+
+
+def step_fp16(job: ExportJob) -> str:
+    if not job.fp16:
+        raise SkipStep("--no-fp16")
+    half = to_fp16(onnx.load(str(job.staging / MODEL_FILENAME)))
+    stamp_metadata(half, job.arch, job.metadata("fp16"))
+    onnx.save(half, job.staging / FP16_FILENAME)
+    return f"{_mb(half.ByteSize())}; " + _verify(job, FP16_FILENAME, "fp16")
+
+
+def golden_set(job: ExportJob) -> GoldenSet:
+    """The photos and the batch-2 random case: small, and covers real and synthetic inputs."""
+    chosen = [c for c in job.cases if c.name.startswith("photos/") or c.name == "random/batch=2"]
+    return GoldenSet(
+        architecture=job.arch.name,
+        inputs=np.concatenate([c.inputs for c in chosen]),
+        outputs=np.concatenate([c.reference for c in chosen]),
+        case_names=[n for c in chosen for n in c.row_names],
+        tolerances={
+            "fp32": {"atol": job.arch.fp32.atol, "rtol": job.arch.fp32.rtol},
+            "fp16": {"atol": job.arch.fp16.atol, "rtol": job.arch.fp16.rtol},
+        },
+        meta={
+            "weights_source": job.loaded.weights_source,
+            "reference": f"torch=={torch.__version__} eager CPU",
+        },
+    )
+
+
+def step_golden(job: ExportJob) -> str:
+    golden = golden_set(job)
+    golden.save(job.staging / GOLDEN_FILENAME)
+    atomic_write_text(job.staging / LABELS_FILENAME, "\n".join(job.loaded.categories) + "\n")
+    photos = sum(n.startswith("photo:") for n in golden.case_names)
+    return f"{len(golden.inputs)} samples ({photos} photos, {len(golden.inputs) - photos} random)"
+
+
+def report(job: ExportJob, results: list[StepResult]) -> dict:
+    return {
+        "architecture": job.arch.name,
+        "cnn_deploy_version": __version__,
+        "weights_source": job.loaded.weights_source if job.loaded else None,
+        "weights_random": job.loaded.is_random if job.loaded else None,
+        "preprocessing": job.loaded.preprocessing.to_dict() if job.loaded else None,
+        "metadata": job.loaded.meta if job.loaded else {},
+        "max_batch_size": job.arch.max_batch_size,
+        "input_shape": list(job.arch.input_shape),
+        "graph": {
+            "before": job.raw_stats.__dict__ if job.raw_stats else None,
+            "after": job.optimized_stats.__dict__ if job.optimized_stats else None,
+        },
+        "verification": {p: [r.to_dict() for r in rs] for p, rs in job.verification.items()},
+        "steps": [r.to_dict() for r in results],
+        "versions": {
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "python": platform.python_version(),
+        },
+    }
+
+
+def step_publish(job: ExportJob) -> str:
+    atomic_write_text(job.staging / REPORT_FILENAME, json.dumps(report(job, job.results), indent=2))
+    publish_dir(job.staging, job.final_dir)
+    job.staging = None
+    return str(job.final_dir)
+
+
+EXPORT_STEPS: list[Step[ExportJob]] = [
+    Step("weights", step_weights),
+    Step("export", step_export),
+    Step("optimize", step_optimize),
+    Step("verify", step_verify),
+    Step("fp16", step_fp16),
+    Step("golden", step_golden),
+    Step("publish", step_publish),
+]
+
+
+def run_export(job: ExportJob, *, on_start=lambda step: None, debug: bool = False) -> list[StepResult]:
+    """Run the pipeline; on any failure nothing is left in the output directory for this model."""
+    try:
+        return run_steps(EXPORT_STEPS, job, on_start=on_start, on_finish=job.results.append, debug=debug)
+    finally:
+        discard(job.staging)
+        job.staging = None

@@ -1,0 +1,102 @@
+"""The one registry of architectures: pure data, no torch import.
+
+Export, repository generation, clients and the test matrix all iterate it.
+Per-architecture facts (tolerances, serving defaults) live here as small
+declarative entries, like optimum's ``TasksManager`` and torchvision's
+``list_models``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from export import UnknownArchitectureError
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """``|ort - torch| <= atol + rtol * max|torch row|``: rtol is relative to the logit scale."""
+
+    atol: float
+    rtol: float
+
+    def __post_init__(self) -> None:
+        if self.atol < 0 or self.rtol < 0:
+            raise ValueError("tolerances must be non-negative")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One lecture architecture and everything the pipeline needs to know about it."""
+
+    name: str  # also the torchvision builder name and the Triton model name
+    family: str  # alexnet | vgg | googlenet | resnet
+    input_shape: tuple[int, int, int] = (3, 224, 224)
+    num_classes: int = 1000
+    builder_kwargs: Mapping[str, object] = field(default_factory=dict)
+    fp32: Tolerance = Tolerance(atol=1e-5, rtol=1e-4)
+    fp16: Tolerance = Tolerance(atol=1e-4, rtol=1e-2)
+    max_batch_size: int = 32
+    queue_delay_us: int = 2000  # dynamic batcher's max_queue_delay_microseconds
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 2:
+            raise ValueError(f"{self.name}: max_batch_size must be >= 2")
+        object.__setattr__(self, "builder_kwargs", MappingProxyType(dict(self.builder_kwargs)))
+
+    @property
+    def builder(self) -> str:
+        return self.name
+
+
+def _entries() -> list[Architecture]:
+    # Variants are data: the VGG and ResNet depths differ only in name and serving defaults.
+    entries = [Architecture("alexnet", "alexnet", max_batch_size=64)]
+    for depth in (11, 13, 16, 19):
+        for suffix in ("", "_bn"):
+            entries.append(Architecture(f"vgg{depth}{suffix}", "vgg", max_batch_size=16))
+    # The aux heads only train; transform_input is set by torchvision for pretrained weights.
+    entries.append(
+        Architecture(
+            "googlenet",
+            "googlenet",
+            builder_kwargs={"aux_logits": False, "init_weights": True},
+        )
+    )
+    for depth in (18, 34, 50, 101, 152):
+        entries.append(Architecture(f"resnet{depth}", "resnet", max_batch_size=32 if depth <= 50 else 16))
+    return entries
+
+
+ARCHITECTURES: Mapping[str, Architecture] = MappingProxyType({a.name: a for a in _entries()})
+FAMILIES = ("alexnet", "vgg", "googlenet", "resnet")
+
+
+def names() -> list[str]:
+    """All registered architecture names, in lecture order."""
+    return list(ARCHITECTURES)
+
+
+def get(name: str) -> Architecture:
+    """Look up an architecture; an unknown name lists the known ones."""
+    try:
+        return ARCHITECTURES[name.lower()]
+    except KeyError:
+        raise UnknownArchitectureError(
+            f"unknown architecture {name!r}; known: {', '.join(names())}"
+        ) from None
+
+
+def resolve(requested: list[str] | None, *, all_: bool = False) -> list[Architecture]:
+    """Turn CLI arguments (names, or --all) into registry entries, keeping order, no duplicates."""
+    if all_:
+        return list(ARCHITECTURES.values())
+    if not requested:
+        raise UnknownArchitectureError(f"no architecture given; known: {', '.join(names())}")
+    seen: dict[str, Architecture] = {}
+    for name in requested:
+        arch = get(name)
+        seen.setdefault(arch.name, arch)
+    return list(seen.values())

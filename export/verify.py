@@ -1,0 +1,97 @@
+"""Verify an ONNX file against PyTorch: several batch sizes, random inputs and real photos."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from export.convert import INPUT_NAME
+from export.images import sample_photos
+from export.metrics import Comparison, compare
+from export.preprocess import Preprocessing, preprocess_files
+from export.registry import Architecture, Tolerance
+
+INPUT_SEED = 1234
+
+
+@dataclass
+class Case:
+    name: str  # "random/batch=1", "photos/batch=4"
+    inputs: np.ndarray
+    reference: np.ndarray  # PyTorch eager output
+    row_names: list[str]
+
+
+@dataclass
+class CaseResult:
+    case: str
+    batch: int
+    comparison: Comparison
+
+    def to_dict(self) -> dict:
+        return {"case": self.case, "batch": self.batch, **self.comparison.to_dict()}
+
+
+def batch_sizes(arch: Architecture) -> list[int]:
+    return sorted({1, 2, arch.max_batch_size})
+
+
+def reference_cases(
+    model: torch.nn.Module, arch: Architecture, preprocessing: Preprocessing, *, seed: int = INPUT_SEED
+) -> list[Case]:
+    """Seeded random inputs at batch 1, 2 and max, plus the sample photos as one batch."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    with torch.no_grad():
+        for bs in batch_sizes(arch):
+            x = rng.standard_normal((bs, *arch.input_shape), dtype=np.float32)
+            y = model(torch.from_numpy(x)).numpy()
+            cases.append(Case(f"random/batch={bs}", x, y, [f"random-{i}" for i in range(bs)]))
+        photos = sample_photos()
+        x = preprocess_files(photos, preprocessing)
+        y = model(torch.from_numpy(x)).numpy()
+        cases.append(Case(f"photos/batch={len(photos)}", x, y, [f"photo:{p.name}" for p in photos]))
+    return cases
+
+
+def session(path: str | Path, *, threads: int = 0) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def verify(path: str | Path, cases: list[Case], tolerance: Tolerance) -> list[CaseResult]:
+    """Run every case through ONNX Runtime; report all of them, pass or fail."""
+    sess = session(path)
+    results = []
+    for case in cases:
+        got = sess.run(None, {INPUT_NAME: case.inputs})[0]
+        cmp = compare(case.reference, got, atol=tolerance.atol, rtol=tolerance.rtol)
+        results.append(CaseResult(case.name, len(case.inputs), cmp))
+    return results
+
+
+def summarize(results: list[CaseResult]) -> str:
+    worst_abs = max(r.comparison.max_abs_err for r in results)
+    worst_rel = max(r.comparison.max_rel_err for r in results)
+    top5 = min(r.comparison.top5_agreement for r in results)
+    return f"max abs {worst_abs:.2e}, max rel {worst_rel:.2e}, top-5 agreement {top5:.0%}"
+
+
+def failures(results: list[CaseResult]) -> list[str]:
+    out = []
+    for r in results:
+        c = r.comparison
+        if not c.within_tolerance:
+            out.append(
+                f"{r.case}: max abs err {c.max_abs_err:.2e}, rel {c.max_rel_err:.2e} "
+                f"> atol {c.atol:g} + rtol {c.rtol:g}×logit scale"
+            )
+        if not c.top5_consistent:
+            out.append(f"{r.case}: top-5 labels differ ({c.top5_agreement:.0%} agreement)")
+    return out

@@ -1,0 +1,143 @@
+"""A Python-based Triton backend named "onnxruntime", for the CPU-only tritonserver binary.
+
+The `nvidia-pytriton` wheel ships the real tritonserver with the Python backend but no
+native ONNX Runtime backend. Triton loads `<backend-dir>/onnxruntime/model.py` through the
+Python backend when `libtriton_onnxruntime.so` is absent, so a config that says
+`backend: "onnxruntime"` is served here by this file, and by the native backend in the NGC
+container. It reads the same config fields as the native backend (thread counts,
+default_model_filename, the TensorRT accelerator) so one config means the same thing in both.
+
+Runs inside the backend stub process: imports only numpy, onnxruntime and Triton's utils.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+_NUMPY_DTYPES = {"TYPE_FP32": np.float32, "TYPE_FP16": np.float16, "TYPE_UINT8": np.uint8}
+
+
+def _param(config: dict, key: str, default: str | None = None) -> str | None:
+    return config.get("parameters", {}).get(key, {}).get("string_value", default)
+
+
+def _tensorrt_options(config: dict, model_name: str) -> dict | None:
+    """The native backend's `gpu_execution_accelerator { name: "tensorrt" }`, as TRT EP options."""
+    accelerators = config.get("optimization", {}).get("execution_accelerators", {})
+    for acc in accelerators.get("gpu_execution_accelerator", []):
+        if acc.get("name") != "tensorrt":
+            continue
+        params = acc.get("parameters", {})
+        options = {"trt_fp16_enable": params.get("precision_mode", "FP32").upper() == "FP16"}
+        if "max_workspace_size_bytes" in params:
+            options["trt_max_workspace_size"] = int(params["max_workspace_size_bytes"])
+        if params.get("trt_engine_cache_enable") in ("1", "true", "True"):
+            options["trt_engine_cache_enable"] = True
+            options["trt_engine_cache_path"] = params.get(
+                "trt_engine_cache_path", f"/tmp/trt-cache/{model_name}"
+            )
+        return options
+    return None
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        self.name = args["model_name"]
+        self.max_batch = int(config.get("max_batch_size", 0))
+        (inp,) = config["input"]
+        (out,) = config["output"]
+        self.input_name, self.output_name = inp["name"], out["name"]
+        self.input_dims = tuple(int(d) for d in inp["dims"])
+        self.input_dtype = _NUMPY_DTYPES[inp["data_type"]]
+        self.output_dtype = _NUMPY_DTYPES[out["data_type"]]
+
+        filename = config.get("default_model_filename") or "model.onnx"
+        path = os.path.join(args["model_repository"], args["model_version"], filename)
+        if not os.path.isfile(path):
+            raise pb_utils.TritonModelException(f"{self.name}: model file not found: {path}")
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(_param(config, "intra_op_thread_count", "0"))
+        opts.inter_op_num_threads = int(_param(config, "inter_op_thread_count", "0"))
+        opts.log_severity_level = 3
+        providers = self._providers(args, config)
+        try:
+            self.session = ort.InferenceSession(path, opts, providers=providers)
+        except Exception as e:  # corrupt or truncated file: this model only goes UNAVAILABLE
+            raise pb_utils.TritonModelException(
+                f"{self.name}: cannot load {path} with ONNX Runtime: {e}"
+            ) from e
+        self.providers = self.session.get_providers()
+        pb_utils.Logger.log_info(
+            f"{self.name}: ONNX Runtime {ort.__version__} on {self.providers}, "
+            f"intra-op threads {opts.intra_op_num_threads or 'auto'}"
+        )
+
+    def _providers(self, args: dict, config: dict) -> list:
+        available = ort.get_available_providers()
+        if args.get("model_instance_kind") != "GPU" or "CUDAExecutionProvider" not in available:
+            return ["CPUExecutionProvider"]
+        device = {"device_id": int(args.get("model_instance_device_id", 0))}
+        providers = []
+        trt = _tensorrt_options(config, self.name)
+        if trt is not None and "TensorrtExecutionProvider" in available:
+            providers.append(("TensorrtExecutionProvider", {**device, **trt}))
+        providers.append(("CUDAExecutionProvider", device))
+        providers.append("CPUExecutionProvider")
+        return providers
+
+    def _validate(self, array: np.ndarray) -> str | None:
+        # Triton checks shapes and dtypes against the config before we are called; this
+        # guards the batch we build, and gives the same clear message if it ever gets through.
+        if array.dtype != self.input_dtype:
+            expected = np.dtype(self.input_dtype).name
+            return f"input {self.input_name!r}: expected {expected}, got {array.dtype.name}"
+        if array.ndim != len(self.input_dims) + 1 or tuple(array.shape[1:]) != self.input_dims:
+            return (
+                f"input {self.input_name!r}: expected shape [N, {', '.join(map(str, self.input_dims))}], "
+                f"got {list(array.shape)}"
+            )
+        if self.max_batch and not 1 <= array.shape[0] <= self.max_batch:
+            return f"batch size {array.shape[0]} outside 1..{self.max_batch}"
+        return None
+
+    def execute(self, requests: list) -> list:
+        responses: list = [None] * len(requests)
+        arrays, owners = [], []
+        for i, request in enumerate(requests):
+            array = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
+            problem = self._validate(array)
+            if problem:
+                responses[i] = pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(f"{self.name}: {problem}")
+                )
+            else:
+                arrays.append(array)
+                owners.append(i)
+        if arrays:
+            # One ORT run for the whole dynamic batch: that is what dynamic batching buys.
+            batch = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+            try:
+                (logits,) = self.session.run([self.output_name], {self.input_name: batch})
+            except Exception as e:
+                error = pb_utils.TritonError(f"{self.name}: ONNX Runtime failed: {e}")
+                for i in owners:
+                    responses[i] = pb_utils.InferenceResponse(error=error)
+                return responses
+            logits = logits.astype(self.output_dtype, copy=False)
+            start = 0
+            for i, array in zip(owners, arrays, strict=False):
+                end = start + len(array)
+                tensor = pb_utils.Tensor(self.output_name, logits[start:end])
+                responses[i] = pb_utils.InferenceResponse(output_tensors=[tensor])
+                start = end
+        return responses
+
+    def finalize(self) -> None:
+        self.session = None

@@ -1,0 +1,135 @@
+"""Triton model configuration as data: typed structures -> dict -> Triton's protobuf -> text.
+
+Never string templates: the dict is parsed into `model_config_pb2.ModelConfig` (Triton's own
+schema, shipped by tritonclient), so a wrong field fails here, not in the server.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2
+
+from serving import ServingError
+
+CPU, GPU = "cpu", "gpu"
+CONFIG_NAMES = (CPU, GPU)
+PARAM_PREFIX = "cnn_deploy."
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    dims: tuple[int, ...]
+    data_type: str = "TYPE_FP32"
+    format: str | None = None  # FORMAT_NCHW on image inputs (Triton's image_client reads it)
+    label_filename: str | None = None  # enables Triton's classification extension
+
+    def to_dict(self) -> dict:
+        out: dict = {"name": self.name, "data_type": self.data_type, "dims": list(self.dims)}
+        if self.format:
+            out["format"] = self.format
+        if self.label_filename:
+            out["label_filename"] = self.label_filename
+        return out
+
+
+@dataclass(frozen=True)
+class TensorRTAccelerator:
+    """ONNX Runtime's TensorRT execution provider, as the native ORT backend configures it."""
+
+    precision: str = "FP16"
+    workspace_bytes: int = 1 << 30
+    cache_path: str | None = None
+
+    def to_dict(self) -> dict:
+        params = {"precision_mode": self.precision, "max_workspace_size_bytes": str(self.workspace_bytes)}
+        if self.cache_path:
+            params.update(trt_engine_cache_enable="1", trt_engine_cache_path=self.cache_path)
+        return {"gpu_execution_accelerator": [{"name": "tensorrt", "parameters": params}]}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+    max_batch_size: int
+    backend: str | None = None
+    platform: str | None = None
+    instance_kind: str = "KIND_CPU"
+    instance_count: int = 1
+    queue_delay_us: int = 2000
+    default_model_filename: str | None = None
+    versions_served: int = 2  # latest two: the previous export stays loaded for rollback
+    warmup_batch_sizes: tuple[int, ...] = (1,)
+    accelerator: TensorRTAccelerator | None = None
+    parameters: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.backend is None) == (self.platform is None):
+            raise ServingError(f"{self.name}: set exactly one of backend or platform")
+        if self.max_batch_size < 1:
+            raise ServingError(f"{self.name}: max_batch_size must be >= 1")
+        if self.instance_count < 1:
+            raise ServingError(f"{self.name}: instance count must be >= 1")
+        bad = [b for b in self.warmup_batch_sizes if not 1 <= b <= self.max_batch_size]
+        if bad:
+            raise ServingError(f"{self.name}: warmup batch sizes {bad} outside 1..{self.max_batch_size}")
+
+    def to_dict(self) -> dict:
+        """Built section by section, as pytriton does, in Triton's JSON field names."""
+        out: dict = {"name": self.name, "max_batch_size": self.max_batch_size}
+        if self.backend:
+            out["backend"] = self.backend
+        if self.platform:
+            out["platform"] = self.platform
+        out["version_policy"] = {"latest": {"num_versions": self.versions_served}}
+        out["input"] = [t.to_dict() for t in self.inputs]
+        out["output"] = [t.to_dict() for t in self.outputs]
+        out["instance_group"] = [{"kind": self.instance_kind, "count": self.instance_count}]
+        # A queue delay rather than preferred_batch_size: it adapts to the load (DESIGN.md).
+        out["dynamic_batching"] = {"max_queue_delay_microseconds": self.queue_delay_us}
+        if self.default_model_filename:
+            out["default_model_filename"] = self.default_model_filename
+        if self.accelerator:
+            out["optimization"] = {"execution_accelerators": self.accelerator.to_dict()}
+        out["model_warmup"] = [self._warmup(b) for b in self.warmup_batch_sizes]
+        if self.parameters:
+            out["parameters"] = {k: {"string_value": v} for k, v in sorted(self.parameters.items())}
+        return out
+
+    def _warmup(self, batch: int) -> dict:
+        inputs = {
+            t.name: {"data_type": t.data_type, "dims": list(t.dims), "random_data": True} for t in self.inputs
+        }
+        return {"name": f"random_batch_{batch}", "batch_size": batch, "inputs": inputs}
+
+    def to_proto(self) -> model_config_pb2.ModelConfig:
+        try:
+            return json_format.ParseDict(self.to_dict(), model_config_pb2.ModelConfig())
+        except json_format.ParseError as e:
+            raise ServingError(f"{self.name}: invalid Triton model config: {e}") from e
+
+    def to_pbtxt(self) -> str:
+        text = text_format.MessageToString(self.to_proto()) + "\n"
+        parse_pbtxt(text)  # validated by parsing back, as the server will
+        return text
+
+
+def parse_pbtxt(text: str) -> model_config_pb2.ModelConfig:
+    try:
+        return text_format.Parse(text, model_config_pb2.ModelConfig())
+    except text_format.ParseError as e:
+        raise ServingError(f"invalid Triton model config: {e}") from e
+
+
+def config_to_dict(config: model_config_pb2.ModelConfig) -> dict:
+    return json_format.MessageToDict(config, preserving_proto_field_name=True)
+
+
+def export_parameters(metadata: dict[str, object]) -> dict[str, str]:
+    """Export metadata (weights source, preprocessing …) as `cnn_deploy.*` config parameters."""
+    return {PARAM_PREFIX + k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}

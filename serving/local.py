@@ -1,0 +1,156 @@
+"""`serving up | status | down`: the local CPU server, in the foreground or detached."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from serving import ServingError
+from serving.triton import ADMIN_HEADER, ServerOptions, TritonProcess, check_ports, is_ready
+
+STATE_DIR = Path("build/serving")
+STATE_FILE = STATE_DIR / "server.json"
+LOG_FILE = STATE_DIR / "triton.log"
+
+
+@dataclass
+class ServerState:
+    """What `status` and `down` need to find a detached server; written 0600 (it holds the key)."""
+
+    pid: int
+    http_url: str
+    grpc_url: str
+    metrics_url: str
+    repository: str
+    config_name: str
+    admin_key: str
+    log: str
+
+    def save(self, path: Path = STATE_FILE) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(asdict(self), f, indent=2)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path = STATE_FILE) -> ServerState | None:
+        try:
+            return cls(**json.loads(path.read_text()))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError) as e:
+            raise ServingError(f"{path} is unreadable ({e}); remove it if no server is running") from e
+
+
+def admin_key(explicit: str | None) -> str:
+    return explicit or os.environ.get("TRITON_ADMIN_KEY") or secrets.token_urlsafe(18)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def model_table(http_url: str, key: str) -> list[dict]:
+    """Every model in the repository with its state and, when not ready, Triton's reason."""
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    client = httpclient.InferenceServerClient(
+        http_url.removeprefix("http://"), connection_timeout=5, network_timeout=10
+    )
+    try:
+        return client.get_model_repository_index(headers={ADMIN_HEADER: key})
+    except InferenceServerException as e:
+        raise ServingError(f"cannot list models at {http_url}: {e.message()}") from e
+    finally:
+        client.close()
+
+
+def start(opts: ServerOptions, *, detach: bool, timeout: float = 600.0) -> tuple[TritonProcess, ServerState]:
+    existing = ServerState.load()
+    if existing and pid_alive(existing.pid):
+        raise ServingError(
+            f"a server is already running (pid {existing.pid}, {existing.http_url}); "
+            "stop it with `python -m serving down`"
+        )
+    check_ports(opts)
+    log = LOG_FILE if detach else STATE_DIR / f"triton-{opts.http_port}.log"
+    process = TritonProcess(opts, log_path=log).start(detach=detach)
+    try:
+        process.wait_ready(timeout)
+    except BaseException:
+        process.stop()
+        raise
+    state = ServerState(
+        pid=process.process.pid,
+        http_url=opts.http_url,
+        grpc_url=opts.grpc_url,
+        metrics_url=opts.metrics_url,
+        repository=str(opts.repository),
+        config_name=opts.config_name,
+        admin_key=opts.admin_key or "",
+        log=str(log),
+    )
+    state.save()
+    return process, state
+
+
+def serve_foreground(process: TritonProcess) -> int:
+    """Block until Ctrl-C (or SIGTERM), then stop the server cleanly."""
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        while process.process.poll() is None:
+            time.sleep(0.5)
+        return process.process.returncode or 0
+    except KeyboardInterrupt:
+        return process.stop() or 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        STATE_FILE.unlink(missing_ok=True)
+
+
+def status() -> tuple[ServerState | None, bool]:
+    state = ServerState.load()
+    if state is None:
+        return None, False
+    return state, pid_alive(state.pid) and is_ready(state.http_url)
+
+
+def down(timeout: float = 30.0) -> str:
+    state = ServerState.load()
+    if state is None or not pid_alive(state.pid):
+        STATE_FILE.unlink(missing_ok=True)
+        return "no server running"
+    os.kill(state.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while pid_alive(state.pid) and time.monotonic() < deadline:
+        _reap(state.pid)
+        time.sleep(0.2)
+    if pid_alive(state.pid):
+        os.kill(state.pid, signal.SIGKILL)
+    STATE_FILE.unlink(missing_ok=True)
+    return f"stopped server pid {state.pid}"
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)  # only succeeds if we are its parent; harmless otherwise
+    except ChildProcessError:
+        pass

@@ -1,0 +1,258 @@
+"""Run the real `tritonserver` from the nvidia-pytriton wheel on CPU, without Docker.
+
+The wheel ships the server and the Python backend, not the ONNX Runtime backend; we build a
+backend directory where `onnxruntime/` holds our Python-based backend (see
+serving/backends/onnxruntime/model.py), so the repository's `backend: "onnxruntime"` configs
+load unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from serving import ServingError
+
+BACKEND_SOURCE = Path(__file__).parent / "backends" / "onnxruntime" / "model.py"
+RESTRICTED = "model-repository,shared-memory,trace,logging"  # admin APIs, behind a key
+ADMIN_HEADER = "admin-key"
+PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+@dataclass(frozen=True)
+class Wheel:
+    """Where the nvidia-pytriton wheel keeps the server, its libraries and the Python backend."""
+
+    root: Path
+
+    @classmethod
+    def find(cls) -> Wheel:
+        try:
+            import pytriton
+        except ImportError:
+            raise ServingError(
+                "nvidia-pytriton is not installed; it provides tritonserver (pip install -e .)"
+            ) from None
+        root = Path(pytriton.__file__).parent / "tritonserver"
+        wheel = cls(root)
+        for path in (wheel.binary, wheel.python_backend / "libtriton_python.so", wheel.stub):
+            if not path.exists():
+                raise ServingError(f"the nvidia-pytriton wheel lacks {path}")
+        return wheel
+
+    @property
+    def binary(self) -> Path:
+        return self.root / "bin" / "tritonserver"
+
+    @property
+    def libs(self) -> Path:
+        return self.root.parent.parent / "nvidia_pytriton.libs"
+
+    @property
+    def python_backend(self) -> Path:
+        return self.root / "backends" / "python"
+
+    @property
+    def stub(self) -> Path:
+        return self.root / "python_backend_stubs" / PYTHON_VERSION / "triton_python_backend_stub"
+
+
+def prepare_backends(target: Path, wheel: Wheel | None = None) -> Path:
+    """A Triton backend directory: the wheel's Python backend + our Python-based `onnxruntime`."""
+    wheel = wheel or Wheel.find()
+    python_dir, ort_dir = target / "python", target / "onnxruntime"
+    python_dir.mkdir(parents=True, exist_ok=True)
+    ort_dir.mkdir(parents=True, exist_ok=True)
+    for src in (
+        wheel.python_backend / "libtriton_python.so",
+        wheel.python_backend / "triton_python_backend_utils.py",
+        wheel.stub,
+    ):
+        dst = python_dir / src.name
+        if (
+            not dst.exists()
+            or dst.stat().st_mtime < src.stat().st_mtime
+            or dst.stat().st_size != src.stat().st_size
+        ):
+            shutil.copy2(src, dst)
+    shutil.copy2(BACKEND_SOURCE, ort_dir / "model.py")
+    return target
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    repository: Path
+    config_name: str = "cpu"
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    admin_key: str | None = None
+    backend_dir: Path = Path("build/serving/backends")
+    log_verbose: int = 0
+    extra_args: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"grpc://{self.host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+
+def command(opts: ServerOptions, wheel: Wheel) -> list[str]:
+    args = [
+        str(wheel.binary),
+        f"--model-repository={opts.repository.resolve()}",
+        f"--model-config-name={opts.config_name}",
+        "--model-control-mode=none",
+        f"--backend-directory={opts.backend_dir.resolve()}",
+        f"--http-address={opts.host}",
+        f"--http-port={opts.http_port}",
+        f"--grpc-address={opts.host}",
+        f"--grpc-port={opts.grpc_port}",
+        f"--metrics-address={opts.host}",
+        f"--metrics-port={opts.metrics_port}",
+        "--allow-metrics=true",
+        "--allow-gpu-metrics=false",
+        "--allow-cpu-metrics=true",
+        # A broken model must not take the others down: it stays UNAVAILABLE, with its reason
+        # in the log and the repository index, and readiness means "the server is serving".
+        "--exit-on-error=false",
+        "--strict-readiness=false",
+        "--exit-timeout-secs=10",
+        f"--log-verbose={opts.log_verbose}",
+        # Room for a max batch of 224x224 images without regrowing the shared memory, and a
+        # per-server prefix so several servers (tests, demo) can share /dev/shm.
+        "--backend-config=python,shm-default-byte-size=33554432",
+        "--backend-config=python,shm-growth-byte-size=33554432",
+        f"--backend-config=python,shm-region-prefix-name=cnn_deploy_{opts.grpc_port}_",
+    ]
+    if opts.admin_key:
+        args += [
+            f"--http-restricted-api={RESTRICTED}:{ADMIN_HEADER}={opts.admin_key}",
+            f"--grpc-restricted-protocol={RESTRICTED}:{ADMIN_HEADER}={opts.admin_key}",
+        ]
+    return args + list(opts.extra_args)
+
+
+def environment(wheel: Wheel) -> dict[str, str]:
+    env = dict(os.environ)
+    # The backend stub finds its libraries next to the wheel, and its embedded interpreter
+    # takes its prefix (hence site-packages: onnxruntime, numpy) from the first `python3` on
+    # PATH, so this environment's bin directory goes first, as pytriton itself does.
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(wheel.libs), env.get("LD_LIBRARY_PATH")]))
+    env["PATH"] = os.pathsep.join(filter(None, [str(Path(sys.executable).parent), env.get("PATH")]))
+    env.setdefault("OMP_NUM_THREADS", "1")  # ORT sizes its own pools; no OpenMP oversubscription
+    return env
+
+
+def is_ready(url: str, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=timeout) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+class TritonProcess:
+    """A tritonserver child process: start, wait until ready, stop (and really be gone)."""
+
+    def __init__(self, opts: ServerOptions, *, log_path: Path | None = None):
+        self.opts = opts
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+        self._log_file = None
+
+    def start(self, *, detach: bool = False) -> TritonProcess:
+        wheel = Wheel.find()
+        if not self.opts.repository.is_dir():
+            raise ServingError(
+                f"model repository {self.opts.repository} does not exist; "
+                "create it with `python -m serving repo ARCH...`"
+            )
+        prepare_backends(self.opts.backend_dir, wheel)
+        if self.log_path:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log_file = open(self.log_path, "ab")
+        out = self._log_file or subprocess.DEVNULL
+        self.process = subprocess.Popen(
+            command(self.opts, wheel),
+            env=environment(wheel),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=detach,
+        )
+        return self
+
+    def wait_ready(self, timeout: float = 300.0, poll: float = 0.25) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise ServingError(
+                    f"tritonserver exited with code {self.process.returncode} while starting"
+                    + (f"; see {self.log_path}" if self.log_path else "")
+                )
+            if is_ready(self.opts.http_url):
+                return
+            time.sleep(poll)
+        raise ServingError(
+            f"tritonserver not ready after {timeout:.0f}s"
+            + (f"; see {self.log_path}" if self.log_path else "")
+        )
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._log_file:
+            self._log_file.close()
+            self._log_file = None
+        return self.process.returncode
+
+    def __enter__(self) -> TritonProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def port_free(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def check_ports(opts: ServerOptions) -> None:
+    busy = [p for p in (opts.http_port, opts.grpc_port, opts.metrics_port) if not port_free(opts.host, p)]
+    if busy:
+        raise ServingError(
+            f"port(s) {', '.join(map(str, busy))} on {opts.host} already in use; "
+            "is a server running? (`python -m serving status`) or pick other ports"
+        )

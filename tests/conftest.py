@@ -1,0 +1,112 @@
+"""Shared fixtures: real exports (random weights) and one real Triton server per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# Small architectures the CI exports and serves; `-m slow` covers the whole registry.
+CI_ARCHS = ("alexnet", "resnet18")
+CORRUPT_MODEL = "broken_resnet18"
+
+
+def pytest_collection_modifyitems(config, items):
+    if _has_gpu():
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU and onnxruntime-gpu")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def _has_gpu() -> bool:
+    try:
+        import onnxruntime
+    except ImportError:
+        return False
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers() and shutil.which("nvidia-smi")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_cli(*args: str, timeout: float = 600, cwd: Path | None = None):
+    """Run `python -m ...` as a user would; returns the CompletedProcess (never raises)."""
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd or ROOT,
+        env=env,
+    )
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    """CI_ARCHS exported once per session through the real pipeline (random weights)."""
+    from export.build import build_all
+    from export.registry import get
+
+    out = tmp_path_factory.mktemp("models")
+    jobs = build_all([get(a) for a in CI_ARCHS], output=out, weights="random")
+    failed = [f"{j.arch.name}: {j.error}" for j in jobs if not j.succeeded]
+    assert not failed, failed
+    return out
+
+
+@pytest.fixture(scope="session")
+def repository(models_dir, tmp_path_factory) -> Path:
+    """A model repository with CI_ARCHS, plus one model whose ONNX file is corrupt."""
+    from export.registry import get
+    from serving.repository import CpuPlan, place_models
+
+    repo = tmp_path_factory.mktemp("repo")
+    place_models([get(a) for a in CI_ARCHS], models_dir=models_dir, repository=repo, cpu=CpuPlan(1, 2))
+    broken = repo / CORRUPT_MODEL
+    shutil.copytree(repo / "resnet18", broken)
+    for cfg in (broken / "configs").glob("*.pbtxt"):
+        cfg.write_text(cfg.read_text().replace('name: "resnet18"', f'name: "{CORRUPT_MODEL}"'))
+    (broken / "1" / "model.onnx").write_bytes(b"\x08\x07 this is not an ONNX file")
+    return repo
+
+
+@pytest.fixture(scope="session")
+def triton(repository, tmp_path_factory, request):
+    """The real tritonserver on free ports; its log is printed if the session fails."""
+    from serving.triton import ServerOptions, TritonProcess
+
+    opts = ServerOptions(
+        repository=repository,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        admin_key="test-admin-key",
+        backend_dir=tmp_path_factory.mktemp("backends"),
+    )
+    log = tmp_path_factory.mktemp("triton") / "triton.log"
+    server = TritonProcess(opts, log_path=log).start()
+    try:
+        server.wait_ready(timeout=300)
+        yield opts
+    except BaseException:
+        sys.stderr.write(log.read_text(errors="replace")[-20000:])
+        raise
+    finally:
+        code = server.stop()
+        assert server.process.poll() is not None, "tritonserver is still running"
+        if request.session.testsfailed or code not in (0, None, -15):
+            sys.stderr.write(f"\n--- tritonserver log ({log}), exit code {code} ---\n")
+            sys.stderr.write(log.read_text(errors="replace")[-20000:])

@@ -1,0 +1,558 @@
+"""docker-compose.yml, the Dockerfile and docs/deploy-gpu.md, checked without a Docker engine.
+
+The Compose file is interpolated the way Docker Compose does it, then validated against the
+Compose Specification schema that Docker Compose embeds (tests/data/compose-spec.json, from
+compose-spec/compose-go v2.13.0, Apache-2.0). Its commands, paths, ports and image tag are then
+checked against the code they run: the export CLI, serving/engines.py, the serving constants, the
+clients CLI and the `tritonserver` binary in the nvidia-pytriton wheel.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import importlib.util
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+SCHEMA_FILE = ROOT / "tests" / "data" / "compose-spec.json"
+DOC = ROOT / "docs" / "deploy-gpu.md"
+ENV = {"TRITON_ADMIN_KEY": "test-admin-key"}
+REPOSITORY_SOURCE = "./model_repository"
+# NGC release -> Triton server version, from Triton's build.py TRITON_VERSION_MAP at the server's
+# release tag (v2.51.0: "2.51.0": ("24.10", ...)) and the release notes. Add a row when moving the tag.
+NGC_RELEASE_TO_SERVER = {"24.10": "2.51.0"}
+
+
+# --- Compose's variable interpolation (compose-go's template package), enough for this file ---
+
+
+class MissingVariable(Exception):
+    pass
+
+
+_VARIABLE = re.compile(r"\$(?:(\$)|\{([^}]*)\}|([_A-Za-z][_A-Za-z0-9]*))")
+_OPERATORS = (":?", "?", ":-", "-", ":+", "+")  # the one found first in the expression applies
+
+
+def substitute(text: str, env: dict[str, str]) -> str:
+    def replace(m: re.Match) -> str:
+        if m.group(1):
+            return "$"
+        if m.group(3):
+            return env.get(m.group(3), "")
+        expr = m.group(2)
+        found = [(expr.find(op), i, op) for i, op in enumerate(_OPERATORS) if op in expr]
+        if not found:
+            return env.get(expr, "")
+        at, _, op = min(found)
+        name, arg = expr[:at], expr[at + len(op) :]
+        is_set, value = name in env, env.get(name, "")
+        present = bool(value) if op.startswith(":") else is_set
+        if op.endswith("?"):
+            if not present:
+                raise MissingVariable(f"{name}: {substitute(arg, env)}")
+            return value
+        if op.endswith("-"):
+            return value if present else substitute(arg, env)
+        return substitute(arg, env) if present else ""
+
+    return _VARIABLE.sub(replace, text)
+
+
+def interpolate(node, env: dict[str, str]):
+    if isinstance(node, dict):
+        return {k: interpolate(v, env) for k, v in node.items()}
+    if isinstance(node, list):
+        return [interpolate(v, env) for v in node]
+    return substitute(node, env) if isinstance(node, str) else node
+
+
+def load_compose(env: dict[str, str] | None = None) -> dict:
+    """The Compose file as Compose sees it: YAML (anchors, merge keys), then interpolated."""
+    return interpolate(yaml.safe_load(COMPOSE_FILE.read_text()), ENV if env is None else env)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return load_compose()
+
+
+@pytest.fixture(scope="module")
+def services(compose) -> dict:
+    return compose["services"]
+
+
+def schema_errors(document: dict) -> list[str]:
+    schema = json.loads(SCHEMA_FILE.read_text())
+    checker = jsonschema.FormatChecker()
+
+    @checker.checks("duration", raises=ValueError)
+    def _go_duration(value) -> bool:  # compose-go registers Go's time.ParseDuration as "duration"
+        if not isinstance(value, str):
+            return True
+        if not re.fullmatch(r"(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+|0", value):
+            raise ValueError(f"{value!r} is not a Go duration")
+        return True
+
+    validator = jsonschema.Draft202012Validator(schema, format_checker=checker)
+    return [
+        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+        for e in validator.iter_errors(document)
+    ]
+
+
+def command_args(service: dict) -> list[str]:
+    """A service's command as Compose runs it: a string is split like a shell would."""
+    cmd = service["command"]
+    return shlex.split(cmd) if isinstance(cmd, str) else list(cmd)
+
+
+def flags(args: list[str]) -> dict[str, str]:
+    return dict(a.split("=", 1) for a in args if a.startswith("--") and "=" in a)
+
+
+def mounts(service: dict) -> dict[str, tuple[str, bool]]:
+    """target -> (source, read_only), for the short and the long volume syntax."""
+    out = {}
+    for v in service.get("volumes", []):
+        if isinstance(v, str):
+            parts = v.split(":")
+            out[parts[1]] = (parts[0], len(parts) > 2 and "ro" in parts[2].split(","))
+        else:
+            out[v["target"]] = (v["source"], bool(v.get("read_only")))
+    return out
+
+
+def mount_target(service: dict, source: str) -> str:
+    targets = [t for t, (s, _) in mounts(service).items() if s == source]
+    assert len(targets) == 1, f"expected one mount of {source}, got {mounts(service)}"
+    return targets[0]
+
+
+def import_cli(module: str):
+    """A CLI module written by another part of the project, or a skip saying it isn't there yet."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name and (module == e.name or module.startswith(e.name + ".")):
+            pytest.skip(f"{module} does not exist yet: its command line in docker-compose.yml is unchecked")
+        raise
+
+
+# --- The file against the Compose Specification ---
+
+
+def test_compose_file_matches_the_compose_specification(compose):
+    assert schema_errors(compose) == []
+
+
+def test_schema_check_catches_a_misspelled_key(compose):
+    broken = copy.deepcopy(compose)
+    broken["services"]["triton"]["healthchek"] = broken["services"]["triton"].pop("healthcheck")
+    assert any("healthchek" in e for e in schema_errors(broken))
+
+
+def test_triton_admin_key_is_required():
+    with pytest.raises(MissingVariable, match="TRITON_ADMIN_KEY: set TRITON_ADMIN_KEY"):
+        load_compose(env={})
+
+
+def test_interpolation_follows_compose_rules():
+    env = {"SET": "v", "EMPTY": ""}
+    text = "${SET:-d} ${EMPTY:-d} ${EMPTY-d} ${UNSET-d} $$SET ${SET:+alt}"
+    assert substitute(text, env) == "v d  d $SET alt"
+    assert substitute("${UNSET:---all}", env) == "--all"
+
+
+@pytest.mark.skipif(not shutil.which("docker"), reason="no docker CLI")
+def test_docker_compose_config_accepts_the_file(tmp_path):
+    """Where the Compose v2 plugin is installed (it needs no engine for `config`), ask it too."""
+    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0:
+        pytest.skip("the docker CLI has no compose plugin here")
+    proc = subprocess.run(
+        ["docker", "compose", "-f", str(COMPOSE_FILE), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **ENV},
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+# --- The Triton image ---
+
+
+def test_engines_and_triton_run_one_pinned_triton_image(services):
+    text = COMPOSE_FILE.read_text()
+    assert len(re.findall(r"^\s+image: \*triton-image\s*$", text, re.MULTILINE)) == 2, (
+        "engines and triton must both use the x-triton-image anchor: a plan loads only where it was built"
+    )
+    image = services["triton"]["image"]
+    assert services["engines"]["image"] == image
+    assert re.fullmatch(r"nvcr\.io/nvidia/tritonserver:\d\d\.\d\d-py3", image), image
+
+
+def _wheel_tritonserver_version(tmp_path: Path) -> str:
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail("nvidia-pytriton is not installed; it is a project dependency")
+    package = Path(next(iter(spec.submodule_search_locations)))
+    binary = package / "tritonserver" / "bin" / "tritonserver"
+    libs = package.parent / "nvidia_pytriton.libs"
+    library_path = os.pathsep.join(filter(None, [str(libs), os.environ.get("LD_LIBRARY_PATH")]))
+    env = {**os.environ, "LD_LIBRARY_PATH": library_path}
+    # The server prints its metadata table, then stops at the missing repository (in well under a second).
+    proc = subprocess.run(
+        [
+            str(binary),
+            f"--model-repository={tmp_path / 'missing'}",
+            "--exit-on-error=true",
+            "--allow-http=false",
+            "--allow-grpc=false",
+            "--allow-metrics=false",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    found = re.search(r"^\|\s*server_version\s*\|\s*(\S+)\s*\|", proc.stdout + proc.stderr, re.MULTILINE)
+    assert found, f"no server_version in `tritonserver` output:\n{(proc.stdout + proc.stderr)[-3000:]}"
+    return found.group(1)
+
+
+def test_triton_image_is_the_server_version_of_the_pytriton_wheel(services, tmp_path):
+    release = re.search(r":(\d\d\.\d\d)-py3$", services["triton"]["image"]).group(1)
+    assert release in NGC_RELEASE_TO_SERVER, (
+        f"add {release}'s server version to NGC_RELEASE_TO_SERVER (Triton release notes / build.py)"
+    )
+    assert _wheel_tritonserver_version(tmp_path) == NGC_RELEASE_TO_SERVER[release], (
+        "the compose image and the nvidia-pytriton wheel must run the same Triton server"
+    )
+
+
+# --- What each service runs, against the code ---
+
+
+def test_export_command_parses_with_the_export_cli(services):
+    from export import registry
+    from export.cli import build_parser
+
+    service = services["export"]
+    args = command_args(service)
+    assert args[:3] == ["python", "-m", "export"]
+    ns = build_parser().parse_args(args[3:])
+    assert ns.command == "build" and ns.all and ns.architectures == []
+    assert ns.weights == "imagenet"
+    assert ns.tensorrt, "--tensorrt: the engines service builds plans for the <name>_trt models"
+    assert str(ns.repository) == mount_target(service, REPOSITORY_SOURCE)
+    assert str(ns.output).startswith("/work/build/")
+    assert re.search(r"chmod 1777 [^\n]*/work/build\b", DOCKERFILE.read_text()), (
+        "the export's output directory must be writable by any UID the service runs as"
+    )
+
+    chosen = load_compose({**ENV, "CNN_DEPLOY_MODELS": "resnet50 alexnet"})["services"]["export"]
+    ns = build_parser().parse_args(command_args(chosen)[3:])
+    assert [a.name for a in registry.resolve(ns.architectures, all_=ns.all)] == ["resnet50", "alexnet"]
+
+
+def test_export_caches_torch_hub_downloads_in_a_named_volume(compose, services):
+    torch_home = re.search(r"TORCH_HOME=(\S+)", DOCKERFILE.read_text()).group(1)
+    source, _ = mounts(services["export"])[torch_home]
+    assert source in compose["volumes"]
+
+
+def test_engines_service_runs_this_repositorys_script(compose, services):
+    from serving import engines
+
+    service = services["engines"]
+    args = command_args(service)
+    assert args[0] == "python3", "the Triton image's own interpreter"
+    script = Path(args[1])
+    serving_mount = mount_target(service, "./serving")
+    assert mounts(service)[serving_mount][1], "./serving is mounted read-only"
+    assert (ROOT / "serving" / script.relative_to(serving_mount)) == ROOT / "serving" / "engines.py"
+
+    ns = engines.build_parser().parse_args(args[2:])
+    assert str(ns.repository) == mount_target(service, REPOSITORY_SOURCE)
+    assert not mounts(service)[str(ns.repository)][1], "engines writes the plans into the repository"
+    cache = mount_target(services["triton"], "trt-cache")
+    assert str(ns.cache_dir) == cache == mount_target(service, "trt-cache")
+    assert ns.cache_owner == services["triton"]["user"], "the cache must be writable by the server's user"
+    assert service["user"] == "0:0", "chown of the cache volume needs root"
+    assert "trt-cache" in compose["volumes"]
+
+
+def test_triton_serves_the_gpu_configs_of_the_mounted_repository(services):
+    service = services["triton"]
+    args = command_args(service)
+    assert args[0] == "tritonserver"
+    f = flags(args)
+    repo = f["--model-repository"]
+    assert mount_target(service, REPOSITORY_SOURCE) == repo
+    assert mounts(service)[repo][1], "the server mounts the repository read-only"
+    assert f["--model-control-mode"] == "none"
+    assert f["--strict-readiness"] == "true"
+
+    repository = import_cli("serving.repository")
+    from serving.config import GPU
+
+    assert f["--model-config-name"] == GPU
+    assert mount_target(service, "trt-cache") == repository.TRT_CACHE_ROOT, (
+        "gpu configs point ONNX Runtime's TensorRT cache at TRT_CACHE_ROOT/<model>"
+    )
+
+
+def test_triton_restricts_the_admin_apis_like_the_local_server(services):
+    triton = import_cli("serving.triton")
+    f = flags(command_args(services["triton"]))
+    expected = f"{triton.RESTRICTED}:{triton.ADMIN_HEADER}={ENV['TRITON_ADMIN_KEY']}"
+    assert f["--http-restricted-api"] == expected
+    assert f["--grpc-restricted-protocol"] == expected
+
+
+def test_triton_publishes_its_three_ports(services):
+    service = services["triton"]
+    f = flags(command_args(service))
+    ports = {f[k] for k in ("--http-port", "--grpc-port", "--metrics-port")}
+    assert {p.split(":")[-1] for p in service["ports"]} == ports
+
+
+def test_triton_healthcheck_polls_readiness(services):
+    service = services["triton"]
+    test = service["healthcheck"]["test"]
+    http_port = flags(command_args(service))["--http-port"]
+    assert test[:2] == ["CMD", "curl"], "curl is in the Triton image; CMD runs it without a shell"
+    assert f"http://localhost:{http_port}/v2/health/ready" in test
+
+
+def test_gpu_services_reserve_nvidia_gpus(services):
+    for name in ("engines", "triton"):
+        devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert any(d.get("driver") == "nvidia" and "gpu" in d["capabilities"] for d in devices), name
+    for name in ("export", "loadtest", "verify", "prometheus"):
+        assert "deploy" not in services[name], f"{name} needs no GPU"
+
+
+def test_triton_runs_as_non_root_with_shared_memory(services):
+    service = services["triton"]
+    uid, gid = service["user"].split(":")
+    assert int(uid) != 0 and int(gid) != 0
+    assert service["shm_size"]
+
+
+def test_services_start_in_order(services):
+    def condition(name, dependency):
+        return services[name]["depends_on"][dependency]["condition"]
+
+    assert condition("engines", "export") == "service_completed_successfully"
+    assert condition("triton", "engines") == "service_completed_successfully"
+    assert condition("loadtest", "triton") == "service_healthy"
+    assert condition("verify", "triton") == "service_healthy"
+
+
+def test_optional_services_sit_behind_profiles(services):
+    assert {n: s.get("profiles", []) for n, s in services.items()} == {
+        "export": [],
+        "engines": [],
+        "triton": [],
+        "loadtest": ["loadtest"],
+        "verify": ["verify"],
+        "prometheus": ["monitoring"],
+    }
+
+
+def test_client_services_use_our_image_and_reach_triton_by_service_name(services):
+    grpc_port = flags(command_args(services["triton"]))["--grpc-port"]
+    for name in ("loadtest", "verify"):
+        service = services[name]
+        ours = services["export"]
+        assert (service["image"], service["build"]) == (ours["image"], ours["build"])
+        args = command_args(service)
+        assert args[:3] == ["python", "-m", "clients"]
+        assert args[args.index("--url") + 1] == f"grpc://triton:{grpc_port}"
+
+
+def test_loadtest_command_parses_with_the_clients_cli(services):
+    cli = import_cli("clients.cli")
+    service = services["loadtest"]
+    ns = cli.build_parser().parse_args(command_args(service)[3:])
+    assert ns.command == "loadtest"
+    assert str(ns.output) == mount_target(service, "./reports")
+
+
+def test_verify_command_parses_with_the_clients_cli(services):
+    cli = import_cli("clients.cli")
+    ns = cli.build_parser().parse_args(command_args(services["verify"])[3:])
+    assert ns.command == "verify"
+
+
+def test_prometheus_scrapes_tritons_metrics_port(services):
+    service = services["prometheus"]
+    assert not service["image"].endswith(":latest") and ":" in service["image"]
+    config_path = mount_target(service, "./serving/prometheus.yml")
+    assert config_path == "/etc/prometheus/prometheus.yml"
+    config = yaml.safe_load((ROOT / "serving" / "prometheus.yml").read_text())
+    targets = [t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
+    metrics_port = flags(command_args(services["triton"]))["--metrics-port"]
+    assert f"triton:{metrics_port}" in targets
+
+
+def test_bind_mount_sources_exist(services):
+    created_by_the_user = {"./reports"}  # git-ignored output; docs/deploy-gpu.md says `mkdir -p reports`
+    for name, service in services.items():
+        for source, _ in mounts(service).values():
+            if source.startswith("./") and source not in created_by_the_user:
+                assert (ROOT / source).exists(), f"{name} mounts {source}, which is not in the repository"
+
+
+# --- The Dockerfile ---
+
+
+def _dockerfile() -> list[str]:
+    """Instructions, one per line (continuations joined, comments dropped)."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+
+
+def _pinned(requirement_name: str) -> str:
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    return next(d.split("==")[1] for d in deps if d.split("==")[0].strip() == requirement_name)
+
+
+def test_dockerfile_is_python311_slim_with_cpu_torch_pinned_like_pyproject():
+    lines = _dockerfile()
+    assert all(ln.split()[1] == "python:3.11-slim" for ln in lines if ln.startswith("FROM "))
+    torch_install = next(ln for ln in lines if "torch==" in ln)
+    assert "--index-url https://download.pytorch.org/whl/cpu" in torch_install
+    assert f"torch=={_pinned('torch')}" in torch_install.split()
+    assert f"torchvision=={_pinned('torchvision')}" in torch_install.split()
+
+
+def test_dockerfile_runs_as_non_root():
+    user = [ln.split()[1] for ln in _dockerfile() if ln.startswith("USER ")][-1]
+    assert user.split(":")[0] not in ("0", "root")
+
+
+def _ignored(path: str, patterns: list[str]) -> bool:
+    """Docker's .dockerignore rule: the last pattern matching the path or a parent decides."""
+
+    def regex(pattern: str) -> str:
+        out, i = "", 0
+        while i < len(pattern):
+            if pattern.startswith("**/", i):
+                out, i = out + "(?:.*/)?", i + 3
+            elif pattern.startswith("**", i):
+                out, i = out + ".*", i + 2
+            else:
+                out += {"*": "[^/]*", "?": "[^/]"}.get(pattern[i], re.escape(pattern[i]))
+                i += 1
+        return out
+
+    parts = path.strip("/").split("/")
+    prefixes = ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
+    ignored = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        rx = regex(pattern.lstrip("!").strip("/"))
+        if any(re.fullmatch(rx, p) for p in prefixes):
+            ignored = not negate
+    return ignored
+
+
+def test_dockerfile_copies_only_files_that_exist_and_reach_the_build_context():
+    patterns = [
+        ln.strip() for ln in DOCKERIGNORE.read_text().splitlines() if ln.strip() and not ln.startswith("#")
+    ]
+    assert _ignored(".venv/bin/python", patterns) and _ignored("model_repository/x/1/model.onnx", patterns)
+    assert _ignored("export/__pycache__/cli.cpython-311.pyc", patterns)
+    copies = [ln.split()[1:-1] for ln in _dockerfile() if ln.startswith("COPY ") and "--from=" not in ln]
+    sources = [s for srcs in copies for s in srcs]
+    assert sources, "no COPY in the Dockerfile?"
+    for source in sources:
+        assert (ROOT / source).exists(), f"the Dockerfile copies {source}, which does not exist"
+        assert not _ignored(source, patterns), f".dockerignore keeps {source} out of the build context"
+    for package in ("export", "serving", "clients"):
+        assert package + "/" in sources and not _ignored(f"{package}/cli.py", patterns)
+
+
+def test_compose_builds_our_image_from_this_dockerfile(services):
+    build = services["export"]["build"]
+    assert (ROOT / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
+
+
+# --- The deployment guide ---
+
+
+def test_deploy_guide_shows_the_compose_commands():
+    doc = DOC.read_text()
+    for command in (
+        "docker compose up -d",
+        "docker compose --profile loadtest run --rm --no-deps loadtest",
+        "docker compose --profile monitoring up -d",
+        "docker compose run --rm --no-deps engines",
+        "mkdir -p reports",
+        "export TRITON_ADMIN_KEY=",
+    ):
+        assert command in doc, f"docs/deploy-gpu.md should show `{command}`"
+
+
+def test_deploy_guide_documents_every_variable_the_compose_file_reads():
+    variables = set(re.findall(r"\$\{([_A-Za-z][_A-Za-z0-9]*)", COMPOSE_FILE.read_text()))
+    assert variables >= {"TRITON_ADMIN_KEY", "CNN_DEPLOY_MODELS"}
+    doc = DOC.read_text()
+    assert sorted(v for v in variables if v not in doc) == []
+
+
+def _doc_commands(package: str) -> list[list[str]]:
+    found = re.findall(rf"python -m {package} [^\n`]*", DOC.read_text())
+    return [shlex.split(c)[3:] for c in found if "--help" not in c]
+
+
+def test_deploy_guide_export_commands_parse():
+    from export.cli import build_parser
+
+    commands = _doc_commands("export")
+    assert commands, "docs/deploy-gpu.md shows no `python -m export` command"
+    for args in commands:
+        build_parser().parse_args(args)
+
+
+def test_deploy_guide_serving_commands_parse():
+    cli = import_cli("serving.cli")
+    commands = _doc_commands("serving")
+    assert commands, "docs/deploy-gpu.md shows no `python -m serving` command"
+    for args in commands:
+        cli.build_parser().parse_args(args)
+
+
+def test_deploy_guide_engines_commands_parse():
+    from serving import engines
+
+    found = re.findall(r"serving/engines\.py ([^\n`]*)", DOC.read_text())
+    assert found
+    for args in found:
+        engines.build_parser().parse_args(shlex.split(args))
+
+
+def test_schema_file_records_where_it_came_from_and_its_license():
+    schema = json.loads(SCHEMA_FILE.read_text())
+    assert schema["$schema"].endswith("2020-12/schema") and schema["title"] == "Compose Specification"
+    assert "compose-spec/compose-go" in schema["$comment"] and "Apache License 2.0" in schema["$comment"]

@@ -1,0 +1,205 @@
+"""The export pipeline on real models (random weights), and its errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from export.golden import GoldenSet
+from export.pipeline import ExportJob, run_export
+from export.registry import Tolerance, get
+from export.steps import Status
+from export.verify import session
+from tests.conftest import CI_ARCHS, run_cli
+
+
+@pytest.mark.parametrize("name", CI_ARCHS)
+def test_export_writes_model_fp16_golden_labels_and_report(models_dir, name):
+    out = models_dir / name
+    assert sorted(p.name for p in out.iterdir()) == [
+        "export.json",
+        "golden.npz",
+        "labels.txt",
+        "model.fp16.onnx",
+        "model.onnx",
+    ]
+    report = json.loads((out / "export.json").read_text())
+    assert [s["status"] for s in report["steps"]] == ["OK"] * 6  # publish writes the report itself
+    assert len((out / "labels.txt").read_text().splitlines()) == 1000
+
+
+@pytest.mark.parametrize("name", CI_ARCHS)
+def test_export_verifies_batch_1_2_max_and_photos_in_both_precisions(models_dir, name):
+    report = json.loads((models_dir / name / "export.json").read_text())
+    expected = sorted({1, 2, get(name).max_batch_size})
+    for precision in ("fp32", "fp16"):
+        cases = report["verification"][precision]
+        assert [c["batch"] for c in cases if c["case"].startswith("random/")] == expected
+        assert any(c["case"].startswith("photos/") for c in cases)
+        assert all(c["passed"] for c in cases), cases
+
+
+@pytest.mark.parametrize("name", CI_ARCHS)
+def test_exported_graph_is_optimized_with_dynamic_batch(models_dir, name):
+    model = onnx.load(str(models_dir / name / "model.onnx"))
+    ops = {n.op_type for n in model.graph.node}
+    assert not ops & {"BatchNormalization", "Identity", "Dropout", "Shape", "Expand", "CastLike"}
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    report = json.loads((models_dir / name / "export.json").read_text())
+    assert report["graph"]["after"]["nodes"] < report["graph"]["before"]["nodes"]
+
+
+def test_export_records_weights_source_in_model_metadata(models_dir):
+    from export.convert import read_metadata
+
+    meta = read_metadata(models_dir / "resnet18" / "model.onnx")
+    assert meta["weights_source"] == "random(seed=0)"
+    assert meta["weights_random"] == "true"
+    assert meta["precision"] == "fp32"
+    assert json.loads(meta["preprocessing"])["crop"] == 224
+    assert read_metadata(models_dir / "resnet18" / "model.fp16.onnx")["precision"] == "fp16"
+
+
+def test_onnx_matches_pytorch_at_an_unverified_batch_size(models_dir):
+    """Dynamic batch for real: batch 5 was never an example or a verified size."""
+    from export.models import load_model
+
+    model = load_model(get("resnet18"), "random").model
+    x = np.random.default_rng(5).standard_normal((5, 3, 224, 224), dtype=np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    got = session(models_dir / "resnet18" / "model.onnx").run(None, {"input": x})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_golden_set_holds_photos_and_random_inputs_with_tolerances(models_dir):
+    golden = GoldenSet.load(models_dir / "alexnet" / "golden.npz")
+    assert golden.inputs.shape == (6, 3, 224, 224) and golden.outputs.shape == (6, 1000)
+    assert sum(n.startswith("photo:") for n in golden.case_names) == 4
+    assert set(golden.tolerances) == {"fp32", "fp16"}
+    assert golden.meta["weights_source"] == "random(seed=0)"
+
+
+def test_failed_verification_leaves_no_model_behind(tmp_path):
+    strict = dataclasses.replace(get("resnet18"), fp32=Tolerance(atol=0.0, rtol=0.0))
+    job = ExportJob(strict, tmp_path, weights="random")
+    results = run_export(job)
+    status = {r.name: r.status for r in results}
+    assert status["verify"] is Status.FAIL and status["publish"] is Status.SKIPPED
+    assert "fp32 verification failed" in job.error and "max abs err" in job.error
+    assert list(tmp_path.iterdir()) == []  # no model, no staging directory
+
+
+def test_checkpoint_export_records_its_source(tmp_path):
+    import torchvision
+
+    torch.manual_seed(7)
+    ckpt = tmp_path / "resnet18-finetuned.pth"
+    torch.save({"state_dict": torchvision.models.resnet18().state_dict()}, ckpt)
+    job = ExportJob(get("resnet18"), tmp_path / "out", weights=str(ckpt), fp16=False)
+    (tmp_path / "out").mkdir()
+    run_export(job)
+    assert job.succeeded, job.error
+    assert job.status_of("fp16") is Status.SKIPPED
+    report = json.loads((tmp_path / "out" / "resnet18" / "export.json").read_text())
+    assert report["weights_source"].startswith("checkpoint:resnet18-finetuned.pth:sha256=")
+    assert report["weights_random"] is False
+
+
+# --- the CLI's errors: one clear line, non-zero exit ---------------------------------------
+
+
+def _one_error_line(result) -> str:
+    assert result.returncode == 1, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_cli_rejects_unknown_architecture_listing_known_ones():
+    line = _one_error_line(run_cli("export", "build", "lenet5"))
+    assert "unknown architecture 'lenet5'" in line and "resnet152" in line
+
+
+def test_cli_rejects_missing_checkpoint(tmp_path):
+    line = _one_error_line(
+        run_cli(
+            "export",
+            "build",
+            "alexnet",
+            "--weights",
+            str(tmp_path / "nope.pth"),
+            "--output",
+            str(tmp_path / "out"),
+        )
+    )
+    assert "checkpoint not found" in line
+    assert not (tmp_path / "out" / "alexnet").exists()
+
+
+def test_cli_rejects_corrupt_checkpoint(tmp_path):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"PK\x03\x04 garbage, not a checkpoint")
+    line = _one_error_line(
+        run_cli("export", "build", "alexnet", "--weights", str(bad), "--output", str(tmp_path / "out"))
+    )
+    assert "not a readable PyTorch state_dict" in line
+
+
+def test_cli_rejects_checkpoint_of_another_architecture(tmp_path):
+    import torchvision
+
+    ckpt = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), ckpt)
+    line = _one_error_line(
+        run_cli("export", "build", "alexnet", "--weights", str(ckpt), "--output", str(tmp_path / "out"))
+    )
+    assert "does not fit alexnet" in line and "missing" in line and "unexpected" in line
+
+
+def test_cli_rejects_unwritable_output_directory(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    line = _one_error_line(run_cli("export", "build", "alexnet", "--output", str(blocker / "models")))
+    assert "is not writable" in line
+
+
+def test_cli_imagenet_weights_offline_fail_clearly(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    # A proxy on a closed port makes the download fail at once, whatever this machine's network.
+    env = {
+        **os.environ,
+        "TORCH_HOME": str(tmp_path / "hub"),
+        "https_proxy": "http://127.0.0.1:9",
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "PYTHONPATH": str(__import__("tests.conftest").conftest.ROOT),
+    }
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "export",
+            "build",
+            "alexnet",
+            "--weights",
+            "imagenet",
+            "--output",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    line = _one_error_line(result)
+    assert "cannot get ImageNet weights for alexnet" in line and "--weights random" in line
+    assert str(tmp_path / "hub") in line  # tells where to put the file offline

@@ -1,0 +1,400 @@
+"""The load generator against the real Triton server (short windows), and its parts without one."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from clients import ClientError
+from clients.cli import main as clients_main
+from clients.loadtest import (
+    IDENTITY_MODEL,
+    LoadTestConfig,
+    LoadTestError,
+    Slo,
+    Workload,
+    flatten_statistics,
+)
+from clients.loadtest_report import ServerBreakdown, summary_lines, summary_table, to_csv, to_png
+from export.golden import GoldenSet
+from tests.conftest import ROOT, free_port, run_cli
+
+# Short windows: the whole file stays well under a minute and a half on a 2-core machine.
+FAST = ("--warmup-s", "0.3", "--window-s", "0.5", "--max-windows", "4")
+STEP_FIELDS = {
+    "requests",
+    "responses",
+    "inferences_per_s",
+    "requests_per_s",
+    "latency_ms",
+    "errors",
+    "verified",
+    "wrong",
+    "stable",
+    "windows",
+    "server",
+}
+
+
+def _loadtest(capsys, tmp_path, *args: str) -> tuple[int, dict, str]:
+    """Run the CLI in-process with --json; returns (exit code, report, stderr)."""
+    code = clients_main(["loadtest", *args, *FAST, "--output", str(tmp_path), "--json"])
+    out, err = capsys.readouterr()
+    return code, json.loads(out), err
+
+
+# ---- against the real server ----
+
+
+@pytest.mark.integration
+def test_concurrency_sweep_over_grpc_verifies_every_answer_and_writes_the_reports(
+    triton, repository, capsys, tmp_path
+):
+    code, report, _ = _loadtest(
+        capsys,
+        tmp_path,
+        "--url",
+        triton.grpc_url,
+        "--model",
+        "resnet18",
+        "--repository",
+        str(repository),
+        "--concurrency",
+        "1,2",
+    )
+    assert code == 0
+    assert report["protocol"] == "grpc" and report["model"] == "resnet18" and report["version"] == "1"
+    assert report["mode"] == "concurrency" and report["batch_size"] == 1
+    assert "--concurrency 1,2" in report["command"]
+    assert report["verification"]["method"] == "golden" and report["slo"]["passed"] is True
+    assert [s["level"] for s in report["steps"]] == [1, 2]
+    for step in report["steps"]:
+        assert STEP_FIELDS <= step.keys()
+        assert step["requests"] > 0 and step["verified"] == step["requests"] and step["wrong"] == 0
+        assert step["errors"] == {} and step["windows"] == 3
+        assert 0 < step["latency_ms"]["p50"] <= step["latency_ms"]["p99"] <= step["latency_ms"]["max"]
+        server = step["server"]  # Triton counted the same requests the client did, give or take a boundary
+        assert server["requests"] == pytest.approx(step["requests"], abs=4)
+        assert server["compute_infer_ms"] > 0 and server["avg_batch"] >= 1
+    for suffix in ("json", "csv", "png"):
+        assert (tmp_path / f"loadtest-resnet18.{suffix}").stat().st_size > 0
+    rows = list(csv.DictReader((tmp_path / "loadtest-resnet18.csv").open()))
+    assert [r["label"] for r in rows] == ["c=1", "c=2"]
+    assert json.loads((tmp_path / "loadtest-resnet18.json").read_text()) == report
+    assert (tmp_path / "loadtest-resnet18.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.integration
+def test_one_step_over_http_with_the_table_summary(triton, repository, capsys, tmp_path):
+    code = clients_main(
+        [
+            "loadtest",
+            "--url",
+            triton.http_url,
+            "--model",
+            "resnet18",
+            "--repository",
+            str(repository),
+            "--concurrency",
+            "2",
+            *FAST,
+            "--output",
+            str(tmp_path),
+        ]
+    )
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "load test: resnet18 v1 (http" in out and "c=2" in out and "verification: golden set" in out
+    assert str(tmp_path / "loadtest-resnet18.json") in out
+    report = json.loads((tmp_path / "loadtest-resnet18.json").read_text())
+    step = report["steps"][0]
+    assert report["protocol"] == "http" and step["verified"] == step["requests"] > 0 and step["wrong"] == 0
+
+
+@pytest.mark.integration
+def test_poisson_rate_records_offered_and_achieved_rate_and_schedule_lag(
+    triton, repository, capsys, tmp_path
+):
+    code, report, _ = _loadtest(
+        capsys,
+        tmp_path,
+        "--url",
+        triton.grpc_url,
+        "--model",
+        "resnet18",
+        "--repository",
+        str(repository),
+        "--rate",
+        "8",
+        "--arrival",
+        "poisson",
+    )
+    assert code == 0
+    (step,) = report["steps"]
+    assert report["mode"] == "rate" and report["arrival"] == "poisson"
+    assert step["offered_rate"] == 8 and step["achieved_rate"] > 0
+    assert step["schedule_lag_ms"]["max"] >= step["schedule_lag_ms"]["p50"] >= 0
+    assert step["capped"] == 0 and step["verified"] == step["requests"] > 0
+
+
+@pytest.mark.integration
+def test_wrong_answers_are_counted_apart_from_errors_and_fail_max_wrong(triton, repository, capsys, tmp_path):
+    golden = GoldenSet.load(repository / "resnet18" / "1" / "golden.npz")
+    golden.outputs = golden.outputs.copy()
+    golden.outputs[0] = golden.outputs[0][::-1]  # one row's reference is wrong: its answers must be flagged
+    path = tmp_path / "perturbed.npz"
+    golden.save(path)
+    code, report, err = _loadtest(
+        capsys,
+        tmp_path,
+        "--url",
+        triton.grpc_url,
+        "--model",
+        "resnet18",
+        "--golden",
+        str(path),
+        "--concurrency",
+        "1",
+        "--max-wrong",
+        "0",
+    )
+    assert code == 1
+    (step,) = report["steps"]
+    assert 0 < step["wrong"] < step["verified"] == step["requests"]
+    assert step["errors"] == {}
+    assert report["totals"]["wrong_examples"][0]["rows"] == [0]
+    assert report["slo"]["passed"] is False and "wrong answers" in report["slo"]["violations"][0]
+    assert "SLO missed:" in err and "wrong answers" in err
+
+
+@pytest.mark.integration
+def test_missed_p99_objective_exits_1_with_one_line_per_violation(triton, repository, capsys, tmp_path):
+    code, report, err = _loadtest(
+        capsys,
+        tmp_path,
+        "--url",
+        triton.grpc_url,
+        "--model",
+        "resnet18",
+        "--repository",
+        str(repository),
+        "--concurrency",
+        "1",
+        "--p99-ms",
+        "0.001",
+        "--max-error-rate",
+        "0",
+    )
+    assert code == 1
+    assert report["slo"]["objectives"] == {"p99_ms": 0.001, "max_error_rate": 0, "max_wrong": None}
+    assert len(report["slo"]["violations"]) == 1
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "p99 latency above 0.001 ms at c=1" in lines[0]
+
+
+@pytest.mark.integration
+def test_self_test_measures_the_generator_against_identity_and_verifies_it(triton, capsys, tmp_path):
+    code, report, _ = _loadtest(
+        capsys, tmp_path, "--url", triton.grpc_url, "--self-test", "--concurrency", "1,4"
+    )
+    assert code == 0
+    assert report["model"] == IDENTITY_MODEL and report["verification"]["method"] == "identity"
+    assert report["generator_capacity"]["inferences_per_s"] > 0
+    assert report["generator"]["self_test"]["wrong"] == 0
+    for step in report["steps"]:
+        assert step["verified"] == step["requests"] > 0 and step["wrong"] == 0
+
+
+@pytest.mark.integration
+def test_model_without_golden_set_runs_with_verification_disabled(triton, repository, capsys, tmp_path):
+    code, report, _ = _loadtest(
+        capsys,
+        tmp_path,
+        "--url",
+        triton.grpc_url,
+        "--model",
+        "alexnet",
+        "--repository",
+        str(tmp_path / "elsewhere"),
+        "--concurrency",
+        "1",
+    )
+    assert code == 0
+    assert report["verification"]["summary"] == "disabled (no golden set)"
+    assert report["steps"][0]["verified"] == 0 and report["steps"][0]["requests"] > 0
+
+
+@pytest.mark.integration
+def test_batch_size_above_the_models_maximum_is_a_clear_error(triton, capsys, tmp_path):
+    code = clients_main(
+        [
+            "loadtest",
+            "--url",
+            triton.grpc_url,
+            "--model",
+            "resnet18",
+            "--batch-size",
+            "1000",
+            *FAST,
+            "--output",
+            str(tmp_path),
+        ]
+    )
+    _, err = capsys.readouterr()
+    assert code == 1
+    assert err.strip().startswith("error: resnet18: batch size 1000 exceeds the model's max_batch_size")
+
+
+@pytest.mark.integration
+def test_unknown_model_is_one_clear_line(triton, capsys, tmp_path):
+    code = clients_main(
+        ["loadtest", "--url", triton.http_url, "--model", "no_such_model", *FAST, "--output", str(tmp_path)]
+    )
+    _, err = capsys.readouterr()
+    assert code == 1 and err.strip() == f"error: model 'no_such_model' is not served at {triton.http_url}"
+
+
+def test_server_down_is_one_line_and_exit_1_quickly(tmp_path):
+    start = time.monotonic()
+    url = f"grpc://127.0.0.1:{free_port()}"  # nothing listens there
+    result = run_cli(
+        "clients", "loadtest", "--url", url, "--model", "resnet18", "--output", str(tmp_path), timeout=60
+    )
+    assert result.returncode == 1
+    assert time.monotonic() - start < 20
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: Triton server at grpc://127.0.0.1:")
+    assert "unreachable" in lines[0] and "Traceback" not in result.stderr
+    assert not list(tmp_path.iterdir())  # no half report
+
+
+# ---- the parts, no server ----
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"levels": (0,)}, "values must be positive"),
+        ({"levels": (1.5,)}, "whole numbers"),
+        ({"max_windows": 2}, "--max-windows must be >= 3"),
+        ({"max_step_s": 5}, "no step could finish"),
+        ({"verify_fraction": 1.5}, "--verify-fraction"),
+        ({"arrival": "bursty"}, "arrival must be one of"),
+        ({"url": "ftp://host"}, "unsupported URL"),
+    ],
+)
+def test_config_rejects_bad_settings(kwargs, message):
+    with pytest.raises(ClientError, match=message):
+        LoadTestConfig(**{"url": "grpc://localhost:8001", "model": "resnet18", **kwargs})
+
+
+def test_slo_rejects_an_error_rate_above_one():
+    with pytest.raises(LoadTestError, match="--max-error-rate"):
+        Slo(max_error_rate=2)
+
+
+def test_grpc_statistics_with_string_ints_give_per_request_averages():
+    def stats(n: int, batches: int) -> dict:  # gRPC's JSON: int64 as strings, zero fields left out
+        return {
+            "inference_count": str(n),
+            "execution_count": str(batches),
+            "inference_stats": {
+                "success": {"count": str(n), "ns": str(n * 9_000_000)},
+                "queue": {"count": str(n), "ns": str(n * 2_000_000)},
+                "compute_infer": {"count": str(n), "ns": str(n * 5_000_000)},
+            },
+        }
+
+    delta = ServerBreakdown.between(flatten_statistics(stats(10, 10)), flatten_statistics(stats(30, 20)))
+    assert (delta.requests, delta.executions, delta.avg_batch) == (20, 10, 2.0)
+    assert delta.queue_ms == pytest.approx(2.0) and delta.compute_infer_ms == pytest.approx(5.0)
+    assert delta.compute_input_ms is None and delta.failures == 0
+
+
+def test_workload_cycles_golden_rows_and_checks_with_the_tolerance():
+    inputs = np.arange(5 * 2, dtype=np.float32).reshape(5, 2)
+    outputs = np.random.default_rng(0).standard_normal((5, 10)).astype(np.float32)
+    work = Workload(inputs, outputs, batch_size=2, check="golden", atol=1e-5, rtol=1e-4)
+    assert [work.rows(i) for i in range(6)] == [[0, 1], [2, 3], [4, 0], [1, 2], [3, 4], [0, 1]]
+    assert np.array_equal(work.batch(2), inputs[[4, 0]])
+    assert work.verify(2, outputs[[4, 0]])[0]
+    assert not work.verify(2, outputs[[4, 1]])[0]
+    assert not work.verify(2, outputs[[4]])[0]  # a short answer is wrong, not a crash
+
+
+def test_identity_workload_verifies_exactly():
+    inputs = np.random.default_rng(1).standard_normal((3, 3, 20, 20)).astype(np.float32)
+    work = Workload(inputs, None, batch_size=1, check="identity")
+    answer = inputs[1].reshape(1, -1)[:, :1000].copy()
+    assert work.verify(1, answer) == (True, 0.0)
+    answer[0, 7] += 1e-6
+    assert not work.verify(1, answer)[0]
+
+
+def test_report_files_render_from_the_json_alone():
+    step = {
+        "mode": "concurrency",
+        "level": 1,
+        "label": "c=1",
+        "stable": True,
+        "windows": 3,
+        "requests": 10,
+        "inferences_per_s": 20.0,
+        "requests_per_s": 20.0,
+        "errors": {"BadInputError": 1},
+        "latency_ms": {"p50": 1.0, "p90": 2.0, "p95": 2.5, "p99": 3.0, "max": 4.0},
+        "verified": 9,
+        "wrong": 0,
+        "server": None,
+        "schedule_lag_ms": None,
+        "error_rate": 0.1,
+    }
+    report = {
+        "model": "m",
+        "version": "1",
+        "protocol": "grpc",
+        "batch_size": 1,
+        "mode": "concurrency",
+        "steps": [step],
+        "verification": {"summary": "golden set [x].npz"},
+        "settings": {},
+        "totals": {
+            "wrong": 1,
+            "verified": 9,
+            "wrong_examples": [{"request": 4, "rows": [4], "max_abs_err": 2.5}],
+        },
+        "slo": {"objectives": {"p99_ms": 2.0}, "passed": False, "violations": ["p99"]},
+        "generator": {},
+        "generator_capacity": None,
+    }
+    row = next(csv.DictReader(to_csv(report).splitlines()))
+    assert row["p99_ms"] == "3.0" and row["error_kinds"] == "BadInputError=1" and row["errors"] == "1"
+    assert to_png(report).startswith(b"\x89PNG")
+    assert summary_table(report).row_count == 1
+    console = Console(record=True, width=200)
+    for line in summary_lines(report):
+        console.print(line)
+    text = console.export_text()
+    assert "golden set [x].npz" in text and "wrong answers: 1 of 9 verified" in text
+    assert "errors at c=1: BadInputError×1" in text and "SLO (p99_ms=2): missed" in text
+
+
+def test_identity_name_matches_the_repository():
+    from serving.repository import IDENTITY_MODEL as placed
+
+    assert placed == IDENTITY_MODEL
+
+
+def test_loadtest_modules_do_not_import_torch():
+    code = "import sys, clients.loadtest_cli; assert 'torch' not in sys.modules, 'torch was imported'"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
