@@ -3,12 +3,14 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 MODELS ?= alexnet resnet18 resnet50
+WEIGHTS ?= random
 URL    ?= grpc://127.0.0.1:8001
 
 .PHONY: help venv test test-slow lint demo export repo serve loadtest bench-export bench-serving clean
 
 help:
-	@echo "make demo          export $(MODELS), serve them with Triton on CPU, classify, verify, load-test"
+	@echo "make demo          export $(MODELS) ($(WEIGHTS) weights), serve them with Triton on CPU, classify,"
+	@echo "                   verify, load-test, stop (WEIGHTS=imagenet needs the network)"
 	@echo "make test          set up $(VENV) and run the tests (not slow, not gpu)"
 	@echo "make test-slow     every architecture, long load tests"
 	@echo "make export        python -m export build MODELS --repository model_repository"
@@ -18,6 +20,7 @@ help:
 
 # The venv is rebuilt from nothing when the project's dependency files change.
 $(VENV)/.installed: pyproject.toml constraints.txt
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
@@ -35,7 +38,7 @@ lint: venv
 	$(VENV)/bin/ruff check .
 
 demo: venv
-	$(PY) -m clients demo --models $(MODELS)
+	$(PY) -m clients demo --models $(MODELS) --weights $(WEIGHTS)
 
 export: venv
 	$(PY) -m export build $(MODELS) --repository model_repository

@@ -11,10 +11,10 @@ from pathlib import Path
 from rich.table import Table
 
 from clients import ClientError
+from clients.client import DEFAULT_URL
 from export import ExportError
-from export.console import error, stderr, stdout
-
-DEFAULT_URL = "grpc://127.0.0.1:8001"
+from export.console import dispatch, error, stderr, stdout
+from export.layout import DEFAULT_REPOSITORY
 
 
 def _common() -> argparse.ArgumentParser:
@@ -45,15 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", parents=[common], help="check the served answers against the golden sets")
     v.add_argument(
         "--model",
-        action="append",
+        action="extend",
+        nargs="+",
         dest="models",
         metavar="NAME",
-        help="model to verify (repeatable; default: every registered model that is ready)",
+        help="models to verify (default: every registered model that is ready)",
     )
     v.add_argument(
         "--repository",
         type=Path,
-        default=Path("model_repository"),
+        default=DEFAULT_REPOSITORY,
         help="where the golden sets are: REPO/<model>/<version>/golden.npz (default model_repository)",
     )
 
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--weights", default="random", help="random (default, offline), imagenet, or a checkpoint")
     d.add_argument("--image", type=Path, default=None, help="photo to classify (default: a sample photo)")
     d.add_argument("--output", type=Path, default=Path("reports"), help="report directory (default reports)")
+    d.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     return parser
 
 
@@ -150,7 +152,9 @@ def cmd_loadtest(args) -> int:
 def cmd_demo(args) -> int:
     from clients.demo import run_demo
 
-    return run_demo(models=args.models, weights=args.weights, image=args.image, output=args.output)
+    return run_demo(
+        models=args.models, weights=args.weights, image=args.image, output=args.output, as_json=args.json
+    )
 
 
 COMMANDS = {"infer": cmd_infer, "verify": cmd_verify, "loadtest": cmd_loadtest, "demo": cmd_demo}
@@ -160,14 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     args.command_line = shlex.join(["python", "-m", "clients", *argv])  # recorded in reports
-    try:
-        return COMMANDS[args.command](args)
-    except (ClientError, ExportError) as e:
-        error(str(e))
-        return 1
-    except KeyboardInterrupt:
-        stderr.print("interrupted")
-        return 130
+    return dispatch(COMMANDS, args, (ClientError, ExportError))
 
 
 if __name__ == "__main__":

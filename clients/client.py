@@ -33,6 +33,7 @@ from clients.model_info import ModelInfo, Prediction
 from export.preprocess import ImageError, preprocess_files
 
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
+DEFAULT_URL = "grpc://127.0.0.1:8001"  # `python -m serving up` binds to loopback
 _NP_TO_TRITON = {np.dtype(np.float32): "FP32", np.dtype(np.float16): "FP16", np.dtype(np.uint8): "UINT8"}
 
 
@@ -155,9 +156,9 @@ class _Base:
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.headers = headers or None
         self._info: dict[str, ModelInfo] = {}
-        self._module = self._import()
+        self._module = self._connect()
 
-    def _import(self):
+    def _connect(self):
         raise NotImplementedError
 
     def _delays(self):
@@ -175,7 +176,7 @@ class _Base:
 class TritonClient(_Base):
     """Synchronous client. Usable as a context manager."""
 
-    def _import(self):
+    def _connect(self):
         if self.endpoint.protocol == "grpc":
             import tritonclient.grpc as module
 
@@ -231,11 +232,15 @@ class TritonClient(_Base):
         if model is None:
             return
         while True:
-            self.model_info(model)  # raises ModelNotFoundError for an unknown model
-            if self._call(
-                lambda: self._client.is_model_ready(model, headers=self.headers, **self._kw()), model
-            ):
+            # Readiness first: Triton answers metadata requests for a model still loading with
+            # "unknown model", so a NotReady here means "keep waiting", NotFound means "give up".
+            if self._call(lambda: self._client.is_model_ready(model, headers=self.headers, **self._kw())):
+                self.model_info(model)
                 return
+            try:
+                self.model_info(model)
+            except ModelNotReadyError:
+                pass
             if time.monotonic() > deadline:
                 raise ModelNotReadyError(f"model {model!r} not ready at {self.endpoint} after {timeout:.0f}s")
             time.sleep(poll)
@@ -307,7 +312,7 @@ class TritonClient(_Base):
 class AsyncTritonClient(_Base):
     """asyncio client with the same methods (awaitable). `async with AsyncTritonClient(url) as c:`"""
 
-    def _import(self):
+    def _connect(self):
         if self.endpoint.protocol == "grpc":
             import tritonclient.grpc.aio as module
         else:
@@ -374,9 +379,13 @@ class AsyncTritonClient(_Base):
         if model is None:
             return
         while True:
-            await self.model_info(model)
-            if await self._call(lambda: self._client.is_model_ready(model, headers=self.headers), model):
+            if await self._call(lambda: self._client.is_model_ready(model, headers=self.headers)):
+                await self.model_info(model)
                 return
+            try:
+                await self.model_info(model)  # raises ModelNotFoundError for an unknown model
+            except ModelNotReadyError:
+                pass
             if time.monotonic() > deadline:
                 raise ModelNotReadyError(f"model {model!r} not ready at {self.endpoint} after {timeout:.0f}s")
             await asyncio.sleep(poll)
@@ -419,6 +428,16 @@ class AsyncTritonClient(_Base):
             raise ClientError(f"model {model!r} has no label file: it cannot classify")
         result = await self.infer(model, load_images(info, images), class_count=top_k)
         return [[Prediction.parse(e) for e in row] for row in result.reshape(len(images), -1)]
+
+    async def ready_models(self, candidates: list[str]) -> list[str]:
+        """Which of the candidate names the server has ready (no admin key needed)."""
+        ready = await asyncio.gather(
+            *[
+                self._call(lambda m=m: self._client.is_model_ready(m, headers=self.headers))
+                for m in candidates
+            ]
+        )
+        return [m for m, ok in zip(candidates, ready, strict=True) if ok]
 
     async def statistics(self, model: str, version: str = "") -> dict:
         stats = await self._call(

@@ -6,6 +6,7 @@ this module, like all of `clients`, never imports torch), as named steps with a 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,11 +19,13 @@ from clients import ClientError
 from clients.client import TritonClient
 from export import ExportError
 from export.console import stderr, stdout
+from export.fsutil import ensure_writable_dir
 from export.images import sample_photos
-from export.steps import Status, Step, StepResult, run_steps
+from export.layout import DEFAULT_REPOSITORY
+from export.steps import SkipStep, Status, Step, StepResult, run_steps
 from serving import ServingError
 
-REPOSITORY = Path("model_repository")
+REPOSITORY = DEFAULT_REPOSITORY
 
 
 @dataclass
@@ -34,6 +37,8 @@ class Demo:
     ports: tuple[int, int, int] = (8000, 8001, 8002)
     reports: list[Path] = field(default_factory=list)
     classified: dict[str, str] = field(default_factory=dict)
+    started: bool = False  # only a server this demo started is stopped at the end
+    json: bool = False  # the commands' own tables go to stderr, so stdout is JSON only
 
     @property
     def grpc_url(self) -> str:
@@ -48,10 +53,10 @@ class Demo:
         return "resnet50" if "resnet50" in self.models else self.models[-1]
 
 
-def _python(*args: str) -> None:
+def _python(d: Demo, *args: str) -> None:
     """Run `python -m ...` with the output going straight to the terminal."""
     stderr.print(f"[dim]$ python -m {' '.join(args)}[/]", highlight=False)
-    code = subprocess.call([sys.executable, "-m", *args])
+    code = subprocess.call([sys.executable, "-m", *args], stdout=sys.stderr if d.json else None)
     if code != 0:
         raise StepFailed(f"`python -m {' '.join(args)}` exited with {code}")
 
@@ -65,22 +70,11 @@ USER_ERRORS = (StepFailed, ClientError, ExportError, ServingError)
 
 def _free_ports() -> tuple[int, int, int]:
     """8000-8002 when free (the documented defaults), else any three free ports."""
-    from serving.triton import port_free
+    from serving.triton import free_ports, port_free
 
     if all(port_free("127.0.0.1", p) for p in (8000, 8001, 8002)):
         return 8000, 8001, 8002
-    import socket
-
-    ports = []
-    socks = []
-    for _ in range(3):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return tuple(ports)
+    return tuple(free_ports(3))
 
 
 def step_export(d: Demo) -> str:
@@ -89,7 +83,7 @@ def step_export(d: Demo) -> str:
             "[yellow]note:[/] offline default: seeded RANDOM weights. The pipeline, serving and "
             "verification are real; the predicted labels are not. Use --weights imagenet online."
         )
-    _python("export", "build", *d.models, "--weights", d.weights, "--repository", str(REPOSITORY))
+    _python(d, "export", "build", *d.models, "--weights", d.weights, "--repository", str(REPOSITORY))
     return f"{len(d.models)} models exported, verified and placed in {REPOSITORY}/"
 
 
@@ -97,6 +91,7 @@ def step_serve(d: Demo) -> str:
     d.ports = _free_ports()
     http, grpc, metrics = map(str, d.ports)
     _python(
+        d,
         "serving",
         "up",
         "--detach",
@@ -109,6 +104,7 @@ def step_serve(d: Demo) -> str:
         "--metrics-port",
         metrics,
     )
+    d.started = True
     return f"Triton on {d.http_url} and {d.grpc_url}"
 
 
@@ -121,17 +117,18 @@ def step_classify(d: Demo) -> str:
             (preds,) = client.classify(model, [d.image], top_k=3)
             table.add_row(model, *[f"{p.label} ({p.score:.2f})" for p in preds])
             d.classified[model] = preds[0].label
-    stdout.print(table)
+    (stderr if d.json else stdout).print(table)
     return f"{d.image.name}: " + ", ".join(f"{m} -> {label}" for m, label in d.classified.items())
 
 
 def step_verify(d: Demo) -> str:
-    _python("clients", "verify", "--url", d.http_url, *[a for m in d.models for a in ("--model", m)])
+    _python(d, "clients", "verify", "--url", d.http_url, *[a for m in d.models for a in ("--model", m)])
     return f"{len(d.models)} models match their golden sets over HTTP"
 
 
 def step_self_test(d: Demo) -> str:
     _python(
+        d,
         "clients",
         "loadtest",
         "--url",
@@ -155,6 +152,7 @@ def step_self_test(d: Demo) -> str:
 def step_loadtest(d: Demo) -> str:
     m = d.loadtest_model
     _python(
+        d,
         "clients",
         "loadtest",
         "--url",
@@ -177,7 +175,9 @@ def step_loadtest(d: Demo) -> str:
 
 
 def step_stop(d: Demo) -> str:
-    _python("serving", "down")
+    if not d.started:
+        raise SkipStep("no server was started")
+    _python(d, "serving", "down")
     return "server stopped"
 
 
@@ -191,9 +191,13 @@ STEPS: list[Step[Demo]] = [
 ]
 
 
-def run_demo(*, models: list[str], weights: str, image: Path | None, output: Path) -> int:
+def run_demo(
+    *, models: list[str], weights: str, image: Path | None, output: Path, as_json: bool = False
+) -> int:
+    """Run the demo's steps; with `as_json` the commands' tables go to stderr, the summary to stdout."""
     demo = Demo(models=models, weights=weights, image=image or sample_photos()[0], output=output)
-    output.mkdir(parents=True, exist_ok=True)
+    demo.json = as_json
+    ensure_writable_dir(output)
     os.environ.setdefault("COLUMNS", "120")
     try:
         results = run_steps(
@@ -207,6 +211,20 @@ def run_demo(*, models: list[str], weights: str, image: Path | None, output: Pat
         stderr.rule("[bold]stop")
         results_stop = run_steps([Step("stop", step_stop, required=False)], demo, user_errors=USER_ERRORS)
     results += results_stop
+    ok = all(r.status is not Status.FAIL for r in results)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "succeeded": ok,
+                    "steps": [r.to_dict() for r in results],
+                    "classified": demo.classified,
+                    "reports": [str(p) for p in demo.reports],
+                },
+                indent=2,
+            )
+        )
+        return 0 if ok else 1
     table = Table(title="make demo: summary")
     for col in ("step", "status", "detail", "time"):
         table.add_column(col)
@@ -216,7 +234,7 @@ def run_demo(*, models: list[str], weights: str, image: Path | None, output: Pat
     stdout.print(table)
     if demo.reports:
         stdout.print("reports: " + "  ".join(str(p) for p in demo.reports))
-    return 0 if all(r.status is not Status.FAIL for r in results) else 1
+    return 0 if ok else 1
 
 
 def _explain(result: StepResult) -> None:

@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from clients import BadInputError, ClientError
-from clients.client import AsyncTritonClient, parse_url
+from clients.client import AsyncTritonClient
+from clients.loadtest_config import ARRIVALS, MODES, STABLE_WINDOWS, LoadTestConfig, Slo
 from clients.loadtest_report import (
     Latency,
     LoadTestReport,
     ServerBreakdown,
-    SloResult,
     StepResult,
     Totals,
     error_kinds,
@@ -52,117 +52,12 @@ __all__ = [
     "run_loadtest_async",
 ]
 
-MODES = ("concurrency", "rate")
-ARRIVALS = ("constant", "poisson")
-STABLE_WINDOWS = 3  # perf_analyzer's rule: the last 3 windows must agree
 TICK_S = 0.25  # progress refresh while a window runs
-
-
-@dataclass(frozen=True)
-class LoadTestConfig:
-    url: str
-    model: str
-    mode: str = "concurrency"
-    levels: tuple[float, ...] = (1, 2, 4, 8)  # concurrencies, or request rates in req/s
-    arrival: str = "constant"  # rate mode: "constant" or "poisson" inter-arrival times
-    batch_size: int = 1
-    warmup_s: float = 2.0
-    window_s: float = 3.0
-    stability: float = 0.10  # fraction of the mean
-    max_windows: int = 10
-    max_step_s: float = 60.0
-    max_outstanding: int = 64  # rate mode: cap on requests in flight
-    verify_fraction: float = 1.0
-    repository: Path = Path("model_repository")
-    golden: Path | None = None  # overrides <repository>/<model>/<version>/golden.npz
-    timeout: float = 30.0  # per request, seconds
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        parse_url(self.url)  # raises ClientError for a bad URL
-        if self.mode not in MODES:
-            raise LoadTestError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.arrival not in ARRIVALS:
-            raise LoadTestError(f"arrival must be one of {', '.join(ARRIVALS)}, got {self.arrival!r}")
-        if not self.levels or any(not v > 0 for v in self.levels):
-            raise LoadTestError(f"--{self.mode} values must be positive, got {list(self.levels)}")
-        if self.mode == "concurrency" and any(v != int(v) for v in self.levels):
-            raise LoadTestError(f"--concurrency values must be whole numbers, got {list(self.levels)}")
-        if self.batch_size < 1:
-            raise LoadTestError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.window_s <= 0 or self.warmup_s < 0 or self.timeout <= 0:
-            raise LoadTestError("--window-s and --timeout must be > 0, --warmup-s >= 0")
-        if not 0 < self.stability <= 1:
-            raise LoadTestError(f"--stability must be in (0, 100] percent, got {self.stability * 100:g}")
-        if self.max_windows < STABLE_WINDOWS:
-            raise LoadTestError(
-                f"--max-windows must be >= {STABLE_WINDOWS} (stability compares the last "
-                f"{STABLE_WINDOWS}), got {self.max_windows}"
-            )
-        needed = self.warmup_s + STABLE_WINDOWS * self.window_s
-        if self.max_step_s < needed:
-            raise LoadTestError(
-                f"--max-step-s {self.max_step_s:g} is shorter than warm-up + "
-                f"{STABLE_WINDOWS} windows ({needed:g} s): no step could finish"
-            )
-        if self.max_outstanding < 1:
-            raise LoadTestError(f"--max-outstanding must be >= 1, got {self.max_outstanding}")
-        if not 0 <= self.verify_fraction <= 1:
-            raise LoadTestError(f"--verify-fraction must be in [0, 1], got {self.verify_fraction}")
-
-    @property
-    def protocol(self) -> str:
-        return parse_url(self.url).protocol
-
-    def label(self, level: float) -> str:
-        return f"c={int(level)}" if self.mode == "concurrency" else f"{level:g}/s"
-
-
-@dataclass(frozen=True)
-class Slo:
-    """Service-level objectives; None means "not checked"."""
-
-    p99_ms: float | None = None  # every step's client p99
-    max_error_rate: float | None = None  # every step's errors / requests
-    max_wrong: int | None = None  # wrong answers over the whole run, warm-up included
-
-    def __post_init__(self) -> None:
-        if self.p99_ms is not None and self.p99_ms <= 0:
-            raise LoadTestError(f"--p99-ms must be > 0, got {self.p99_ms:g}")
-        if self.max_error_rate is not None and not 0 <= self.max_error_rate <= 1:
-            raise LoadTestError(f"--max-error-rate must be in [0, 1], got {self.max_error_rate:g}")
-        if self.max_wrong is not None and self.max_wrong < 0:
-            raise LoadTestError(f"--max-wrong must be >= 0, got {self.max_wrong}")
-
-    def evaluate(self, steps: list[StepResult], totals: Totals) -> SloResult:
-        violations = []
-        if self.p99_ms is not None:
-            bad = [s for s in steps if s.latency_ms is None or s.latency_ms.p99 > self.p99_ms]
-            if bad:
-                worst = max((s.latency_ms.p99 for s in bad if s.latency_ms), default=None)
-                detail = "no successful response" if worst is None else f"worst {worst:.2f} ms"
-                violations.append(f"p99 latency above {self.p99_ms:g} ms at {_labels(bad)} ({detail})")
-        if self.max_error_rate is not None:
-            bad = [s for s in steps if s.error_rate > self.max_error_rate]
-            if bad:
-                worst = max(bad, key=lambda s: s.error_rate)
-                violations.append(
-                    f"error rate above {self.max_error_rate:g} at {_labels(bad)} "
-                    f"(worst {worst.error_rate:.3g}: {error_kinds(worst.errors)})"
-                )
-        if self.max_wrong is not None and totals.wrong > self.max_wrong:
-            violations.append(
-                f"{totals.wrong} wrong answers of {totals.verified} verified (allowed {self.max_wrong})"
-            )
-        return SloResult(objectives=asdict(self), passed=not violations, violations=violations)
+SELF_TEST_CONCURRENCY = (1, 4, 16)  # for --self-test after a rate sweep
 
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None  # JSON has no inf
-
-
-def _labels(steps: list[StepResult]) -> str:
-    return ", ".join(s.label for s in steps)
 
 
 @dataclass
@@ -564,9 +459,19 @@ async def run_loadtest_async(
     client = AsyncTritonClient(config.url, timeout=config.timeout)
     try:
         main = await _sweep(client, config, progress)
-        calibration = main if config.model == IDENTITY_MODEL else None
+        calibration = main if config.model == IDENTITY_MODEL and config.mode == "concurrency" else None
         if self_test and calibration is None and not main.aborted:
-            calibration = await _sweep(client, replace(config, model=IDENTITY_MODEL, golden=None), progress)
+            # Capacity is what a closed loop achieves: a rate sweep would only echo its offered rates.
+            levels = config.levels if config.mode == "concurrency" else SELF_TEST_CONCURRENCY
+            calibration_config = replace(
+                config,
+                model=IDENTITY_MODEL,
+                golden=None,
+                mode="concurrency",
+                levels=levels,
+                arrival="constant",
+            )
+            calibration = await _sweep(client, calibration_config, progress)
     finally:
         await client.close()
     steps, totals = main.steps, main.totals

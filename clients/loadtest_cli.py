@@ -19,12 +19,13 @@ from rich.measure import Measurement
 from rich.text import Text
 
 from clients import ClientError
+from clients.client import DEFAULT_URL
 from clients.loadtest import ARRIVALS, IDENTITY_MODEL, LoadTestConfig, Progress, Slo, run_loadtest
 from clients.loadtest_report import summary_lines, summary_table, to_json, write_reports
 from export import ExportError
 from export.console import error, stderr, stdout
-
-DEFAULT_URL = "grpc://localhost:8001"
+from export.fsutil import ensure_writable_dir
+from export.layout import DEFAULT_REPOSITORY
 
 
 def _levels(number: type) -> Callable[[str], tuple]:
@@ -85,7 +86,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--repository",
         type=Path,
-        default=Path("model_repository"),
+        default=DEFAULT_REPOSITORY,
         help="golden set at DIR/<model>/<version>/golden.npz (default model_repository)",
     )
     p.add_argument("--golden", type=Path, help="the golden set file to use instead")
@@ -193,9 +194,9 @@ class _ProgressDisplay:
 def run(args: argparse.Namespace) -> int:
     """Run the load test the options describe; returns the exit code."""
     command = getattr(args, "command_line", None) or shlex.join(["python", "-m", "clients", *sys.argv[1:]])
-
     try:
         config, slo = config_from_args(args)
+        ensure_writable_dir(args.output)  # before minutes of load, not after
         with _ProgressDisplay() as progress:
             report = run_loadtest(
                 config, slo=slo, self_test=args.self_test, progress=progress, command=command

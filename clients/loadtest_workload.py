@@ -11,7 +11,8 @@ import numpy as np
 from clients import ClientError
 from clients.model_info import ModelInfo
 from export import ExportError
-from export.golden import GOLDEN_FILENAME, GoldenSet
+from export.golden import GoldenSet
+from export.layout import GOLDEN_FILE, PARAM_PREFIX, TRT_SUFFIX
 from export.metrics import compare
 
 # serving.repository.IDENTITY_MODEL, not imported: the serving package pulls in the exporter's registry.
@@ -100,7 +101,7 @@ class Workload:
 
 
 def _is_identity(info: ModelInfo) -> bool:
-    return IDENTITY_MODEL in (info.name, info.parameters.get("cnn_deploy.architecture"))
+    return IDENTITY_MODEL in (info.name, info.parameters.get(PARAM_PREFIX + "architecture"))
 
 
 def build_workload(
@@ -123,8 +124,8 @@ def build_workload(
     if _is_identity(info) and golden is None:
         return Workload(random_rows, None, batch_size, "identity")
     # A <name>_trt model serves the ONNX model's export: same golden set.
-    exported = info.name.removesuffix("_trt")
-    path = Path(golden or repository / exported / str(info.latest_version) / GOLDEN_FILENAME)
+    exported = info.name.removesuffix(TRT_SUFFIX)
+    path = Path(golden or repository / exported / str(info.latest_version) / GOLDEN_FILE)
     if golden is None and not path.is_file():
         return Workload(random_rows, None, batch_size, "none", reason=f"no golden set at {path}")
     try:

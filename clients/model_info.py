@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from export.layout import PARAM_PREFIX
 from export.preprocess import Preprocessing
 
-PARAM_PREFIX = "cnn_deploy."
 _DTYPES = {"TYPE_FP32": "FP32", "TYPE_FP16": "FP16", "TYPE_UINT8": "UINT8", "TYPE_INT64": "INT64"}
 
 

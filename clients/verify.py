@@ -8,11 +8,10 @@ from pathlib import Path
 from clients import ClientError
 from clients.client import TritonClient
 from export import ExportError
-from export.golden import GOLDEN_FILENAME, GoldenSet
+from export.golden import GoldenSet
+from export.layout import GOLDEN_FILE, TRT_SUFFIX
 from export.metrics import Comparison, compare
 from export.registry import names
-
-DEFAULT_REPOSITORY = Path("model_repository")
 
 
 @dataclass
@@ -41,7 +40,7 @@ class VerifyResult:
 
 
 def golden_path(repository: Path, model: str, version: str) -> Path:
-    return repository / model / version / GOLDEN_FILENAME
+    return repository / model / version / GOLDEN_FILE
 
 
 def served_models(client: TritonClient) -> list[str]:
@@ -54,7 +53,7 @@ def verify_model(client: TritonClient, model: str, repository: Path) -> VerifyRe
     info = client.model_info(model)
     version = info.latest_version or "1"
     try:
-        golden = GoldenSet.load(golden_path(repository, model.removesuffix("_trt"), version))
+        golden = GoldenSet.load(golden_path(repository, model.removesuffix(TRT_SUFFIX), version))
         tol = golden.tolerances.get(info.precision) or golden.tolerances["fp32"]
         got = client.infer(model, golden.inputs, version=version)
         cmp = compare(golden.outputs, got, atol=tol["atol"], rtol=tol["rtol"])

@@ -16,6 +16,7 @@ from rich.table import Table
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from export import ExportError
 from export.models import load_model
 from export.registry import Architecture
 
@@ -132,6 +133,8 @@ def analyze_module(model: nn.Module, *, name: str, input_size: int = 224) -> Ana
     try:
         with torch.no_grad(), counter:
             model(torch.zeros(1, 3, input_size, input_size))
+    except RuntimeError as e:  # a feature map shrank below a kernel: the input is too small
+        raise ExportError(f"{name} cannot take a {input_size}x{input_size} input: {e}") from None
     finally:
         for handle in handles:
             handle.remove()

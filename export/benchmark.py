@@ -22,9 +22,10 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from export.convert import INPUT_NAME, optimize, to_onnx
+from export.convert import optimize, to_onnx
 from export.fsutil import atomic_write_text
-from export.models import _weights_enum, load_model
+from export.layout import INPUT_NAME
+from export.models import load_model, weights_enum
 from export.registry import Architecture
 
 MIN_ITERATIONS = 2
@@ -76,7 +77,7 @@ def benchmark_arch(
 ) -> list[Measurement]:
     torch.set_num_threads(threads)
     model = load_model(arch, "random").model
-    gmacs = float(_weights_enum(arch).meta["_ops"])
+    gmacs = float(weights_enum(arch).meta["_ops"])
     with tempfile.TemporaryDirectory() as tmp:
         paths = {"raw": Path(tmp) / "raw.onnx", "optimized": Path(tmp) / "optimized.onnx"}
         raw = to_onnx(model, arch)

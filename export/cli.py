@@ -11,7 +11,8 @@ from pathlib import Path
 from rich.table import Table
 
 from export import ExportError, registry
-from export.console import error, stderr, stdout
+from export.console import dispatch, error, stderr, stdout
+from export.fsutil import ensure_writable_dir
 
 
 def _archs_parent() -> argparse.ArgumentParser:
@@ -101,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_build(args: argparse.Namespace) -> int:
     from export.build import build_all
 
+    if args.tensorrt and args.repository is None:
+        raise ExportError("--tensorrt adds models to a repository: give --repository DIR too")
     archs = registry.resolve(args.architectures, all_=args.all)
     jobs = build_all(
         archs,
@@ -188,6 +191,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from export.comparison import compare_architectures, plot, render_table
 
+    if args.plot is not None:  # fail before minutes of analysis, not after
+        ensure_writable_dir(args.plot.parent)
     rows = compare_architectures(list(registry.ARCHITECTURES.values()), models_dir=args.models)
     if args.plot is not None:
         plot(rows, args.plot)
@@ -227,14 +232,7 @@ COMMANDS = {"build": cmd_build, "analyze": cmd_analyze, "compare": cmd_compare, 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return COMMANDS[args.command](args)
-    except ExportError as e:
-        error(str(e))
-        return 1
-    except KeyboardInterrupt:
-        stderr.print("interrupted")
-        return 130
+    return dispatch(COMMANDS, args, (ExportError,))
 
 
 if __name__ == "__main__":

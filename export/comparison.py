@@ -19,10 +19,10 @@ from rich.table import Table
 
 from export.analysis import analyze
 from export.fsutil import atomic_write_bytes
-from export.models import _weights_enum
+from export.layout import MODEL_FILE
+from export.models import weights_enum
 from export.registry import FAMILIES, Architecture
 
-ONNX_FILENAME = "model.onnx"
 FAMILY_COLOURS = dict(zip(FAMILIES, ("#d62728", "#1f77b4", "#2ca02c", "#ff7f0e"), strict=True))
 BUBBLE_AREA_PER_MPARAM = 9.0  # points² per million parameters: VGG-19 (144M) ≈ 1,300 pt²
 SIZE_KEY_MPARAMS = (10, 50, 100)
@@ -48,7 +48,7 @@ class ComparisonRow:
 def _onnx_mb(models_dir: Path | None, name: str) -> float | None:
     if models_dir is None:
         return None
-    path = models_dir / name / ONNX_FILENAME
+    path = models_dir / name / MODEL_FILE
     return path.stat().st_size / 2**20 if path.is_file() else None
 
 
@@ -58,7 +58,7 @@ def compare_architectures(
     """One row per architecture; ``models_dir`` is an export output directory (``<name>/model.onnx``)."""
     rows = []
     for arch in archs:
-        meta = _weights_enum(arch).meta
+        meta = weights_enum(arch).meta
         accuracy = meta["_metrics"]["ImageNet-1K"]
         analysis = analyze(arch, input_size=arch.input_shape[-1])
         rows.append(

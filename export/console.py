@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from rich.console import Console
@@ -15,3 +16,20 @@ def error(message: str) -> None:
     """One clear line on stderr (no markup parsing of the message itself)."""
     stderr.print("[red]error:[/red] ", end="")
     stderr.print(message, markup=False, highlight=False)
+
+
+def dispatch(commands: dict, args, user_errors: tuple[type[BaseException], ...]) -> int:
+    """Run `commands[args.command]`; a user error is one line on stderr and exit code 1."""
+    try:
+        return commands[args.command](args)
+    except user_errors as e:
+        error(str(e))
+        return 1
+    except KeyboardInterrupt:
+        stderr.print("interrupted")
+        return 130
+    except Exception as e:  # a bug, not a user error: still one line, the trace on request
+        if os.environ.get("CNN_DEPLOY_DEBUG"):
+            raise
+        error(f"unexpected {e.__class__.__name__}: {e} (set CNN_DEPLOY_DEBUG=1 for the traceback)")
+        return 1

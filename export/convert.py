@@ -17,13 +17,12 @@ import torch
 from onnxruntime.transformers import float16
 
 from export import ExportError, __version__
+from export.layout import INPUT_NAME, OUTPUT_NAME, PARAM_PREFIX
 from export.registry import Architecture
 
 # Opset 18 is the dynamo exporter's native opset and is read by every ONNX Runtime that
 # Triton 24.x+ ships (ORT >= 1.16), and by TensorRT 10's ONNX parser.
 OPSET = 18
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
 # A batch-1 example lets the exporter specialize the batch dim to 1 (see DESIGN pitfalls).
 EXAMPLE_BATCH = 2
 
@@ -115,15 +114,15 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
 def stamp_metadata(model: onnx.ModelProto, arch: Architecture, metadata: dict[str, object]) -> None:
     """Record provenance in the model itself, so no one serves random weights unknowingly."""
     fields = {
-        "cnn_deploy.version": __version__,
-        "cnn_deploy.architecture": arch.name,
-        "cnn_deploy.opset": str(OPSET),
-        "cnn_deploy.exporter": f"torch.onnx(dynamo) torch=={torch.__version__}",
-        **{f"cnn_deploy.{k}": v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()},
+        "version": __version__,
+        "architecture": arch.name,
+        "opset": str(OPSET),
+        "exporter": f"torch.onnx(dynamo) torch=={torch.__version__}",
+        **{k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()},
     }
     del model.metadata_props[:]
     for key, value in sorted(fields.items()):
-        model.metadata_props.add(key=key, value=value)
+        model.metadata_props.add(key=PARAM_PREFIX + key, value=value)
     model.producer_name = "cnn-deploy"
     model.producer_version = __version__
     model.doc_string = f"{arch.name} exported by cnn-deploy, weights {metadata.get('weights_source')}"
@@ -133,7 +132,7 @@ def read_metadata(path) -> dict[str, str]:
     """The cnn_deploy.* metadata of an ONNX file, without loading its weights."""
     model = onnx.load(str(path), load_external_data=False)
     return {
-        p.key.removeprefix("cnn_deploy."): p.value
+        p.key.removeprefix(PARAM_PREFIX): p.value
         for p in model.metadata_props
-        if p.key.startswith("cnn_deploy.")
+        if p.key.startswith(PARAM_PREFIX)
     }

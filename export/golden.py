@@ -6,14 +6,13 @@ numpy only (no torch): the clients load it to verify a live server.
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from export import ExportError
-
-GOLDEN_FILENAME = "golden.npz"
 
 
 @dataclass
@@ -59,5 +58,5 @@ class GoldenSet:
                 )
         except FileNotFoundError:
             raise ExportError(f"golden set not found: {path}") from None
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:  # JSONDecodeError is a ValueError
             raise ExportError(f"golden set {path} is unreadable: {e}") from e

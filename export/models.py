@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ import torchvision
 from torchvision.models import get_model_weights
 
 from export import ExportError
+from export.fsutil import sha256_file
 from export.preprocess import Preprocessing
 from export.registry import Architecture
 
@@ -26,7 +26,7 @@ class WeightsError(ExportError):
 
 @dataclass
 class LoadedModel:
-    model: torch.nn.Module
+    model: torch.nn.Module | None  # released once the export is done
     weights_source: str  # recorded in the ONNX metadata: "random(seed=0)", "imagenet:…", "checkpoint:…"
     is_random: bool
     preprocessing: Preprocessing
@@ -34,13 +34,13 @@ class LoadedModel:
     meta: dict[str, str] = field(default_factory=dict)
 
 
-def _weights_enum(arch: Architecture):
+def weights_enum(arch: Architecture):
     return get_model_weights(arch.builder).DEFAULT
 
 
 def preprocessing_for(arch: Architecture) -> Preprocessing:
     """The preprocessing torchvision publishes for this architecture's default weights."""
-    t = _weights_enum(arch).transforms()
+    t = weights_enum(arch).transforms()
     return Preprocessing(
         resize=int(t.resize_size[0]),
         crop=int(t.crop_size[0]),
@@ -52,15 +52,7 @@ def preprocessing_for(arch: Architecture) -> Preprocessing:
 
 def categories_for(arch: Architecture) -> list[str]:
     """ImageNet class names from torchvision's weights metadata (available offline)."""
-    return list(_weights_enum(arch).meta["categories"])
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return list(weights_enum(arch).meta["categories"])
 
 
 def _hub_checkpoint_path(url: str) -> Path:
@@ -68,12 +60,15 @@ def _hub_checkpoint_path(url: str) -> Path:
 
 
 def _build_imagenet(arch: Architecture) -> tuple[torch.nn.Module, str]:
-    weights = _weights_enum(arch)
+    weights = weights_enum(arch)
     cached = _hub_checkpoint_path(weights.url)
     old_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # a blackholed network must not hang the export
     try:
-        model = torchvision.models.get_model(arch.builder, weights=weights, **arch.builder_kwargs)
+        # No builder_kwargs: they describe a fresh model (GoogLeNet: aux_logits=False,
+        # init_weights=True), which torchvision rejects with weights; its pretrained builders set
+        # what the weights need themselves (GoogLeNet drops the aux heads, turns on transform_input).
+        model = torchvision.models.get_model(arch.builder, weights=weights)
     except Exception as e:  # urllib/HTTP/hash errors all mean "not available here"
         raise WeightsError(
             f"cannot get ImageNet weights for {arch.name} ({weights.url}): {e.__class__.__name__}: {e}. "
@@ -123,7 +118,7 @@ def _build_checkpoint(arch: Architecture, path: Path) -> tuple[torch.nn.Module, 
                 parts.append(f"{len(keys)} {label} (e.g. {keys[0]})")
         raise WeightsError(f"checkpoint {path} does not fit {arch.name}: " + ", ".join(parts))
     model.load_state_dict(state, strict=True)
-    return model, f"checkpoint:{path.name}:sha256={_sha256(path)[:16]}"
+    return model, f"checkpoint:{path.name}:sha256={sha256_file(path)[:16]}"
 
 
 def load_model(arch: Architecture, weights: str = "random", *, seed: int = DEFAULT_SEED) -> LoadedModel:

@@ -16,17 +16,13 @@ import torch
 from export import ExportError, __version__
 from export.convert import GraphStats, optimize, stamp_metadata, to_fp16, to_onnx
 from export.fsutil import atomic_write_text, discard, make_staging_dir, publish_dir
-from export.golden import GOLDEN_FILENAME, GoldenSet
+from export.golden import GoldenSet
+from export.layout import FP16_FILE, GOLDEN_FILE, LABELS_FILE, MODEL_FILE, RAW_FILE, REPORT_FILE
 from export.models import LoadedModel, load_model
 from export.registry import Architecture
 from export.steps import SkipStep, Status, Step, StepResult, run_steps, succeeded
 from export.verify import Case, CaseResult, failures, reference_cases, summarize, verify
 
-MODEL_FILENAME = "model.onnx"
-FP16_FILENAME = "model.fp16.onnx"
-RAW_FILENAME = "model.raw.onnx"
-LABELS_FILENAME = "labels.txt"
-REPORT_FILENAME = "export.json"
 DEFAULT_OUTPUT = Path("build/models")
 
 
@@ -65,15 +61,13 @@ class ExportJob:
         return next((r.status for r in self.results if r.name == step), None)
 
     def to_dict(self) -> dict:
-        out = {
-            "architecture": self.arch.name,
+        """The export report (as in export.json) plus the outcome: what `build --json` prints."""
+        outcome = {
             "succeeded": self.succeeded,
             "error": self.error,
             "output": str(self.final_dir) if self.succeeded else None,
-            "steps": [r.to_dict() for r in self.results],
         }
-        out["verification"] = {p: [r.to_dict() for r in rs] for p, rs in self.verification.items()}
-        return out
+        return {**report(self, self.results), **outcome}
 
     def metadata(self, precision: str) -> dict[str, object]:
         assert self.loaded is not None
@@ -101,7 +95,7 @@ def step_export(job: ExportJob) -> str:
     job.raw = to_onnx(job.loaded.model, job.arch)
     job.raw_stats = GraphStats.of(job.raw)
     if job.keep_raw:
-        onnx.save(job.raw, job.staging / RAW_FILENAME)
+        onnx.save(job.raw, job.staging / RAW_FILE)
     opset = job.raw.opset_import[0].version
     return f"opset {opset}, {job.raw_stats.nodes} nodes, {_mb(job.raw_stats.size_bytes)}"
 
@@ -110,7 +104,7 @@ def step_optimize(job: ExportJob) -> str:
     optimized = optimize(job.raw)
     stamp_metadata(optimized, job.arch, job.metadata("fp32"))
     job.optimized_stats = GraphStats.of(optimized)
-    onnx.save(optimized, job.staging / MODEL_FILENAME)
+    onnx.save(optimized, job.staging / MODEL_FILE)
     job.raw = None  # free the memory before verification (VGG: 0.5 GB)
     return (
         f"{job.raw_stats.nodes} -> {job.optimized_stats.nodes} nodes, "
@@ -131,16 +125,16 @@ def _verify(job: ExportJob, filename: str, precision: str) -> str:
 
 
 def step_verify(job: ExportJob) -> str:
-    return _verify(job, MODEL_FILENAME, "fp32")
+    return _verify(job, MODEL_FILE, "fp32")
 
 
 def step_fp16(job: ExportJob) -> str:
     if not job.fp16:
         raise SkipStep("--no-fp16")
-    half = to_fp16(onnx.load(str(job.staging / MODEL_FILENAME)))
+    half = to_fp16(onnx.load(str(job.staging / MODEL_FILE)))
     stamp_metadata(half, job.arch, job.metadata("fp16"))
-    onnx.save(half, job.staging / FP16_FILENAME)
-    return f"{_mb(half.ByteSize())}; " + _verify(job, FP16_FILENAME, "fp16")
+    onnx.save(half, job.staging / FP16_FILE)
+    return f"{_mb(half.ByteSize())}; " + _verify(job, FP16_FILE, "fp16")
 
 
 def golden_set(job: ExportJob) -> GoldenSet:
@@ -164,8 +158,8 @@ def golden_set(job: ExportJob) -> GoldenSet:
 
 def step_golden(job: ExportJob) -> str:
     golden = golden_set(job)
-    golden.save(job.staging / GOLDEN_FILENAME)
-    atomic_write_text(job.staging / LABELS_FILENAME, "\n".join(job.loaded.categories) + "\n")
+    golden.save(job.staging / GOLDEN_FILE)
+    atomic_write_text(job.staging / LABELS_FILE, "\n".join(job.loaded.categories) + "\n")
     photos = sum(n.startswith("photo:") for n in golden.case_names)
     return f"{len(golden.inputs)} samples ({photos} photos, {len(golden.inputs) - photos} random)"
 
@@ -196,7 +190,7 @@ def report(job: ExportJob, results: list[StepResult]) -> dict:
 
 
 def step_publish(job: ExportJob) -> str:
-    atomic_write_text(job.staging / REPORT_FILENAME, json.dumps(report(job, job.results), indent=2))
+    atomic_write_text(job.staging / REPORT_FILE, json.dumps(report(job, job.results), indent=2))
     publish_dir(job.staging, job.final_dir)
     job.staging = None
     return str(job.final_dir)
@@ -220,3 +214,8 @@ def run_export(job: ExportJob, *, on_start=lambda step: None, debug: bool = Fals
     finally:
         discard(job.staging)
         job.staging = None
+        # `build --all` keeps every job for the summary: keep the numbers, not the weights.
+        if job.loaded is not None:
+            job.loaded.model = None
+        job.raw = None
+        job.cases = []

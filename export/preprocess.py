@@ -53,7 +53,7 @@ def load_image(path: str | Path) -> Image.Image:
             return img.convert("RGB")
     except FileNotFoundError:
         raise ImageError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as e:
         raise ImageError(f"{path} is not a readable image (JPEG, PNG, ...): {e}") from e
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from export.convert import INPUT_NAME
 from export.images import sample_photos
+from export.layout import INPUT_NAME
 from export.metrics import Comparison, compare
 from export.preprocess import Preprocessing, preprocess_files
 from export.registry import Architecture, Tolerance

@@ -8,6 +8,7 @@ the served runs and averaged, so a change in the machine's load hits both sides.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import tempfile
@@ -23,7 +24,7 @@ from export.fsutil import atomic_write_text
 from export.registry import get
 from serving import ServingError
 from serving.repository import MODEL_FILE, CpuPlan, place_models
-from serving.triton import ServerOptions, TritonProcess
+from serving.triton import ServerOptions, TritonProcess, free_ports
 
 
 @dataclass
@@ -35,14 +36,6 @@ class ServedRun:
     images_per_s: float
     avg_server_batch: float
     errors: int
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ort_best(model_path: Path, batch_sizes: list[int], threads: int, seconds: float) -> dict[int, float]:
@@ -104,7 +97,8 @@ def served(
     seconds: float,
     console: Console,
 ) -> list[ServedRun]:
-    arch = get(model)
+    # The registry entry with this run's queue delay: the config is generated, never patched.
+    arch = dataclasses.replace(get(model), queue_delay_us=queue_delay_us)
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "repo"
         place_models(
@@ -115,19 +109,12 @@ def served(
             identity=False,
             console=Console(quiet=True),
         )
-        cfg = repo / model / "configs" / "cpu.pbtxt"
-        text = cfg.read_text()
-        cfg.write_text(
-            text.replace(
-                f"max_queue_delay_microseconds: {arch.queue_delay_us}",
-                f"max_queue_delay_microseconds: {queue_delay_us}",
-            )
-        )
+        http_port, grpc_port, metrics_port = free_ports(3)
         opts = ServerOptions(
             repository=repo,
-            http_port=_free_port(),
-            grpc_port=_free_port(),
-            metrics_port=_free_port(),
+            http_port=http_port,
+            grpc_port=grpc_port,
+            metrics_port=metrics_port,
             backend_dir=Path(tmp) / "backends",
         )
         x = np.random.default_rng(1).standard_normal((1, 3, 224, 224), dtype=np.float32)

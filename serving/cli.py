@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.table import Table
 
 from export import ExportError, registry
-from export.console import error, stderr, stdout
+from export.console import dispatch, stderr, stdout
 from serving import ServingError
 from serving.repository import DEFAULT_REPOSITORY
 
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--output", type=Path, default=Path("reports/serving-benchmark.json"))
 
     sub.add_parser("status", parents=[json_opt], help="is the local server up, and which models are ready")
-    sub.add_parser("down", help="stop a detached local server")
+    sub.add_parser("down", parents=[json_opt], help="stop a detached local server")
     return parser
 
 
@@ -92,8 +92,8 @@ def _cpu_plan(args):
     from serving.repository import CpuPlan
 
     cores = os.cpu_count() or 1
-    instances = args.cpu_instances or 1
-    threads = args.cpu_threads or max(1, cores // instances)
+    instances = 1 if args.cpu_instances is None else args.cpu_instances
+    threads = max(1, cores // max(instances, 1)) if args.cpu_threads is None else args.cpu_threads
     if instances * threads > cores:
         stderr.print(f"[yellow]warning:[/] {instances} instances x {threads} threads > {cores} cores")
     return CpuPlan(instances=instances, threads=threads)
@@ -140,7 +140,7 @@ def _gpu_repository_check(repository: Path, config_name: str) -> None:
 
 
 def cmd_up(args) -> int:
-    from serving.local import admin_key, model_table, serve_foreground, start
+    from serving.local import STATE_FILE, admin_key, serve_foreground, start
     from serving.triton import ServerOptions
 
     if not args.repository.is_dir():
@@ -160,21 +160,40 @@ def cmd_up(args) -> int:
     )
     with stderr.status("starting tritonserver and warming up the models..."):
         process, state = start(opts, detach=args.detach, timeout=args.timeout)
-    models = model_table(state.http_url, state.admin_key)
+    if args.detach:
+        _announce(args, state)
+        stdout.print("detached; stop it with `python -m serving down`")
+        return 0
+    try:  # whatever happens now, a foreground server stops with us
+        _announce(args, state)
+        stdout.print("serving; press Ctrl-C to stop")
+        code = serve_foreground(process)
+    finally:
+        process.stop()
+        STATE_FILE.unlink(missing_ok=True)
+    stdout.print("server stopped")
+    return code
+
+
+def _announce(args, state) -> None:
+    """Endpoints and every model's state; a listing failure must not orphan the server."""
+    from serving.local import model_table
+
+    try:
+        models = model_table(state.http_url, state.admin_key)
+    except ServingError as e:
+        models = []
+        stderr.print(f"[yellow]warning:[/] {e}", highlight=False)
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "pid": state.pid,
-                    "http": state.http_url,
-                    "grpc": state.grpc_url,
-                    "metrics": state.metrics_url,
-                    "log": state.log,
-                    "models": models,
-                },
-                indent=2,
-            )
-        )
+        info = {
+            "pid": state.pid,
+            "http": state.http_url,
+            "grpc": state.grpc_url,
+            "metrics": state.metrics_url,
+            "log": state.log,
+            "models": models,
+        }
+        print(json.dumps(info, indent=2))
     else:
         stdout.print(
             f"Triton ready (pid {state.pid}, config '{state.config_name}', repository {state.repository})"
@@ -186,13 +205,6 @@ def cmd_up(args) -> int:
         stdout.print(_models_table(models))
     if not any(m.get("state") == "READY" for m in models):
         stderr.print("[yellow]warning:[/] no model is READY; see the reasons above and the log")
-    if args.detach:
-        stdout.print("detached; stop it with `python -m serving down`")
-        return 0
-    stdout.print("serving; press Ctrl-C to stop")
-    code = serve_foreground(process)
-    stdout.print("server stopped")
-    return code
 
 
 def cmd_status(args) -> int:
@@ -226,7 +238,11 @@ def cmd_status(args) -> int:
 def cmd_down(args) -> int:
     from serving.local import down
 
-    stdout.print(down())
+    message = down()
+    if args.json:
+        print(json.dumps({"result": message}))
+    else:
+        stdout.print(message)
     return 0
 
 
@@ -276,14 +292,7 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return COMMANDS[args.command](args)
-    except (ServingError, ExportError) as e:
-        error(str(e))
-        return 1
-    except KeyboardInterrupt:
-        stderr.print("interrupted")
-        return 130
+    return dispatch(COMMANDS, args, (ServingError, ExportError))
 
 
 if __name__ == "__main__":

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
+from export.layout import PARAM_PREFIX
 from serving import ServingError
 
 CPU, GPU = "cpu", "gpu"
 CONFIG_NAMES = (CPU, GPU)
-PARAM_PREFIX = "cnn_deploy."
 
 
 @dataclass(frozen=True)

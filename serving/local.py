@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -54,13 +55,17 @@ def admin_key(explicit: str | None) -> str:
 
 
 def pid_alive(pid: int) -> bool:
+    """Is `pid` a running tritonserver? A recorded pid may have been reused since (a reboot)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        return False  # another user's process: not a server we started
+    try:
+        return "tritonserver" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return True  # no /proc (not Linux): trust the signal check
 
 
 def model_table(http_url: str, key: str) -> list[dict]:
@@ -75,6 +80,8 @@ def model_table(http_url: str, key: str) -> list[dict]:
         return client.get_model_repository_index(headers={ADMIN_HEADER: key})
     except InferenceServerException as e:
         raise ServingError(f"cannot list models at {http_url}: {e.message()}") from e
+    except Exception as e:  # socket errors and timeouts of the HTTP client library
+        raise ServingError(f"cannot list models at {http_url}: {e.__class__.__name__}: {e}") from e
     finally:
         client.close()
 
@@ -138,13 +145,18 @@ def down(timeout: float = 30.0) -> str:
     if state is None or not pid_alive(state.pid):
         STATE_FILE.unlink(missing_ok=True)
         return "no server running"
-    os.kill(state.pid, signal.SIGTERM)
+    try:
+        os.kill(state.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        STATE_FILE.unlink(missing_ok=True)
+        return "no server running"
     deadline = time.monotonic() + timeout
     while pid_alive(state.pid) and time.monotonic() < deadline:
         _reap(state.pid)
         time.sleep(0.2)
     if pid_alive(state.pid):
-        os.kill(state.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(state.pid, signal.SIGKILL)
     STATE_FILE.unlink(missing_ok=True)
     return f"stopped server pid {state.pid}"
 

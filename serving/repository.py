@@ -12,7 +12,6 @@ Layout, per model (Triton's `--model-config-name` picks the config):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -21,18 +20,25 @@ from pathlib import Path
 
 from rich.console import Console
 
-from export.fsutil import atomic_write_text, discard
-from export.golden import GOLDEN_FILENAME
+from export.fsutil import atomic_write_text, discard, sha256_file
+from export.layout import (
+    DEFAULT_REPOSITORY,
+    FP16_FILE,
+    GOLDEN_FILE,
+    INPUT_NAME,
+    LABELS_FILE,
+    MODEL_FILE,
+    OUTPUT_NAME,
+    PARAM_PREFIX,
+    REPORT_FILE,
+    TRT_SUFFIX,
+)
 from export.registry import Architecture
 from serving import ServingError
 from serving.config import CPU, GPU, ModelConfig, Tensor, TensorRTAccelerator, export_parameters
 
-MODEL_FILE, FP16_FILE, LABELS_FILE, REPORT_FILE = "model.onnx", "model.fp16.onnx", "labels.txt", "export.json"
-VERSION_FILES = (MODEL_FILE, FP16_FILE, GOLDEN_FILENAME, REPORT_FILE)
-DEFAULT_REPOSITORY = Path("model_repository")
-TRT_SUFFIX = "_trt"
+VERSION_FILES = (MODEL_FILE, FP16_FILE, GOLDEN_FILE, REPORT_FILE)
 TRT_CACHE_ROOT = "/trt-cache"  # a writable volume in docker-compose.yml
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
 @dataclass(frozen=True)
@@ -65,14 +71,6 @@ class Placed:
         }
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def versions(model_dir: Path) -> list[int]:
     """Numeric version directories, ascending (Triton ignores the others)."""
     if not model_dir.is_dir():
@@ -80,87 +78,69 @@ def versions(model_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
 
-def _tensors(arch: Architecture) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
-    inputs = (Tensor(INPUT_NAME, arch.input_shape, format="FORMAT_NCHW"),)
-    outputs = (Tensor(OUTPUT_NAME, (arch.num_classes,), label_filename=LABELS_FILE),)
-    return inputs, outputs
-
-
-def _parameters(report: dict, precision: str, source_sha: str) -> dict[str, str]:
-    return export_parameters(
-        {
-            "architecture": report["architecture"],
-            "weights_source": report["weights_source"],
-            "weights_random": str(report["weights_random"]).lower(),
-            "precision": precision,
-            "preprocessing": report["preprocessing"],
-            "export_version": report["cnn_deploy_version"],
-            "model_sha256": source_sha,
-            **report.get("metadata", {}),
-        }
-    )
+def _shared(arch: Architecture, report: dict, sha: str, precision: str) -> dict:
+    """What every config of one architecture has in common: signature, batching, warmup, provenance."""
+    return {
+        "inputs": (Tensor(INPUT_NAME, arch.input_shape, format="FORMAT_NCHW"),),
+        "outputs": (Tensor(OUTPUT_NAME, (arch.num_classes,), label_filename=LABELS_FILE),),
+        "max_batch_size": arch.max_batch_size,
+        "queue_delay_us": arch.queue_delay_us,
+        "warmup_batch_sizes": (1, arch.max_batch_size),
+        "parameters": export_parameters(
+            {
+                "architecture": report["architecture"],
+                "weights_source": report["weights_source"],
+                "weights_random": str(report["weights_random"]).lower(),
+                "precision": precision,
+                "preprocessing": report["preprocessing"],
+                "export_version": report["cnn_deploy_version"],
+                "model_sha256": sha,
+                **report.get("metadata", {}),
+            }
+        ),
+    }
 
 
 def cpu_config(arch: Architecture, report: dict, sha: str, plan: CpuPlan) -> ModelConfig:
-    inputs, outputs = _tensors(arch)
-    params = _parameters(report, "fp32", sha)
+    shared = _shared(arch, report, sha, "fp32")
     # The native ORT backend's parameter names; our Python backend reads the same ones.
-    params.update(intra_op_thread_count=str(plan.threads), inter_op_thread_count="1")
+    shared["parameters"].update(intra_op_thread_count=str(plan.threads), inter_op_thread_count="1")
     return ModelConfig(
         name=arch.name,
         backend="onnxruntime",
-        inputs=inputs,
-        outputs=outputs,
-        max_batch_size=arch.max_batch_size,
         instance_kind="KIND_CPU",
         instance_count=plan.instances,
-        queue_delay_us=arch.queue_delay_us,
         default_model_filename=MODEL_FILE,
-        warmup_batch_sizes=(1, arch.max_batch_size),
-        parameters=params,
+        **shared,
     )
 
 
 def gpu_config(arch: Architecture, report: dict, sha: str) -> ModelConfig:
-    inputs, outputs = _tensors(arch)
     return ModelConfig(
         name=arch.name,
         backend="onnxruntime",
-        inputs=inputs,
-        outputs=outputs,
-        max_batch_size=arch.max_batch_size,
         instance_kind="KIND_GPU",
-        instance_count=1,
-        queue_delay_us=arch.queue_delay_us,
         # The verified FP16 file: TensorRT (or CUDA, for nodes TensorRT declines) runs FP16,
         # within the FP16 tolerance the export measured against PyTorch.
         default_model_filename=FP16_FILE,
         accelerator=TensorRTAccelerator(precision="FP16", cache_path=f"{TRT_CACHE_ROOT}/{arch.name}"),
-        warmup_batch_sizes=(1, arch.max_batch_size),
-        parameters=_parameters(report, "fp16", sha),
+        **_shared(arch, report, sha, "fp16"),
     )
 
 
 def trt_config(arch: Architecture, report: dict, sha: str) -> ModelConfig:
-    inputs, outputs = _tensors(arch)
     return ModelConfig(
         name=arch.name + TRT_SUFFIX,
         platform="tensorrt_plan",
-        inputs=inputs,
-        outputs=outputs,
-        max_batch_size=arch.max_batch_size,
         instance_kind="KIND_GPU",
-        instance_count=1,
-        queue_delay_us=arch.queue_delay_us,
-        versions_served=1,
-        warmup_batch_sizes=(1, arch.max_batch_size),
-        parameters=_parameters(report, "fp16", sha),
+        versions_served=1,  # engines.py builds the plan of the latest export only
+        **_shared(arch, report, sha, "fp16"),
     )
 
 
 def _export_dir(models_dir: Path, arch: Architecture) -> tuple[Path, dict]:
     src = models_dir / arch.name
-    missing = [f for f in (MODEL_FILE, GOLDEN_FILENAME, LABELS_FILE, REPORT_FILE) if not (src / f).is_file()]
+    missing = [f for f in (MODEL_FILE, GOLDEN_FILE, LABELS_FILE, REPORT_FILE) if not (src / f).is_file()]
     if missing:
         raise ServingError(
             f"no complete export of {arch.name} in {models_dir} (missing {', '.join(missing)}); "
@@ -177,7 +157,7 @@ def _place_version(src: Path, model_dir: Path, sha: str) -> tuple[int, bool]:
     existing = versions(model_dir)
     if existing:
         latest = model_dir / str(existing[-1]) / MODEL_FILE
-        if latest.is_file() and _sha256(latest) == sha:
+        if latest.is_file() and sha256_file(latest) == sha:
             return existing[-1], False  # the same export again: no new version
     version = (existing[-1] + 1) if existing else 1
     staging = model_dir / f".{version}.staging-{os.getpid()}"  # non-numeric: Triton ignores it
@@ -205,7 +185,7 @@ def place_model(
 ) -> Placed:
     """Copy one export into the repository as a new version (or reuse an identical one)."""
     src, report = _export_dir(models_dir, arch)
-    sha = _sha256(src / MODEL_FILE)
+    sha = sha256_file(src / MODEL_FILE)
     model_dir = repository / arch.name
     try:
         version, new = _place_version(src, model_dir, sha)
@@ -213,10 +193,11 @@ def place_model(
         atomic_write_text(
             model_dir / "configs" / f"{CPU}.pbtxt", cpu_config(arch, report, sha, cpu).to_pbtxt()
         )
+        gpu_path = model_dir / "configs" / f"{GPU}.pbtxt"
         if (src / FP16_FILE).is_file():
-            atomic_write_text(
-                model_dir / "configs" / f"{GPU}.pbtxt", gpu_config(arch, report, sha).to_pbtxt()
-            )
+            atomic_write_text(gpu_path, gpu_config(arch, report, sha).to_pbtxt())
+        else:  # exported with --no-fp16: an older gpu config would point at a file this version lacks
+            gpu_path.unlink(missing_ok=True)
         if tensorrt:
             _place_trt(arch, report, sha, repository, version)
     except OSError as e:
@@ -321,7 +302,7 @@ def place_identity(repository: Path, *, max_batch_size: int = 64) -> Path:
         parameters={
             "intra_op_thread_count": "1",
             "inter_op_thread_count": "1",
-            "cnn_deploy.architecture": IDENTITY_MODEL,
+            PARAM_PREFIX + "architecture": IDENTITY_MODEL,
         },
     )
     try:

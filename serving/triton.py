@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -99,6 +100,15 @@ class ServerOptions:
     backend_dir: Path = Path("build/serving/backends")
     log_verbose: int = 0
     extra_args: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        for name in ("http_port", "grpc_port", "metrics_port"):
+            port = getattr(self, name)
+            if not 1 <= port <= 65535:
+                raise ServingError(f"--{name.replace('_', '-')} must be a port from 1 to 65535, got {port}")
+        ports = {self.http_port, self.grpc_port, self.metrics_port}
+        if len(ports) != 3:
+            raise ServingError("the HTTP, gRPC and metrics ports must differ")
 
     @property
     def http_url(self) -> str:
@@ -189,14 +199,18 @@ class TritonProcess:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log_file = open(self.log_path, "ab")
         out = self._log_file or subprocess.DEVNULL
-        self.process = subprocess.Popen(
-            command(self.opts, wheel),
-            env=environment(wheel),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=detach,
-        )
+        try:
+            self.process = subprocess.Popen(
+                command(self.opts, wheel),
+                env=environment(wheel),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=detach,
+            )
+        except OSError as e:
+            self.stop()
+            raise ServingError(f"cannot start {wheel.binary}: {e.strerror or e}") from e
         return self
 
     def wait_ready(self, timeout: float = 300.0, poll: float = 0.25) -> None:
@@ -216,9 +230,8 @@ class TritonProcess:
         )
 
     def stop(self, timeout: float = 30.0) -> int | None:
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
+        """SIGTERM (Triton drains in-flight requests), SIGKILL after `timeout`; returns the exit code."""
+        if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout)
@@ -228,7 +241,7 @@ class TritonProcess:
         if self._log_file:
             self._log_file.close()
             self._log_file = None
-        return self.process.returncode
+        return None if self.process is None else self.process.returncode
 
     def __enter__(self) -> TritonProcess:
         return self
@@ -237,9 +250,21 @@ class TritonProcess:
         self.stop()
 
 
-def port_free(host: str, port: int) -> bool:
-    import socket
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct free ports: all sockets stay bound until all are chosen."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
+
+def port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:

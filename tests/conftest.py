@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import sys
 from pathlib import Path
 
@@ -34,9 +33,10 @@ def _has_gpu() -> bool:
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on (for "server down" tests)."""
+    from serving.triton import free_ports
+
+    return free_ports(1)[0]
 
 
 def run_cli(*args: str, timeout: float = 600, cwd: Path | None = None):
@@ -86,13 +86,14 @@ def repository(models_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def triton(repository, tmp_path_factory, request):
     """The real tritonserver on free ports; its log is printed if the session fails."""
-    from serving.triton import ServerOptions, TritonProcess
+    from serving.triton import ServerOptions, TritonProcess, free_ports
 
+    http_port, grpc_port, metrics_port = free_ports(3)
     opts = ServerOptions(
         repository=repository,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
         admin_key="test-admin-key",
         backend_dir=tmp_path_factory.mktemp("backends"),
     )

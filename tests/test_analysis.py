@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from export.analysis import Analysis, analyze, analyze_module, render_table
 from export.comparison import ComparisonRow, compare_architectures, plot
 from export.comparison import render_table as render_comparison
-from export.models import _weights_enum, load_model
+from export.models import load_model, weights_enum
 from export.registry import get, names
 
 # One architecture per family that builds in about a second; the rest are marked slow.
@@ -60,7 +60,7 @@ def test_alexnet_at_224_follows_torchvision_shapes():
 @pytest.mark.parametrize("name", EVERY_ARCHITECTURE)
 def test_totals_match_torchvision_metadata(name):
     analysis = _analysis(name)
-    meta = _weights_enum(get(name)).meta
+    meta = weights_enum(get(name)).meta
     assert analysis.total_params == meta["num_params"]
     # torchvision publishes GFLOPS (multiply-adds) rounded to 3 decimals.
     assert round(analysis.gflops, 3) == pytest.approx(meta["_ops"], abs=1e-9)
@@ -165,7 +165,7 @@ def rows() -> list[ComparisonRow]:
 def test_comparison_rows_use_torchvision_metadata(rows):
     assert [row.architecture for row in rows] == list(FAST)
     for row in rows:
-        meta = _weights_enum(get(row.architecture)).meta
+        meta = weights_enum(get(row.architecture)).meta
         accuracy = meta["_metrics"]["ImageNet-1K"]
         assert (row.params, row.gflops) == (meta["num_params"], meta["_ops"])
         assert (row.top1, row.top5) == (accuracy["acc@1"], accuracy["acc@5"])

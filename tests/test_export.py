@@ -203,3 +203,33 @@ def test_cli_imagenet_weights_offline_fail_clearly(tmp_path):
     line = _one_error_line(result)
     assert "cannot get ImageNet weights for alexnet" in line and "--weights random" in line
     assert str(tmp_path / "hub") in line  # tells where to put the file offline
+
+
+def test_imagenet_weights_from_the_torch_hub_cache_export_googlenet_without_aux_heads(tmp_path, monkeypatch):
+    """`--weights imagenet` offline: torchvision reads a checkpoint already in the hub cache.
+
+    The cached file here holds random values in the published checkpoint's layout (aux heads
+    included); what is checked is the path the real weights take, not their accuracy.
+    """
+    import torchvision
+    from torchvision.models import GoogLeNet_Weights
+
+    weights = GoogLeNet_Weights.DEFAULT
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.manual_seed(3)
+    published = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=False)
+    torch.save(published.state_dict(), cache / weights.url.rsplit("/", 1)[-1])
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    job = ExportJob(get("googlenet"), tmp_path / "out", weights="imagenet", fp16=False)
+    (tmp_path / "out").mkdir()
+    run_export(job)
+    assert job.succeeded, job.error
+    report = json.loads((tmp_path / "out" / "googlenet" / "export.json").read_text())
+    assert report["weights_source"] == f"imagenet:{weights}"
+    assert report["weights_random"] is False
+    assert report["metadata"]["transform_input"] == "True"  # torchvision's choice for these weights
+    model = onnx.load(str(tmp_path / "out" / "googlenet" / "model.onnx"))
+    assert model.graph.output[0].type.tensor_type.shape.dim[1].dim_value == 1000  # no aux outputs
+    assert len(model.graph.output) == 1

@@ -20,6 +20,30 @@ def test_every_architecture_exports_and_verifies(tmp_path, name):
     assert all(r.comparison.passed for rs in job.verification.values() for r in rs)
 
 
-def test_every_registered_architecture_has_an_export_test():
-    # The slow matrix must come from the registry, so a new entry cannot go untested.
-    assert ALL == registry.names() and len(ALL) == len(registry.ARCHITECTURES)
+def test_every_registered_architecture_has_export_and_analysis_tests():
+    """A meta-test: collect the suite and look for each registered name in the per-architecture tests."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    listing = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--collect-only",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/test_export_all.py",
+            "tests/test_analysis.py",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    ).stdout
+    for test in ("test_every_architecture_exports_and_verifies", "test_totals_match_torchvision_metadata"):
+        missing = [name for name in registry.names() if f"{test}[{name}]" not in listing]
+        assert not missing, f"{test} does not cover {missing}"

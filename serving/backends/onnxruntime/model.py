@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 
 import numpy as np
 import onnxruntime as ort
@@ -38,11 +39,23 @@ def _tensorrt_options(config: dict, model_name: str) -> dict | None:
             options["trt_max_workspace_size"] = int(params["max_workspace_size_bytes"])
         if params.get("trt_engine_cache_enable") in ("1", "true", "True"):
             options["trt_engine_cache_enable"] = True
-            options["trt_engine_cache_path"] = params.get(
-                "trt_engine_cache_path", f"/tmp/trt-cache/{model_name}"
-            )
+            cache = params.get("trt_engine_cache_path")
+            options["trt_engine_cache_path"] = _writable_cache(cache, model_name)
         return options
     return None
+
+
+def _writable_cache(path: str | None, model_name: str) -> str:
+    """The configured engine cache (a docker volume in production), or a temp dir on a laptop
+    where that path (/trt-cache/...) cannot be created."""
+    for candidate in (path, os.path.join(tempfile.gettempdir(), "cnn-deploy-trt-cache", model_name)):
+        if candidate:
+            try:
+                os.makedirs(candidate, exist_ok=True)
+                return candidate
+            except OSError:
+                continue
+    raise pb_utils.TritonModelException(f"{model_name}: no writable TensorRT engine cache directory")
 
 
 class TritonPythonModel:

@@ -1,0 +1,75 @@
+"""`python -m serving up|status|down` and `python -m clients demo`, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from serving.triton import free_ports
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.integration
+
+
+def test_detached_server_lifecycle_up_status_down(repository, tmp_path):
+    http, grpc, metrics = map(str, free_ports(3))
+    ports = ("--http-port", http, "--grpc-port", grpc, "--metrics-port", metrics)
+    up = run_cli("serving", "up", "--detach", "--json", "--repository", str(repository), *ports, cwd=tmp_path)
+    try:
+        assert up.returncode == 0, up.stderr
+        started = json.loads(up.stdout.split("detached;")[0])
+        assert started["grpc"] == f"grpc://127.0.0.1:{grpc}"
+        assert {m["name"]: m["state"] for m in started["models"]}["resnet18"] == "READY"
+        assert (tmp_path / "build" / "serving" / "server.json").stat().st_mode & 0o077 == 0  # holds the key
+
+        status = run_cli("serving", "status", "--json", cwd=tmp_path)
+        assert status.returncode == 0 and json.loads(status.stdout)["running"] is True
+
+        again = run_cli("serving", "up", "--detach", "--repository", str(repository), *ports, cwd=tmp_path)
+        assert again.returncode == 1 and "a server is already running" in again.stderr
+    finally:
+        down = run_cli("serving", "down", "--json", cwd=tmp_path)
+    assert down.returncode == 0 and json.loads(down.stdout)["result"].startswith("stopped server pid")
+    assert run_cli("serving", "status", cwd=tmp_path).returncode == 1
+    assert (
+        json.loads(run_cli("serving", "down", "--json", cwd=tmp_path).stdout)["result"] == "no server running"
+    )
+
+
+def test_up_refuses_a_missing_repository_in_one_line(tmp_path):
+    result = run_cli("serving", "up", "--repository", str(tmp_path / "nope"), cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith("error: model repository") and "does not exist" in result.stderr
+
+
+def test_up_rejects_an_invalid_port_in_one_line(repository, tmp_path):
+    result = run_cli("serving", "up", "--repository", str(repository), "--http-port", "99999", cwd=tmp_path)
+    assert result.returncode == 1 and "must be a port from 1 to 65535" in result.stderr
+
+
+def test_make_demo_runs_end_to_end(tmp_path):
+    """The main job, in a fresh directory: export, serve, classify, verify, load-test, stop."""
+    result = run_cli("clients", "demo", "--models", "resnet18", "--json", cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stderr[-5000:]
+    summary = json.loads(result.stdout)
+    steps = {s["step"]: s["status"] for s in summary["steps"]}
+    assert steps == {
+        "export": "OK",
+        "serve": "OK",
+        "classify": "OK",
+        "verify": "OK",
+        "generator self-test": "OK",
+        "load test": "OK",
+        "stop": "OK",
+    }
+    assert {p.rsplit("/", 1)[-1] for p in summary["reports"]} >= {
+        "loadtest-resnet18.json",
+        "loadtest-resnet18.png",
+        "loadtest-identity.json",
+    }
+    report = json.loads((tmp_path / "reports" / "loadtest-resnet18.json").read_text())
+    assert report["totals"]["wrong"] == 0 and report["totals"]["verified"] > 0
+    assert not (tmp_path / "build" / "serving" / "server.json").exists()  # the server is gone
+    shutil.rmtree(tmp_path / "model_repository")
