@@ -195,8 +195,9 @@ def run_demo(
     *, models: list[str], weights: str, image: Path | None, output: Path, as_json: bool = False
 ) -> int:
     """Run the demo's steps; with `as_json` the commands' tables go to stderr, the summary to stdout."""
-    demo = Demo(models=models, weights=weights, image=image or sample_photos()[0], output=output)
-    demo.json = as_json
+    demo = Demo(
+        models=models, weights=weights, image=image or sample_photos()[0], output=output, json=as_json
+    )
     ensure_writable_dir(output)
     os.environ.setdefault("COLUMNS", "120")
     try:

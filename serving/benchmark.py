@@ -24,7 +24,7 @@ from export.fsutil import atomic_write_text
 from export.registry import get
 from serving import ServingError
 from serving.repository import MODEL_FILE, CpuPlan, place_models
-from serving.triton import ServerOptions, TritonProcess, free_ports
+from serving.triton import ServerOptions, TritonProcess
 
 
 @dataclass
@@ -109,14 +109,7 @@ def served(
             identity=False,
             console=Console(quiet=True),
         )
-        http_port, grpc_port, metrics_port = free_ports(3)
-        opts = ServerOptions(
-            repository=repo,
-            http_port=http_port,
-            grpc_port=grpc_port,
-            metrics_port=metrics_port,
-            backend_dir=Path(tmp) / "backends",
-        )
+        opts = ServerOptions.on_free_ports(repo, backend_dir=Path(tmp) / "backends")
         x = np.random.default_rng(1).standard_normal((1, 3, 224, 224), dtype=np.float32)
         runs = []
         with TritonProcess(opts, log_path=Path(tmp) / "triton.log").start() as server:

@@ -116,7 +116,7 @@ def start(opts: ServerOptions, *, detach: bool, timeout: float = 600.0) -> tuple
 
 
 def serve_foreground(process: TritonProcess) -> int:
-    """Block until Ctrl-C (or SIGTERM), then stop the server cleanly."""
+    """Block until the server exits or Ctrl-C (or SIGTERM) stops it; the caller cleans up."""
 
     def terminate(signum, frame):
         raise KeyboardInterrupt
@@ -130,7 +130,6 @@ def serve_foreground(process: TritonProcess) -> int:
         return process.stop() or 0
     finally:
         signal.signal(signal.SIGTERM, previous)
-        STATE_FILE.unlink(missing_ok=True)
 
 
 def status() -> tuple[ServerState | None, bool]:

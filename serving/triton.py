@@ -110,6 +110,18 @@ class ServerOptions:
         if len(ports) != 3:
             raise ServingError("the HTTP, gRPC and metrics ports must differ")
 
+    @classmethod
+    def on_free_ports(cls, repository: Path, **kwargs) -> ServerOptions:
+        """Options for a throwaway server (tests, benchmarks) on three ports nothing else holds."""
+        http_port, grpc_port, metrics_port = free_ports(3, kwargs.get("host", "127.0.0.1"))
+        return cls(
+            repository=repository,
+            http_port=http_port,
+            grpc_port=grpc_port,
+            metrics_port=metrics_port,
+            **kwargs,
+        )
+
     @property
     def http_url(self) -> str:
         return f"http://{self.host}:{self.http_port}"

@@ -86,16 +86,10 @@ def repository(models_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def triton(repository, tmp_path_factory, request):
     """The real tritonserver on free ports; its log is printed if the session fails."""
-    from serving.triton import ServerOptions, TritonProcess, free_ports
+    from serving.triton import ServerOptions, TritonProcess
 
-    http_port, grpc_port, metrics_port = free_ports(3)
-    opts = ServerOptions(
-        repository=repository,
-        http_port=http_port,
-        grpc_port=grpc_port,
-        metrics_port=metrics_port,
-        admin_key="test-admin-key",
-        backend_dir=tmp_path_factory.mktemp("backends"),
+    opts = ServerOptions.on_free_ports(
+        repository, admin_key="test-admin-key", backend_dir=tmp_path_factory.mktemp("backends")
     )
     log = tmp_path_factory.mktemp("triton") / "triton.log"
     server = TritonProcess(opts, log_path=log).start()

@@ -12,17 +12,9 @@ pytestmark = [pytest.mark.gpu, pytest.mark.integration]
 def test_gpu_config_serves_within_the_fp16_tolerance(repository, tmp_path):
     from clients.client import TritonClient
     from clients.verify import verify
-    from serving.triton import ServerOptions, TritonProcess, free_ports
+    from serving.triton import ServerOptions, TritonProcess
 
-    http, grpc, metrics = free_ports(3)
-    opts = ServerOptions(
-        repository=repository,
-        config_name="gpu",
-        http_port=http,
-        grpc_port=grpc,
-        metrics_port=metrics,
-        backend_dir=tmp_path / "backends",
-    )
+    opts = ServerOptions.on_free_ports(repository, config_name="gpu", backend_dir=tmp_path / "backends")
     log = tmp_path / "triton.log"
     with TritonProcess(opts, log_path=log).start() as server:
         server.wait_ready(900)
