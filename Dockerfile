@@ -7,9 +7,11 @@
 FROM python:3.11-slim AS wheel
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY cnn_deploy_core/ cnn_deploy_core/
 COPY export/ export/
 COPY serving/ serving/
 COPY clients/ clients/
+COPY cnn_deploy/ cnn_deploy/
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM python:3.11-slim
@@ -22,12 +24,12 @@ ENV PIP_NO_CACHE_DIR=1 \
 # 5 GB of CUDA libraries, and exporting to ONNX needs no GPU. Their own layer, as they change least.
 RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.14.1 torchvision==0.29.1
 
-# The project and the rest of its pinned dependency tree. torch==2.14.1 in pyproject.toml and in
-# constraints.txt is satisfied by the installed 2.14.1+cpu (a local version matches a plain pin),
-# so pip keeps the CPU build.
+# The project with its export extra (the client comes with every install) and the rest of its
+# pinned dependency tree. torch==2.14.1 in pyproject.toml and in constraints.txt is satisfied by
+# the installed 2.14.1+cpu (a local version matches a plain pin), so pip keeps the CPU build.
 COPY constraints.txt /tmp/constraints.txt
 COPY --from=wheel /wheels /tmp/wheels
-RUN pip install -c /tmp/constraints.txt /tmp/wheels/*.whl \
+RUN pip install -c /tmp/constraints.txt "$(ls /tmp/wheels/*.whl)[export,cpu]" \
     && rm -rf /tmp/wheels /tmp/constraints.txt
 
 # A non-root user. docker-compose.yml may run the container as the host user's UID instead (so
@@ -36,8 +38,10 @@ RUN pip install -c /tmp/constraints.txt /tmp/wheels/*.whl \
 RUN useradd --create-home --uid 1000 --user-group app \
     && mkdir -p /work/build /cache/torch \
     && chmod 1777 /work/build /cache/torch
+# CNN_DEPLOY_HOME anchors the default paths (build/models, reports) to the work directory.
 ENV TORCH_HOME=/cache/torch \
-    MPLCONFIGDIR=/tmp/matplotlib
+    MPLCONFIGDIR=/tmp/matplotlib \
+    CNN_DEPLOY_HOME=/work
 WORKDIR /work
 USER 1000:1000
 

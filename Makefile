@@ -5,25 +5,29 @@ PY     := $(VENV)/bin/python
 MODELS ?= alexnet resnet18 resnet50
 WEIGHTS ?= random
 URL    ?= grpc://127.0.0.1:8001
+# What `make venv` installs: everything for one CPU machine, plus the test tools.
+EXTRAS ?= export,serving,cpu,dev
 
-.PHONY: help venv test test-slow lint demo export repo serve loadtest bench-export bench-serving clean
+.PHONY: help venv test test-slow lint demo export repo serve loadtest bench-export bench-serving gpu-check clean
 
 help:
 	@echo "make demo          export $(MODELS) ($(WEIGHTS) weights), serve them with Triton on CPU, classify,"
 	@echo "                   verify, load-test, stop (WEIGHTS=imagenet needs the network)"
-	@echo "make test          set up $(VENV) and run the tests (not slow, not gpu)"
+	@echo "make test          set up $(VENV) and run the tests (not slow, not gpu), import contracts included"
 	@echo "make test-slow     every architecture, long load tests"
-	@echo "make export        python -m export build MODELS --repository model_repository"
+	@echo "make lint          ruff and the import contracts (lint-imports)"
+	@echo "make export        python -m export build MODELS, then python -m serving repo MODELS"
 	@echo "make serve         python -m serving up (foreground, Ctrl-C stops)"
 	@echo "make bench-export  PyTorch eager vs ONNX Runtime, JSON in reports/"
 	@echo "make bench-serving Triton vs in-process ONNX Runtime on ResNet-50, JSON in reports/"
+	@echo "make gpu-check     every GPU check in one run, JSON in reports/ (exit 2 without a GPU)"
 
 # The venv is rebuilt from nothing when the project's dependency files change.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -36,12 +40,14 @@ test-slow: venv
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 demo: venv
-	$(PY) -m clients demo --models $(MODELS) --weights $(WEIGHTS)
+	$(PY) -m cnn_deploy demo --models $(MODELS) --weights $(WEIGHTS)
 
 export: venv
-	$(PY) -m export build $(MODELS) --repository model_repository
+	$(PY) -m export build $(MODELS) --weights $(WEIGHTS)
+	$(PY) -m serving repo $(MODELS)
 
 repo: venv
 	$(PY) -m serving repo $(MODELS)
@@ -56,7 +62,10 @@ bench-export: venv
 	$(PY) -m export benchmark $(MODELS) vgg16 googlenet
 
 bench-serving: venv
-	$(PY) -m serving benchmark
+	$(PY) -m cnn_deploy bench-serving
+
+gpu-check: venv
+	$(PY) -m cnn_deploy gpu-check
 
 clean:
 	rm -rf build reports

@@ -1,15 +1,22 @@
-"""Clients for the served models: gRPC/HTTP, sync and asyncio, classification, verify, load test.
+"""Clients for the served models: gRPC/HTTP, asyncio and sync, classification, verify, load test.
 
-No torch here: a client machine needs numpy, Pillow and tritonclient only.
+The base install (`pip install cnn-deploy`): numpy, Pillow, tritonclient, rich, matplotlib. Never
+torch, and never the export or serving stages.
 """
 
+from cnn_deploy_core import CnnDeployError
 
-class ClientError(Exception):
+
+class ClientError(CnnDeployError):
     """A user-facing client failure; the CLI prints it as one line and exits non-zero."""
 
 
 class ServerUnavailableError(ClientError):
     """The server cannot be reached (down, wrong address) after the bounded retries."""
+
+
+class RequestTimeoutError(ClientError):
+    """The server took longer than the timeout; not retried (the request may still be running)."""
 
 
 class ModelNotFoundError(ClientError):
@@ -26,3 +33,7 @@ class BadInputError(ClientError):
 
 class InferenceError(ClientError):
     """Any other failure reported by the server for one request."""
+
+
+class LoadTestError(ClientError):
+    """A load test that cannot run as asked (bad settings, unusable golden set)."""

@@ -1,4 +1,4 @@
-"""`python -m clients infer|verify|loadtest|demo`: thin commands over the client library."""
+"""`python -m clients infer|verify|loadtest`: thin commands over the client library."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ from rich.table import Table
 
 from clients import ClientError
 from clients.client import DEFAULT_URL
-from export import ExportError
-from export.console import dispatch, error, stderr, stdout
-from export.layout import DEFAULT_REPOSITORY
+from cnn_deploy_core import paths
+from cnn_deploy_core.console import dispatch, error, stderr, stdout
 
 
 def _common() -> argparse.ArgumentParser:
@@ -31,7 +30,7 @@ def _common() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from clients import loadtest_cli
+    from clients.loadtest import cli as loadtest_cli
 
     parser = argparse.ArgumentParser(prog="python -m clients", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -41,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--model", required=True)
     i.add_argument("images", nargs="+", metavar="IMAGE", type=Path, help="JPEG/PNG files")
     i.add_argument("--top-k", type=int, default=5)
+    i.add_argument("--version", default="", help="model version (default: the server's default, the newest)")
 
     v = sub.add_parser("verify", parents=[common], help="check the served answers against the golden sets")
     v.add_argument(
@@ -54,18 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument(
         "--repository",
         type=Path,
-        default=DEFAULT_REPOSITORY,
-        help="where the golden sets are: REPO/<model>/<version>/golden.npz (default model_repository)",
+        default=None,
+        help="where the golden sets are: REPO/<model>/<version>/golden.npz "
+        "(default: model_repository in the project)",
     )
 
     loadtest_cli.add_parser(sub)  # its own options: --url, --timeout and --json included
-
-    d = sub.add_parser("demo", help="the main job: export, serve, classify, verify, load-test, stop")
-    d.add_argument("--models", nargs="+", default=["alexnet", "resnet18", "resnet50"])
-    d.add_argument("--weights", default="random", help="random (default, offline), imagenet, or a checkpoint")
-    d.add_argument("--image", type=Path, default=None, help="photo to classify (default: a sample photo)")
-    d.add_argument("--output", type=Path, default=Path("reports"), help="report directory (default reports)")
-    d.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     return parser
 
 
@@ -79,8 +73,8 @@ def cmd_infer(args) -> int:
     if args.top_k < 1:
         raise ClientError("--top-k must be >= 1")
     with _client(args) as client:
-        info = client.model_info(args.model)
-        predictions = client.classify(args.model, args.images, top_k=args.top_k)
+        info = client.model_info(args.model, args.version)
+        predictions = client.classify(args.model, args.images, top_k=args.top_k, version=args.version)
     if args.json:
         print(
             json.dumps(
@@ -92,7 +86,9 @@ def cmd_infer(args) -> int:
             )
         )
     else:
-        table = Table(title=f"{args.model} at {args.url} ({info.weights_source or 'unknown weights'})")
+        version = args.version or info.latest_version
+        source = info.weights_source(version) or "unknown weights"
+        table = Table(title=f"{args.model} v{version} at {args.url} ({source})")
         for col in ("image", "rank", "label", "class", "score"):
             table.add_column(col, justify="right" if col in ("rank", "class", "score") else "left")
         for img, preds in zip(args.images, predictions, strict=False):
@@ -101,7 +97,7 @@ def cmd_infer(args) -> int:
                     img.name if rank == 1 else "", str(rank), p.label, str(p.index), f"{p.score:.4f}"
                 )
         stdout.print(table)
-    if info.weights_random:
+    if info.weights_random(args.version or None):
         stderr.print(f"[yellow]note:[/] {args.model} serves RANDOM weights: the labels are meaningless")
     return 0
 
@@ -110,11 +106,13 @@ def cmd_verify(args) -> int:
     from clients.verify import verify
 
     with _client(args) as client:
-        results = verify(client, args.models, args.repository)
+        results = verify(client, args.models, args.repository or paths.repository())
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:
-        table = Table(title=f"verify {args.url} against the golden sets in {args.repository}")
+        table = Table(
+            title=f"verify {args.url} against the golden sets in {args.repository or paths.repository()}"
+        )
         for col in (
             "model",
             "version",
@@ -144,27 +142,19 @@ def cmd_verify(args) -> int:
 
 
 def cmd_loadtest(args) -> int:
-    from clients import loadtest_cli
+    from clients.loadtest import cli as loadtest_cli
 
     return loadtest_cli.run(args)
 
 
-def cmd_demo(args) -> int:
-    from clients.demo import run_demo
-
-    return run_demo(
-        models=args.models, weights=args.weights, image=args.image, output=args.output, as_json=args.json
-    )
-
-
-COMMANDS = {"infer": cmd_infer, "verify": cmd_verify, "loadtest": cmd_loadtest, "demo": cmd_demo}
+COMMANDS = {"infer": cmd_infer, "verify": cmd_verify, "loadtest": cmd_loadtest}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     args.command_line = shlex.join(["python", "-m", "clients", *argv])  # recorded in reports
-    return dispatch(COMMANDS, args, (ClientError, ExportError))
+    return dispatch(COMMANDS, args)
 
 
 if __name__ == "__main__":

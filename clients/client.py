@@ -1,21 +1,25 @@
-"""One client for Triton over gRPC or HTTP, picked by URL scheme, in sync and asyncio flavours.
+"""One client for Triton over gRPC or HTTP, picked by URL scheme, in asyncio and sync flavours.
 
     with TritonClient("grpc://localhost:8001") as client:
         client.wait_until_ready("resnet50")
         print(client.classify("resnet50", ["cat.jpg"], top_k=5))
 
+`AsyncTritonClient` is the one implementation; `TritonClient` runs it on a private event loop in
+a background thread, so both have the same methods, options and behaviour by construction.
 Library errors are translated at the boundary into :mod:`clients` exceptions with messages a
-user can act on; an unreachable server is retried a bounded number of times with backoff.
+user can act on; an unreachable server is retried a bounded number of times with backoff, a
+request that timed out is not (it may still be running: retrying would multiply the load).
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import numpy as np
@@ -27,14 +31,16 @@ from clients import (
     InferenceError,
     ModelNotFoundError,
     ModelNotReadyError,
+    RequestTimeoutError,
     ServerUnavailableError,
 )
 from clients.model_info import ModelInfo, Prediction
-from export.preprocess import ImageError, preprocess_files
+from cnn_deploy_core.dtypes import numpy_to_kserve
+from cnn_deploy_core.preprocess import ImageError, preprocess_files
 
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
 DEFAULT_URL = "grpc://127.0.0.1:8001"  # `python -m serving up` binds to loopback
-_NP_TO_TRITON = {np.dtype(np.float32): "FP32", np.dtype(np.float16): "FP16", np.dtype(np.uint8): "UINT8"}
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -88,19 +94,23 @@ def translate(error: BaseException, endpoint: Endpoint, model: str | None = None
                 f"model {model!r} is not ready at {endpoint} (it may have failed to load; "
                 "see the server log or `python -m serving status`)"
             )
+        if "DEADLINE_EXCEEDED" in status or "timed out" in lowered or "deadline" in lowered:
+            return RequestTimeoutError(f"request to {endpoint} timed out")
         if "UNAVAILABLE" in status or "failed to connect" in lowered or "connection refused" in lowered:
             return ServerUnavailableError(f"Triton server at {endpoint} is unreachable: {message}")
-        if "DEADLINE_EXCEEDED" in status or "timed out" in lowered or "deadline" in lowered:
-            return ServerUnavailableError(f"request to {endpoint} timed out")
         if "INVALID_ARGUMENT" in status or status == "400" or "unexpected shape" in lowered:
             return BadInputError(f"{model}: request rejected by the server: {message}")
         return InferenceError(f"{model}: server error: {message}")
-    if isinstance(error, (ConnectionError, OSError, asyncio.TimeoutError, TimeoutError)):
+    if isinstance(error, (asyncio.TimeoutError, TimeoutError)):
+        return RequestTimeoutError(f"request to {endpoint} timed out")
+    if isinstance(error, (ConnectionError, OSError)):
         return ServerUnavailableError(
             f"Triton server at {endpoint} is unreachable: {error.__class__.__name__}: {error}"
         )
     name = error.__class__.__name__
-    if "Connect" in name or "Timeout" in name or "ServerDisconnected" in name:  # aiohttp, geventhttpclient
+    if "Timeout" in name:
+        return RequestTimeoutError(f"request to {endpoint} timed out ({name})")
+    if "Connect" in name or "ServerDisconnected" in name:  # aiohttp, geventhttpclient
         return ServerUnavailableError(f"Triton server at {endpoint} is unreachable: {name}: {error}")
     return InferenceError(f"unexpected client error talking to {endpoint}: {name}: {error}")
 
@@ -116,8 +126,7 @@ def check_batch(info: ModelInfo, batch: np.ndarray) -> np.ndarray:
             f"{info.name}: input {info.input_name!r} expects shape "
             f"[N, {', '.join(map(str, info.input_dims))}], got {list(batch.shape)}"
         )
-    datatype = _NP_TO_TRITON.get(batch.dtype)
-    if datatype != info.input_datatype:
+    if numpy_to_kserve(batch.dtype) != info.input_datatype:
         raise BadInputError(
             f"{info.name}: input {info.input_name!r} expects {info.input_datatype}, got {batch.dtype.name}"
         )
@@ -140,7 +149,9 @@ def load_images(info: ModelInfo, images: list[str | Path]) -> np.ndarray:
         raise BadInputError(str(e)) from e
 
 
-class _Base:
+class AsyncTritonClient:
+    """asyncio client. `async with AsyncTritonClient(url) as client: await client.infer(...)`"""
+
     def __init__(
         self,
         url: str,
@@ -155,170 +166,13 @@ class _Base:
         self.endpoint = parse_url(url)
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.headers = headers or None
-        self._info: dict[str, ModelInfo] = {}
-        self._module = self._connect()
-
-    def _connect(self):
-        raise NotImplementedError
-
-    def _delays(self):
-        """Exponential backoff between the bounded retries (0.25 s, 0.5 s, 1 s, ...)."""
-        return [self.backoff * 2**i for i in range(self.retries)]
-
-    def _request(self, model: str, batch: np.ndarray, class_count: int):
-        m = self._module
-        inp = m.InferInput(self._info[model].input_name, list(batch.shape), _NP_TO_TRITON[batch.dtype])
-        inp.set_data_from_numpy(batch)
-        out = m.InferRequestedOutput(self._info[model].output_name, class_count=class_count)
-        return [inp], [out]
-
-
-class TritonClient(_Base):
-    """Synchronous client. Usable as a context manager."""
-
-    def _connect(self):
-        if self.endpoint.protocol == "grpc":
-            import tritonclient.grpc as module
-
-            self._client = module.InferenceServerClient(self.endpoint.address, ssl=self.endpoint.ssl)
-        else:
-            import tritonclient.http as module
-
-            self._client = module.InferenceServerClient(
-                self.endpoint.address,
-                ssl=self.endpoint.ssl,
-                connection_timeout=self.timeout,
-                network_timeout=self.timeout,
-            )
-        return module
-
-    def __enter__(self) -> TritonClient:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._client.close()
-
-    def _call(self, fn: Callable[[], Any], model: str | None = None, *, retry: bool = True):
-        delays = self._delays() if retry else []
-        while True:
-            try:
-                return fn()
-            except Exception as e:
-                error = translate(e, self.endpoint, model)
-                if not isinstance(error, ServerUnavailableError) or not delays:
-                    raise error from e
-                time.sleep(delays.pop(0))
-
-    def _kw(self) -> dict:
-        return {"client_timeout": self.timeout} if self.endpoint.protocol == "grpc" else {}
-
-    def server_ready(self) -> bool:
-        try:
-            return bool(self._client.is_server_ready(headers=self.headers, **self._kw()))
-        except Exception:
-            return False
-
-    def wait_until_ready(self, model: str | None = None, *, timeout: float = 60.0, poll: float = 0.5) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.server_ready():
-            if time.monotonic() > deadline:
-                raise ServerUnavailableError(
-                    f"Triton server at {self.endpoint} not ready after {timeout:.0f}s"
-                )
-            time.sleep(poll)
-        if model is None:
-            return
-        while True:
-            # Readiness first: Triton answers metadata requests for a model still loading with
-            # "unknown model", so a NotReady here means "keep waiting", NotFound means "give up".
-            if self._call(lambda: self._client.is_model_ready(model, headers=self.headers, **self._kw())):
-                self.model_info(model)
-                return
-            try:
-                self.model_info(model)
-            except ModelNotReadyError:
-                pass
-            if time.monotonic() > deadline:
-                raise ModelNotReadyError(f"model {model!r} not ready at {self.endpoint} after {timeout:.0f}s")
-            time.sleep(poll)
-
-    def model_info(self, model: str) -> ModelInfo:
-        if model not in self._info:
-            kw = {"as_json": True, **self._kw()} if self.endpoint.protocol == "grpc" else {}
-            metadata = self._call(
-                lambda: self._client.get_model_metadata(model, headers=self.headers, **kw), model
-            )
-            config = self._call(
-                lambda: self._client.get_model_config(model, headers=self.headers, **kw), model
-            )
-            self._info[model] = ModelInfo.from_server(metadata, config)
-        return self._info[model]
-
-    def infer(
-        self, model: str, batch: np.ndarray, *, version: str = "", class_count: int = 0, retry: bool = True
-    ) -> np.ndarray:
-        """Logits (or, with class_count, "score:index:label" bytes) for a batch of any size."""
-        info = self.model_info(model)
-        batch = check_batch(info, batch)
-        outputs = []
-        for part in chunks(batch, info.max_batch_size):
-            inputs, requested = self._request(model, part, class_count)
-            result = self._call(
-                lambda inputs=inputs, requested=requested: self._client.infer(
-                    model,
-                    inputs,
-                    model_version=version,
-                    outputs=requested,
-                    headers=self.headers,
-                    **self._kw(),
-                ),
-                model,
-                retry=retry,
-            )
-            outputs.append(result.as_numpy(info.output_name))
-        return np.concatenate(outputs)
-
-    def classify(self, model: str, images: list[str | Path], *, top_k: int = 5) -> list[list[Prediction]]:
-        """Image files -> top-k labels, through Triton's classification extension."""
-        info = self.model_info(model)
-        if not info.has_labels:
-            raise ClientError(f"model {model!r} has no label file: it cannot classify")
-        result = self.infer(model, load_images(info, images), class_count=top_k)
-        return [[Prediction.parse(e) for e in row] for row in result.reshape(len(images), -1)]
-
-    def statistics(self, model: str, version: str = "") -> dict:
-        """Triton's statistics for one model version (the first one listed if none given)."""
-        kw = {"as_json": True, **self._kw()} if self.endpoint.protocol == "grpc" else {}
-        stats = self._call(
-            lambda: self._client.get_inference_statistics(
-                model, model_version=version, headers=self.headers, **kw
-            ),
-            model,
-        )
-        return stats["model_stats"][0] if stats.get("model_stats") else {}
-
-    def ready_models(self, candidates: list[str]) -> list[str]:
-        """Which of the candidate names the server has ready (no admin key needed)."""
-        return [
-            m
-            for m in candidates
-            if self._call(lambda m=m: self._client.is_model_ready(m, headers=self.headers, **self._kw()))
-        ]
-
-
-class AsyncTritonClient(_Base):
-    """asyncio client with the same methods (awaitable). `async with AsyncTritonClient(url) as c:`"""
-
-    def _connect(self):
+        self._info: dict[tuple[str, str], ModelInfo] = {}
         if self.endpoint.protocol == "grpc":
             import tritonclient.grpc.aio as module
         else:
             import tritonclient.http.aio as module
+        self._module = module
         self._aio_client = None
-        return module
 
     @property
     def _client(self):
@@ -346,8 +200,20 @@ class AsyncTritonClient(_Base):
             await self._aio_client.close()
             self._aio_client = None
 
-    async def _call(self, fn: Callable[[], Any], model: str | None = None, *, retry: bool = True):
-        delays = self._delays() if retry else []
+    def _kw(self, *, as_json: bool = False) -> dict:
+        """The per-call keywords one protocol takes and the other does not."""
+        if self.endpoint.protocol != "grpc":
+            return {"headers": self.headers}
+        kw: dict[str, Any] = {"headers": self.headers, "client_timeout": self.timeout}
+        if as_json:
+            kw["as_json"] = True
+        return kw
+
+    async def _call(
+        self, fn: Callable[[], Awaitable[T]], model: str | None = None, *, retry: bool = True
+    ) -> T:
+        """One server call: translated errors; an unreachable server retried with backoff."""
+        delays = [self.backoff * 2**i for i in range(self.retries)] if retry else []
         while True:
             try:
                 return await asyncio.wait_for(fn(), self.timeout)
@@ -357,15 +223,10 @@ class AsyncTritonClient(_Base):
                     raise error from e
                 await asyncio.sleep(delays.pop(0))
 
-    def _kw(self) -> dict:
-        return {"as_json": True} if self.endpoint.protocol == "grpc" else {}
-
     async def server_ready(self) -> bool:
         try:
-            return bool(
-                await asyncio.wait_for(self._client.is_server_ready(headers=self.headers), self.timeout)
-            )
-        except Exception:
+            return bool(await self._call(lambda: self._client.is_server_ready(**self._kw()), retry=False))
+        except ClientError:
             return False
 
     async def wait_until_ready(self, model: str | None = None, *, timeout: float = 60.0, poll: float = 0.5):
@@ -379,40 +240,49 @@ class AsyncTritonClient(_Base):
         if model is None:
             return
         while True:
-            if await self._call(lambda: self._client.is_model_ready(model, headers=self.headers)):
+            # Readiness first: Triton answers metadata requests for a model still loading with
+            # "unknown model", so a NotReady here means "keep waiting", NotFound means "give up".
+            if await self._call(lambda: self._client.is_model_ready(model, **self._kw()), model):
                 await self.model_info(model)
                 return
             try:
-                await self.model_info(model)  # raises ModelNotFoundError for an unknown model
+                await self.model_info(model)
             except ModelNotReadyError:
                 pass
             if time.monotonic() > deadline:
                 raise ModelNotReadyError(f"model {model!r} not ready at {self.endpoint} after {timeout:.0f}s")
             await asyncio.sleep(poll)
 
-    async def model_info(self, model: str) -> ModelInfo:
-        if model not in self._info:
-            kw = self._kw()
-            metadata = await self._call(
-                lambda: self._client.get_model_metadata(model, headers=self.headers, **kw), model
+    async def model_info(self, model: str, version: str = "") -> ModelInfo:
+        """Metadata and config of a model (its served versions, preprocessing, labels), cached."""
+        key = (model, version)
+        if key not in self._info:
+            kw = self._kw(as_json=True)
+            metadata = await self._call(lambda: self._client.get_model_metadata(model, version, **kw), model)
+            config = await self._call(lambda: self._client.get_model_config(model, version, **kw), model)
+            self._info[key] = ModelInfo.from_server(metadata, config)
+        info = self._info[key]
+        if version and version not in info.versions:
+            raise ModelNotReadyError(
+                f"model {model!r} does not serve version {version} at {self.endpoint} "
+                f"(serving {', '.join(info.versions) or 'none'})"
             )
-            config = await self._call(
-                lambda: self._client.get_model_config(model, headers=self.headers, **kw), model
-            )
-            self._info[model] = ModelInfo.from_server(metadata, config)
-        return self._info[model]
+        return info
 
     async def infer(
         self, model: str, batch: np.ndarray, *, version: str = "", class_count: int = 0, retry: bool = True
     ) -> np.ndarray:
-        info = await self.model_info(model)
+        """Logits (or, with class_count, "score:index:label" bytes) for a batch of any size."""
+        info = await self.model_info(model, version)
         batch = check_batch(info, batch)
         outputs = []
         for part in chunks(batch, info.max_batch_size):
-            inputs, requested = self._request(model, part, class_count)
+            inp = self._module.InferInput(info.input_name, list(part.shape), info.input_datatype)
+            inp.set_data_from_numpy(part)
+            out = self._module.InferRequestedOutput(info.output_name, class_count=class_count)
             result = await self._call(
-                lambda inputs=inputs, requested=requested: self._client.infer(
-                    model, inputs, model_version=version, outputs=requested, headers=self.headers
+                lambda inp=inp, out=out: self._client.infer(
+                    model, [inp], model_version=version, outputs=[out], **self._kw()
                 ),
                 model,
                 retry=retry,
@@ -421,29 +291,85 @@ class AsyncTritonClient(_Base):
         return np.concatenate(outputs)
 
     async def classify(
-        self, model: str, images: list[str | Path], *, top_k: int = 5
+        self, model: str, images: list[str | Path], *, top_k: int = 5, version: str = ""
     ) -> list[list[Prediction]]:
-        info = await self.model_info(model)
+        """Image files -> top-k labels, through Triton's classification extension."""
+        info = await self.model_info(model, version)
         if not info.has_labels:
             raise ClientError(f"model {model!r} has no label file: it cannot classify")
-        result = await self.infer(model, load_images(info, images), class_count=top_k)
+        result = await self.infer(model, load_images(info, images), version=version, class_count=top_k)
         return [[Prediction.parse(e) for e in row] for row in result.reshape(len(images), -1)]
+
+    async def statistics(self, model: str, version: str = "") -> dict:
+        """Triton's statistics for one model version (the first one listed if none given)."""
+        stats = await self._call(
+            lambda: self._client.get_inference_statistics(model, version, **self._kw(as_json=True)), model
+        )
+        return stats["model_stats"][0] if stats.get("model_stats") else {}
 
     async def ready_models(self, candidates: list[str]) -> list[str]:
         """Which of the candidate names the server has ready (no admin key needed)."""
         ready = await asyncio.gather(
-            *[
-                self._call(lambda m=m: self._client.is_model_ready(m, headers=self.headers))
-                for m in candidates
-            ]
+            *[self._call(lambda m=m: self._client.is_model_ready(m, **self._kw()), m) for m in candidates]
         )
         return [m for m, ok in zip(candidates, ready, strict=True) if ok]
 
-    async def statistics(self, model: str, version: str = "") -> dict:
-        stats = await self._call(
-            lambda: self._client.get_inference_statistics(
-                model, model_version=version, headers=self.headers, **self._kw()
-            ),
-            model,
+
+class TritonClient:
+    """Synchronous client: :class:`AsyncTritonClient`'s methods, run on a private event loop.
+
+    Usable as a context manager; `close()` stops the loop's thread.
+    """
+
+    def __init__(self, url: str, **options):
+        self._async = AsyncTritonClient(url, **options)  # validates the URL and options first
+        self.endpoint = self._async.endpoint
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="triton-client", daemon=True)
+        self._thread.start()
+
+    def _run(self, coroutine: Awaitable[T]) -> T:
+        if self._loop.is_closed():
+            raise ClientError("the client is closed")
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def __enter__(self) -> TritonClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._run(self._async.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def server_ready(self) -> bool:
+        return self._run(self._async.server_ready())
+
+    def wait_until_ready(self, model: str | None = None, *, timeout: float = 60.0, poll: float = 0.5) -> None:
+        return self._run(self._async.wait_until_ready(model, timeout=timeout, poll=poll))
+
+    def model_info(self, model: str, version: str = "") -> ModelInfo:
+        return self._run(self._async.model_info(model, version))
+
+    def infer(
+        self, model: str, batch: np.ndarray, *, version: str = "", class_count: int = 0, retry: bool = True
+    ) -> np.ndarray:
+        return self._run(
+            self._async.infer(model, batch, version=version, class_count=class_count, retry=retry)
         )
-        return stats["model_stats"][0] if stats.get("model_stats") else {}
+
+    def classify(
+        self, model: str, images: list[str | Path], *, top_k: int = 5, version: str = ""
+    ) -> list[list[Prediction]]:
+        return self._run(self._async.classify(model, images, top_k=top_k, version=version))
+
+    def statistics(self, model: str, version: str = "") -> dict:
+        return self._run(self._async.statistics(model, version))
+
+    def ready_models(self, candidates: list[str]) -> list[str]:
+        return self._run(self._async.ready_models(candidates))

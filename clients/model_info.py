@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from export.layout import PARAM_PREFIX
-from export.preprocess import Preprocessing
-
-_DTYPES = {"TYPE_FP32": "FP32", "TYPE_FP16": "FP16", "TYPE_UINT8": "UINT8", "TYPE_INT64": "INT64"}
+from cnn_deploy_core.dtypes import config_to_kserve
+from cnn_deploy_core.layout import PARAM_PREFIX
+from cnn_deploy_core.preprocess import Preprocessing
 
 
 @dataclass(frozen=True)
@@ -33,13 +32,24 @@ class ModelInfo:
     def precision(self) -> str:
         return self.parameters.get(PARAM_PREFIX + "precision", "fp32")
 
-    @property
-    def weights_source(self) -> str | None:
-        return self.parameters.get(PARAM_PREFIX + "weights_source")
+    def version_meta(self, version: str | None = None) -> dict[str, str]:
+        """One served version's own provenance (weights source, sha, ...); the default version's
+        when none is given. Older repositories without per-version records give the model's."""
+        version = version or self.latest_version
+        per_version = json.loads(self.parameters.get(PARAM_PREFIX + "versions", "{}") or "{}")
+        if version in per_version:
+            return per_version[version]
+        return {
+            k: self.parameters[PARAM_PREFIX + k]
+            for k in ("weights_source", "weights_random", "model_sha256")
+            if PARAM_PREFIX + k in self.parameters
+        }
 
-    @property
-    def weights_random(self) -> bool:
-        return self.parameters.get(PARAM_PREFIX + "weights_random") == "true"
+    def weights_source(self, version: str | None = None) -> str | None:
+        return self.version_meta(version).get("weights_source")
+
+    def weights_random(self, version: str | None = None) -> bool:
+        return self.version_meta(version).get("weights_random") == "true"
 
     @property
     def latest_version(self) -> str | None:
@@ -56,7 +66,7 @@ class ModelInfo:
             versions=tuple(metadata.get("versions", ())),
             input_name=inp["name"],
             input_dims=tuple(int(d) for d in inp["dims"]),
-            input_datatype=_DTYPES.get(inp.get("data_type", "TYPE_FP32"), "FP32"),
+            input_datatype=config_to_kserve(inp.get("data_type", "TYPE_FP32")),
             output_name=out["name"],
             output_dims=tuple(int(d) for d in out["dims"]),
             max_batch_size=int(config.get("max_batch_size", 0)),

@@ -7,11 +7,11 @@ from pathlib import Path
 
 from clients import ClientError
 from clients.client import TritonClient
-from export import ExportError
-from export.golden import GoldenSet
-from export.layout import GOLDEN_FILE, TRT_SUFFIX
-from export.metrics import Comparison, compare
-from export.registry import names
+from cnn_deploy_core import CnnDeployError
+from cnn_deploy_core.golden import GoldenSet
+from cnn_deploy_core.layout import GOLDEN_FILE, TRT_SUFFIX
+from cnn_deploy_core.metrics import Comparison, compare
+from cnn_deploy_core.registry import names
 
 
 @dataclass
@@ -49,23 +49,30 @@ def served_models(client: TritonClient) -> list[str]:
     return client.ready_models(candidates)
 
 
-def verify_model(client: TritonClient, model: str, repository: Path) -> VerifyResult:
-    info = client.model_info(model)
-    version = info.latest_version or "1"
+def verify_version(client: TritonClient, model: str, version: str, repository: Path) -> VerifyResult:
+    """One served version against its own golden set (every version describes itself)."""
+    precision = "?"
     try:
+        precision = client.model_info(model, version).precision
         golden = GoldenSet.load(golden_path(repository, model.removesuffix(TRT_SUFFIX), version))
-        tol = golden.tolerances.get(info.precision) or golden.tolerances["fp32"]
+        tol = golden.tolerances.get(precision) or golden.tolerances["fp32"]
         got = client.infer(model, golden.inputs, version=version)
         cmp = compare(golden.outputs, got, atol=tol["atol"], rtol=tol["rtol"])
-        return VerifyResult(model, version, info.precision, len(golden.inputs), cmp)
-    except (ClientError, ExportError) as e:
-        return VerifyResult(model, version, info.precision, 0, None, str(e))
+        return VerifyResult(model, version, precision, len(golden.inputs), cmp)
+    except CnnDeployError as e:
+        return VerifyResult(model, version, precision, 0, None, str(e))
     except Exception as e:  # an unreadable golden set is that model's failure, not the run's
-        return VerifyResult(model, version, info.precision, 0, None, f"{e.__class__.__name__}: {e}")
+        return VerifyResult(model, version, precision, 0, None, f"{e.__class__.__name__}: {e}")
 
 
 def verify(client: TritonClient, models: list[str] | None, repository: Path) -> list[VerifyResult]:
+    """Every served version of each model (default: every registered model that is ready)."""
     models = models or served_models(client)
     if not models:
         raise ClientError(f"no registered model is ready at {client.endpoint}")
-    return [verify_model(client, m, repository) for m in models]
+    results = []
+    for model in models:
+        info = client.model_info(model)
+        for version in sorted(info.versions, key=int, reverse=True) or ["1"]:
+            results.append(verify_version(client, model, version, repository))
+    return results

@@ -1,16 +1,12 @@
-"""Export stage: torchvision architectures to verified, optimized ONNX graphs.
+"""Export stage: torchvision architectures to verified, optimized ONNX graphs (needs PyTorch).
 
-Importing this package (or :mod:`export.registry`, :mod:`export.golden`,
-:mod:`export.preprocess`) must not import torch: the clients use those modules.
+`python -m export build|analyze|compare|benchmark`. Install with `pip install 'cnn-deploy[export,cpu]'`.
 """
 
-__version__ = "0.1.0"
+from cnn_deploy_core import CnnDeployError, __version__
+
+__all__ = ["ExportError", "__version__"]
 
 
-class ExportError(Exception):
+class ExportError(CnnDeployError):
     """A user-facing export failure; the CLI prints it as one line and exits non-zero."""
-
-
-class UnknownArchitectureError(ExportError, KeyError):
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])

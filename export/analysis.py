@@ -16,9 +16,9 @@ from rich.table import Table
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from cnn_deploy_core.registry import Architecture
 from export import ExportError
 from export.models import load_model
-from export.registry import Architecture
 
 BYTES_PER_ELEMENT = 4  # fp32 activations
 

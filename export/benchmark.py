@@ -22,11 +22,11 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from cnn_deploy_core.fsutil import atomic_write_text
+from cnn_deploy_core.layout import INPUT_NAME
+from cnn_deploy_core.registry import Architecture
 from export.convert import optimize, to_onnx
-from export.fsutil import atomic_write_text
-from export.layout import INPUT_NAME
 from export.models import load_model, weights_enum
-from export.registry import Architecture
 
 MIN_ITERATIONS = 2
 ROUNDS = 3

@@ -14,9 +14,9 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from export.fsutil import ensure_writable_dir
+from cnn_deploy_core.fsutil import ensure_writable_dir
+from cnn_deploy_core.registry import Architecture
 from export.pipeline import EXPORT_STEPS, ExportJob, run_export
-from export.registry import Architecture
 
 
 def build_all(

@@ -10,9 +10,10 @@ from pathlib import Path
 
 from rich.table import Table
 
-from export import ExportError, registry
-from export.console import dispatch, error, stderr, stdout
-from export.fsutil import ensure_writable_dir
+from cnn_deploy_core import paths, registry
+from cnn_deploy_core.console import dispatch, error, stderr, stdout
+from cnn_deploy_core.fsutil import ensure_writable_dir
+from export import ExportError
 
 
 def _archs_parent() -> argparse.ArgumentParser:
@@ -29,8 +30,6 @@ def _json_parent() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from export.pipeline import DEFAULT_OUTPUT
-
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -46,17 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--seed", type=int, default=0, help="seed for --weights random")
     b.add_argument(
-        "--output", type=Path, default=DEFAULT_OUTPUT, help=f"output directory (default {DEFAULT_OUTPUT})"
+        "--output", type=Path, default=None, help="output directory (default build/models in the project)"
     )
     b.add_argument("--no-fp16", dest="fp16", action="store_false", help="skip the FP16 variant")
     b.add_argument("--keep-raw", action="store_true", help="also keep the unoptimized graph (model.raw.onnx)")
-    b.add_argument(
-        "--repository",
-        type=Path,
-        default=None,
-        help="then place the models in this Triton model repository (see `python -m serving repo`)",
-    )
-    b.add_argument("--tensorrt", action="store_true", help="with --repository: also add <name>_trt models")
 
     a = sub.add_parser("analyze", parents=[_json_parent()], help="the lecture's per-layer table")
     a.add_argument("architecture", metavar="ARCH")
@@ -73,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--plot", type=Path, default=None, metavar="FILE.png", help="write the cost/accuracy chart"
     )
-    c.add_argument("--models", type=Path, default=DEFAULT_OUTPUT, help="export directory, for ONNX sizes")
+    c.add_argument(
+        "--models", type=Path, default=None, help="export directory, for ONNX sizes (default build/models)"
+    )
 
     bench = sub.add_parser(
         "benchmark",
@@ -93,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--output",
         type=Path,
-        default=Path("reports/export-benchmark.json"),
-        help="JSON report path (default reports/export-benchmark.json)",
+        default=None,
+        help="JSON report path (default reports/export-benchmark.json in the project)",
     )
     return parser
 
@@ -102,14 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_build(args: argparse.Namespace) -> int:
     from export.build import build_all
 
-    if args.tensorrt and args.repository is None:
-        raise ExportError("--tensorrt adds models to a repository: give --repository DIR too")
     archs = registry.resolve(args.architectures, all_=args.all)
     jobs = build_all(
         archs,
         weights=args.weights,
         seed=args.seed,
-        output=args.output,
+        output=args.output or paths.models_dir(),
         fp16=args.fp16,
         keep_raw=args.keep_raw,
         console=stderr,
@@ -120,21 +112,6 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(json.dumps([j.to_dict() for j in jobs], indent=2))
     else:
         stdout.print(_summary_table(jobs))
-    exported = [j.arch for j in jobs if j.succeeded]
-    if exported and args.repository is not None:
-        from serving import ServingError
-        from serving.repository import place_models  # the serving stage, when asked for
-
-        try:  # the models that passed verification are served; a failed one keeps its old version
-            place_models(
-                exported,
-                models_dir=args.output,
-                repository=args.repository,
-                tensorrt=args.tensorrt,
-                console=stderr,
-            )
-        except ServingError as e:
-            raise ExportError(str(e)) from e
     if not ok:
         for j in jobs:
             if not j.succeeded:
@@ -143,7 +120,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def _summary_table(jobs) -> Table:
-    from export.steps import Status
+    from cnn_deploy_core.steps import Status
 
     table = Table(
         title="export summary",
@@ -193,7 +170,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     if args.plot is not None:  # fail before minutes of analysis, not after
         ensure_writable_dir(args.plot.parent)
-    rows = compare_architectures(list(registry.ARCHITECTURES.values()), models_dir=args.models)
+    models = args.models or paths.models_dir()
+    rows = compare_architectures(list(registry.ARCHITECTURES.values()), models_dir=models)
     if args.plot is not None:
         plot(rows, args.plot)
         stderr.print(f"chart written to {args.plot}")
@@ -219,7 +197,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         batch_sizes=sizes,
         threads=args.threads,
         seconds=args.seconds,
-        output=args.output,
+        output=args.output or paths.reports_dir() / "export-benchmark.json",
         as_json=args.json,
         console=stderr,
         out=stdout,
@@ -232,7 +210,7 @@ COMMANDS = {"build": cmd_build, "analyze": cmd_analyze, "compare": cmd_compare, 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return dispatch(COMMANDS, args, (ExportError,))
+    return dispatch(COMMANDS, args)
 
 
 if __name__ == "__main__":

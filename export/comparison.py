@@ -17,11 +17,11 @@ from matplotlib.figure import Figure
 from matplotlib.transforms import Bbox
 from rich.table import Table
 
+from cnn_deploy_core.fsutil import atomic_write_bytes
+from cnn_deploy_core.layout import MODEL_FILE
+from cnn_deploy_core.registry import FAMILIES, Architecture
 from export.analysis import analyze
-from export.fsutil import atomic_write_bytes
-from export.layout import MODEL_FILE
 from export.models import weights_enum
-from export.registry import FAMILIES, Architecture
 
 FAMILY_COLOURS = dict(zip(FAMILIES, ("#d62728", "#1f77b4", "#2ca02c", "#ff7f0e"), strict=True))
 BUBBLE_AREA_PER_MPARAM = 9.0  # points² per million parameters: VGG-19 (144M) ≈ 1,300 pt²

@@ -16,9 +16,9 @@ import onnxscript
 import torch
 from onnxruntime.transformers import float16
 
+from cnn_deploy_core.layout import INPUT_NAME, OUTPUT_NAME, PARAM_PREFIX
+from cnn_deploy_core.registry import Architecture
 from export import ExportError, __version__
-from export.layout import INPUT_NAME, OUTPUT_NAME, PARAM_PREFIX
-from export.registry import Architecture
 
 # Opset 18 is the dynamo exporter's native opset and is read by every ONNX Runtime that
 # Triton 24.x+ ships (ORT >= 1.16), and by TensorRT 10's ONNX parser.

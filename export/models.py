@@ -11,10 +11,10 @@ import torch
 import torchvision
 from torchvision.models import get_model_weights
 
+from cnn_deploy_core.fsutil import sha256_file
+from cnn_deploy_core.preprocess import Preprocessing
+from cnn_deploy_core.registry import Architecture
 from export import ExportError
-from export.fsutil import sha256_file
-from export.preprocess import Preprocessing
-from export.registry import Architecture
 
 DEFAULT_SEED = 0
 DOWNLOAD_TIMEOUT_S = 30

@@ -1,5 +1,5 @@
 """The export pipeline for one architecture: weights -> ONNX -> optimize -> verify -> FP16 ->
-golden set -> publish. Each step reports a status; see :mod:`export.steps`."""
+golden set -> publish. Each step reports a status; see :mod:`cnn_deploy_core.steps`."""
 
 from __future__ import annotations
 
@@ -13,17 +13,15 @@ import onnx
 import onnxruntime
 import torch
 
+from cnn_deploy_core.fsutil import atomic_write_text, discard, make_staging_dir, publish_dir
+from cnn_deploy_core.golden import GoldenSet
+from cnn_deploy_core.layout import FP16_FILE, GOLDEN_FILE, LABELS_FILE, MODEL_FILE, RAW_FILE, REPORT_FILE
+from cnn_deploy_core.registry import Architecture
+from cnn_deploy_core.steps import SkipStep, Status, Step, StepResult, run_steps, succeeded
 from export import ExportError, __version__
 from export.convert import GraphStats, optimize, stamp_metadata, to_fp16, to_onnx
-from export.fsutil import atomic_write_text, discard, make_staging_dir, publish_dir
-from export.golden import GoldenSet
-from export.layout import FP16_FILE, GOLDEN_FILE, LABELS_FILE, MODEL_FILE, RAW_FILE, REPORT_FILE
 from export.models import LoadedModel, load_model
-from export.registry import Architecture
-from export.steps import SkipStep, Status, Step, StepResult, run_steps, succeeded
 from export.verify import Case, CaseResult, failures, reference_cases, summarize, verify
-
-DEFAULT_OUTPUT = Path("build/models")
 
 
 @dataclass

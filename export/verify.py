@@ -9,11 +9,11 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from export.images import sample_photos
-from export.layout import INPUT_NAME
-from export.metrics import Comparison, compare
-from export.preprocess import Preprocessing, preprocess_files
-from export.registry import Architecture, Tolerance
+from cnn_deploy_core.images import sample_photos
+from cnn_deploy_core.layout import INPUT_NAME
+from cnn_deploy_core.metrics import Comparison, compare
+from cnn_deploy_core.preprocess import Preprocessing, preprocess_files
+from cnn_deploy_core.registry import Architecture, Tolerance
 
 INPUT_SEED = 1234
 

@@ -1,20 +1,18 @@
-"""`python -m serving repo|up|status|down`: thin commands over public functions."""
+"""`python -m serving repo|up|status|down|rollback`: thin commands over public functions."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from rich.table import Table
 
-from export import ExportError, registry
-from export.console import dispatch, stderr, stdout
+from cnn_deploy_core import paths, registry
+from cnn_deploy_core.console import dispatch, stderr, stdout
 from serving import ServingError
-from serving.repository import DEFAULT_REPOSITORY
-
-DEFAULT_MODELS = Path("build/models")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,18 +22,24 @@ def build_parser() -> argparse.ArgumentParser:
     repo_opt.add_argument(
         "--repository",
         type=Path,
-        default=DEFAULT_REPOSITORY,
-        help=f"Triton model repository (default {DEFAULT_REPOSITORY})",
+        default=None,
+        help="Triton model repository (default: model_repository in the project)",
     )
     json_opt = argparse.ArgumentParser(add_help=False)
     json_opt.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+    state_opt = argparse.ArgumentParser(add_help=False)
+    state_opt.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="where the local server's record and log live (default: build/serving in the project, "
+        f"or ${paths.STATE_ENV})",
+    )
 
     r = sub.add_parser("repo", parents=[repo_opt, json_opt], help="place exported models in the repository")
     r.add_argument("architectures", nargs="*", metavar="ARCH", help=f"one of: {', '.join(registry.names())}")
     r.add_argument("--all", action="store_true", help="every registered architecture")
-    r.add_argument(
-        "--models", type=Path, default=DEFAULT_MODELS, help=f"export output (default {DEFAULT_MODELS})"
-    )
+    r.add_argument("--models", type=Path, default=None, help="export output (default build/models)")
     r.add_argument("--tensorrt", action="store_true", help="also add <name>_trt TensorRT-plan models (GPU)")
     r.add_argument("--cpu-instances", type=int, default=None, help="CPU model instances (default 1)")
     r.add_argument(
@@ -44,8 +48,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="ONNX Runtime intra-op threads per instance (default: the cores / instances)",
     )
+    from serving.repository import DEFAULT_KEEP
 
-    u = sub.add_parser("up", parents=[repo_opt, json_opt], help="start the local Triton server (CPU)")
+    r.add_argument(
+        "--keep",
+        type=int,
+        default=DEFAULT_KEEP,
+        help="version directories kept per model; older ones are deleted unless served "
+        f"(default {DEFAULT_KEEP})",
+    )
+
+    u = sub.add_parser(
+        "up", parents=[repo_opt, json_opt, state_opt], help="start the local Triton server (CPU)"
+    )
     u.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     u.add_argument("--http-port", type=int, default=8000)
     u.add_argument("--grpc-port", type=int, default=8001)
@@ -53,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument(
         "--config-name",
         default="cpu",
-        choices=["cpu", "gpu"],
-        help="which configs/<name>.pbtxt to serve (gpu needs onnxruntime-gpu and a GPU)",
+        help="which configs/<name>.pbtxt to serve: cpu (default), gpu (needs onnxruntime-gpu and a GPU), "
+        "or a named one such as tuned",
     )
     u.add_argument(
         "--admin-key",
@@ -64,33 +79,30 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--detach", action="store_true", help="return once ready; stop with `serving down`")
     u.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for readiness")
 
-    b = sub.add_parser(
-        "benchmark",
-        parents=[json_opt],
-        help="a model served by Triton vs in-process ONNX Runtime, in one run",
+    rb = sub.add_parser(
+        "rollback",
+        parents=[repo_opt, json_opt, state_opt],
+        help="serve an earlier version of a model (reloads it on a running local server)",
     )
-    b.add_argument("--model", default="resnet50")
-    b.add_argument(
-        "--models", type=Path, default=DEFAULT_MODELS, help=f"export output (default {DEFAULT_MODELS})"
-    )
-    b.add_argument("--plans", default="1x2,2x1", help="CPU instances x threads to try (default 1x2,2x1)")
-    b.add_argument("--queue-delay-us", default="2000", help="dynamic batcher delays to try (default 2000)")
-    b.add_argument(
-        "--concurrency", default="1,4,8,16", help="single-image requests in flight (default 1,4,8,16)"
-    )
-    b.add_argument("--seconds", type=float, default=8.0, help="measuring time per point (default 8)")
-    b.add_argument("--output", type=Path, default=Path("reports/serving-benchmark.json"))
+    rb.add_argument("model", metavar="MODEL", help="a model in the repository, e.g. resnet50")
+    rb.add_argument("--to", type=int, default=None, help="version to serve (default: the one before)")
 
-    sub.add_parser("status", parents=[json_opt], help="is the local server up, and which models are ready")
-    sub.add_parser("down", parents=[json_opt], help="stop a detached local server")
+    sub.add_parser(
+        "status", parents=[json_opt, state_opt], help="is the local server up, and which models are ready"
+    )
+    sub.add_parser("down", parents=[json_opt, state_opt], help="stop a detached local server")
     return parser
 
 
-def _cpu_plan(args):
-    import os
+def _repository(args) -> Path:
+    return args.repository or paths.repository()
 
+
+def _cpu_plan(args):
     from serving.repository import CpuPlan
 
+    if args.cpu_instances is None and args.cpu_threads is None:
+        return None  # keep what the model is served with (default: one instance on every core)
     cores = os.cpu_count() or 1
     instances = 1 if args.cpu_instances is None else args.cpu_instances
     threads = max(1, cores // max(instances, 1)) if args.cpu_threads is None else args.cpu_threads
@@ -105,10 +117,11 @@ def cmd_repo(args) -> int:
     archs = registry.resolve(args.architectures, all_=args.all)
     placed = place_models(
         archs,
-        models_dir=args.models,
-        repository=args.repository,
+        models_dir=args.models or paths.models_dir(),
+        repository=_repository(args),
         tensorrt=args.tensorrt,
         cpu=_cpu_plan(args),
+        keep=args.keep,
         console=stderr,
     )
     if args.json:
@@ -128,9 +141,9 @@ def _models_table(models: list[dict]) -> Table:
 
 
 def _gpu_repository_check(repository: Path, config_name: str) -> None:
-    from serving.repository import TRT_SUFFIX
+    from cnn_deploy_core.layout import TRT_SUFFIX
 
-    if config_name == "cpu":
+    if config_name != "gpu":
         gpu_only = sorted(p.name for p in repository.glob(f"*{TRT_SUFFIX}") if p.is_dir())
         if gpu_only:
             stderr.print(
@@ -140,26 +153,27 @@ def _gpu_repository_check(repository: Path, config_name: str) -> None:
 
 
 def cmd_up(args) -> int:
-    from serving.local import STATE_FILE, admin_key, serve_foreground, start
+    from serving.local import admin_key, serve_foreground, start, state_file
     from serving.triton import ServerOptions
 
-    if not args.repository.is_dir():
+    repository = _repository(args)
+    if not repository.is_dir():
         raise ServingError(
-            f"model repository {args.repository} does not exist; "
-            "create it with `python -m serving repo ARCH...`"
+            f"model repository {repository} does not exist; create it with `python -m serving repo ARCH...`"
         )
-    _gpu_repository_check(args.repository, args.config_name)
+    _gpu_repository_check(repository, args.config_name)
     opts = ServerOptions(
-        repository=args.repository,
+        repository=repository,
         config_name=args.config_name,
         host=args.host,
         http_port=args.http_port,
         grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,
         admin_key=admin_key(args.admin_key),
+        backend_dir=(args.state_dir / "backends") if args.state_dir else None,
     )
     with stderr.status("starting tritonserver and warming up the models..."):
-        process, state = start(opts, detach=args.detach, timeout=args.timeout)
+        process, state = start(opts, detach=args.detach, timeout=args.timeout, state_dir=args.state_dir)
     if args.detach:
         _announce(args, state)
         stdout.print("detached; stop it with `python -m serving down`")
@@ -170,14 +184,14 @@ def cmd_up(args) -> int:
         code = serve_foreground(process)
     finally:
         process.stop()
-        STATE_FILE.unlink(missing_ok=True)
+        state_file(args.state_dir).unlink(missing_ok=True)
     stdout.print("server stopped")
     return code
 
 
 def _announce(args, state) -> None:
     """Endpoints and every model's state; a listing failure must not orphan the server."""
-    from serving.local import model_table
+    from serving.local import model_table, state_file
 
     try:
         models = model_table(state.http_url, state.admin_key)
@@ -199,9 +213,8 @@ def _announce(args, state) -> None:
             f"Triton ready (pid {state.pid}, config '{state.config_name}', repository {state.repository})"
         )
         stdout.print(f"  HTTP    {state.http_url}\n  gRPC    {state.grpc_url}\n  metrics {state.metrics_url}")
-        stdout.print(
-            f"  log     {state.log}\n  admin APIs need header 'admin-key' (key in build/serving/server.json)"
-        )
+        key_file = state_file(args.state_dir)
+        stdout.print(f"  log     {state.log}\n  admin APIs need header 'admin-key' (key in {key_file})")
         stdout.print(_models_table(models))
     if not any(m.get("state") == "READY" for m in models):
         stderr.print("[yellow]warning:[/] no model is READY; see the reasons above and the log")
@@ -210,7 +223,7 @@ def _announce(args, state) -> None:
 def cmd_status(args) -> int:
     from serving.local import model_table, status
 
-    state, ready = status()
+    state, ready = status(args.state_dir)
     models = model_table(state.http_url, state.admin_key) if ready else []
     if args.json:
         print(
@@ -238,7 +251,7 @@ def cmd_status(args) -> int:
 def cmd_down(args) -> int:
     from serving.local import down
 
-    message = down()
+    message = down(state_dir=args.state_dir)
     if args.json:
         print(json.dumps({"result": message}))
     else:
@@ -246,38 +259,27 @@ def cmd_down(args) -> int:
     return 0
 
 
-def _ints(text: str, option: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ServingError(f"{option} must be comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 0:
-        raise ServingError(f"{option} must be non-negative integers, got {text!r}")
-    return values
+def cmd_rollback(args) -> int:
+    from serving.local import reload_model, status
+    from serving.repository import rollback
 
-
-def cmd_benchmark(args) -> int:
-    from serving.benchmark import run_benchmark
-    from serving.repository import CpuPlan
-
-    try:
-        plans = [CpuPlan(*map(int, p.lower().split("x"))) for p in args.plans.split(",")]
-    except (TypeError, ValueError):
-        raise ServingError(
-            f"--plans must look like 1x2,2x1 (instances x threads), got {args.plans!r}"
-        ) from None
-    run_benchmark(
-        models_dir=args.models,
-        model=registry.get(args.model).name,
-        plans=plans,
-        delays=_ints(args.queue_delay_us, "--queue-delay-us"),
-        concurrencies=_ints(args.concurrency, "--concurrency"),
-        seconds=args.seconds,
-        output=args.output,
-        console=stderr,
-        out=stdout,
-        as_json=args.json,
-    )
+    repository = _repository(args)
+    arch = registry.get(args.model)
+    previous, now = rollback(arch, repository, args.to)
+    result = {"model": arch.name, "previous": previous, "serving": now, "reloaded": None}
+    state, ready = status(args.state_dir)
+    if ready and Path(state.repository).resolve() == repository.resolve():
+        reload_model(state.http_url, state.admin_key, arch.name)
+        result["reloaded"] = state.http_url
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        stdout.print(f"{arch.name}: now serving version {now} (was {previous})")
+        if result["reloaded"]:
+            stdout.print(f"reloaded on the running server at {state.http_url}")
+        else:
+            stdout.print("no local server is serving this repository: the change applies at its next start")
+        stdout.print(f"roll forward again with `python -m serving repo {arch.name}`")
     return 0
 
 
@@ -286,13 +288,13 @@ COMMANDS = {
     "up": cmd_up,
     "status": cmd_status,
     "down": cmd_down,
-    "benchmark": cmd_benchmark,
+    "rollback": cmd_rollback,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return dispatch(COMMANDS, args, (ServingError, ExportError))
+    return dispatch(COMMANDS, args)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
-from export.layout import PARAM_PREFIX
+from cnn_deploy_core.layout import PARAM_PREFIX
 from serving import ServingError
 
 CPU, GPU = "cpu", "gpu"
@@ -63,7 +63,10 @@ class ModelConfig:
     instance_count: int = 1
     queue_delay_us: int = 2000
     default_model_filename: str | None = None
-    versions_served: int = 2  # latest two: the previous export stays loaded for rollback
+    # The version numbers served, explicitly (Triton's `specific` policy): the repository decides
+    # which versions agree on labels and preprocessing (see serving.repository.served_versions).
+    # Empty: Triton's default, the latest one.
+    versions: tuple[int, ...] = ()
     warmup_batch_sizes: tuple[int, ...] = (1,)
     accelerator: TensorRTAccelerator | None = None
     parameters: dict[str, str] = field(default_factory=dict)
@@ -86,7 +89,8 @@ class ModelConfig:
             out["backend"] = self.backend
         if self.platform:
             out["platform"] = self.platform
-        out["version_policy"] = {"latest": {"num_versions": self.versions_served}}
+        if self.versions:
+            out["version_policy"] = {"specific": {"versions": sorted(self.versions)}}
         out["input"] = [t.to_dict() for t in self.inputs]
         out["output"] = [t.to_dict() for t in self.outputs]
         out["instance_group"] = [{"kind": self.instance_kind, "count": self.instance_count}]

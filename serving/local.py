@@ -11,12 +11,17 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cnn_deploy_core import paths
 from serving import ServingError
 from serving.triton import ADMIN_HEADER, ServerOptions, TritonProcess, check_ports, is_ready
 
-STATE_DIR = Path("build/serving")
-STATE_FILE = STATE_DIR / "server.json"
-LOG_FILE = STATE_DIR / "triton.log"
+STATE_NAME = "server.json"
+LOG_NAME = "triton.log"
+
+
+def state_file(state_dir: Path | None = None) -> Path:
+    """The detached server's record; anchored to the project (see cnn_deploy_core.paths)."""
+    return (state_dir or paths.state_dir()) / STATE_NAME
 
 
 @dataclass
@@ -32,7 +37,7 @@ class ServerState:
     admin_key: str
     log: str
 
-    def save(self, path: Path = STATE_FILE) -> None:
+    def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -41,7 +46,7 @@ class ServerState:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: Path = STATE_FILE) -> ServerState | None:
+    def load(cls, path: Path) -> ServerState | None:
         try:
             return cls(**json.loads(path.read_text()))
         except FileNotFoundError:
@@ -86,15 +91,40 @@ def model_table(http_url: str, key: str) -> list[dict]:
         client.close()
 
 
-def start(opts: ServerOptions, *, detach: bool, timeout: float = 600.0) -> tuple[TritonProcess, ServerState]:
-    existing = ServerState.load()
+def reload_model(http_url: str, key: str, model: str, timeout: float = 600.0) -> None:
+    """Ask a running server to reload one model from the repository (explicit model control).
+
+    Triton keeps serving the loaded versions until the new configuration is ready, so a rollback
+    or a new version takes effect without a failed request.
+    """
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    client = httpclient.InferenceServerClient(
+        http_url.removeprefix("http://"), connection_timeout=10, network_timeout=timeout
+    )
+    try:
+        client.load_model(model, headers={ADMIN_HEADER: key})
+    except InferenceServerException as e:
+        raise ServingError(f"the server at {http_url} could not reload {model}: {e.message()}") from e
+    except Exception as e:
+        raise ServingError(f"cannot reach {http_url} to reload {model}: {e.__class__.__name__}: {e}") from e
+    finally:
+        client.close()
+
+
+def start(
+    opts: ServerOptions, *, detach: bool, timeout: float = 600.0, state_dir: Path | None = None
+) -> tuple[TritonProcess, ServerState]:
+    state_dir = state_dir or paths.state_dir()
+    existing = ServerState.load(state_file(state_dir))
     if existing and pid_alive(existing.pid):
         raise ServingError(
             f"a server is already running (pid {existing.pid}, {existing.http_url}); "
             "stop it with `python -m serving down`"
         )
     check_ports(opts)
-    log = LOG_FILE if detach else STATE_DIR / f"triton-{opts.http_port}.log"
+    log = state_dir / (LOG_NAME if detach else f"triton-{opts.http_port}.log")
     process = TritonProcess(opts, log_path=log).start(detach=detach)
     try:
         process.wait_ready(timeout)
@@ -111,7 +141,7 @@ def start(opts: ServerOptions, *, detach: bool, timeout: float = 600.0) -> tuple
         admin_key=opts.admin_key or "",
         log=str(log),
     )
-    state.save()
+    state.save(state_file(state_dir))
     return process, state
 
 
@@ -132,22 +162,23 @@ def serve_foreground(process: TritonProcess) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
-def status() -> tuple[ServerState | None, bool]:
-    state = ServerState.load()
+def status(state_dir: Path | None = None) -> tuple[ServerState | None, bool]:
+    state = ServerState.load(state_file(state_dir))
     if state is None:
         return None, False
     return state, pid_alive(state.pid) and is_ready(state.http_url)
 
 
-def down(timeout: float = 30.0) -> str:
-    state = ServerState.load()
+def down(timeout: float = 30.0, state_dir: Path | None = None) -> str:
+    path = state_file(state_dir)
+    state = ServerState.load(path)
     if state is None or not pid_alive(state.pid):
-        STATE_FILE.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
         return "no server running"
     try:
         os.kill(state.pid, signal.SIGTERM)
     except ProcessLookupError:
-        STATE_FILE.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
         return "no server running"
     deadline = time.monotonic() + timeout
     while pid_alive(state.pid) and time.monotonic() < deadline:
@@ -156,7 +187,7 @@ def down(timeout: float = 30.0) -> str:
     if pid_alive(state.pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(state.pid, signal.SIGKILL)
-    STATE_FILE.unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
     return f"stopped server pid {state.pid}"
 
 

@@ -1,30 +1,36 @@
-"""Place exported models into a Triton model repository (`python -m serving repo`).
+"""Place exported models into a Triton model repository (`python -m serving repo | rollback`).
 
 Layout, per model (Triton's `--model-config-name` picks the config):
 
     <repo>/<name>/configs/cpu.pbtxt   KIND_CPU, ONNX Runtime threads that fit the cores
     <repo>/<name>/configs/gpu.pbtxt   KIND_GPU, ORT's TensorRT accelerator, FP16 model
-    <repo>/<name>/labels.txt          ImageNet labels: Triton's classification extension
-    <repo>/<name>/<v>/model.onnx, model.fp16.onnx, golden.npz, export.json
+    <repo>/<name>/labels.txt          the served versions' labels: Triton's classification extension
+    <repo>/<name>/serving.json        how this model is served: CPU plan, pinned version (rollback)
+    <repo>/<name>/<v>/                model.onnx, model.fp16.onnx, golden.npz, export.json, labels.txt
     <repo>/<name>_trt/...             with tensorrt=True: a tensorrt_plan model whose
                                       plans serving/engines.py builds in the Triton image
+
+Every version directory describes itself (its export.json and labels.txt). Triton keeps one config
+and one label file per model, so a config serves several versions only when they agree on labels,
+preprocessing and files: a client asking for version N then gets N's preprocessing and labels.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 
-from export.fsutil import atomic_write_text, discard, sha256_file
-from export.layout import (
-    DEFAULT_REPOSITORY,
+from cnn_deploy_core.fsutil import atomic_write_bytes, atomic_write_text, discard, sha256_file
+from cnn_deploy_core.layout import (
     FP16_FILE,
     GOLDEN_FILE,
+    IDENTITY_MODEL,
     INPUT_NAME,
     LABELS_FILE,
     MODEL_FILE,
@@ -32,13 +38,17 @@ from export.layout import (
     PARAM_PREFIX,
     REPORT_FILE,
     TRT_SUFFIX,
+    VERSION_FILES,
 )
-from export.registry import Architecture
+from cnn_deploy_core.registry import Architecture
 from serving import ServingError
 from serving.config import CPU, GPU, ModelConfig, Tensor, TensorRTAccelerator, export_parameters
 
-VERSION_FILES = (MODEL_FILE, FP16_FILE, GOLDEN_FILE, REPORT_FILE)
 TRT_CACHE_ROOT = "/trt-cache"  # a writable volume in docker-compose.yml
+SERVED_VERSIONS = 2  # the latest and, when compatible, the one before it (for rollback by version)
+DEFAULT_KEEP = 3  # version directories kept on disk by `serving repo` (served ones always stay)
+STATE_FILE = "serving.json"
+REQUIRED_FILES = (MODEL_FILE, GOLDEN_FILE, LABELS_FILE, REPORT_FILE)
 
 
 @dataclass(frozen=True)
@@ -54,12 +64,70 @@ class CpuPlan:
 
 
 @dataclass
+class ModelState:
+    """`<repo>/<name>/serving.json`: what a regenerated config must keep (rollback re-writes configs)."""
+
+    cpu: CpuPlan = field(default_factory=CpuPlan)
+    tensorrt: bool = False
+    pinned: int | None = None  # set by rollback: serve only this version
+
+    @classmethod
+    def load(cls, model_dir: Path) -> ModelState:
+        path = model_dir / STATE_FILE
+        if not path.is_file():
+            return cls()
+        try:
+            data = json.loads(path.read_text())
+            return cls(cpu=CpuPlan(**data["cpu"]), tensorrt=bool(data["tensorrt"]), pinned=data["pinned"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ServingError(f"{path} is unreadable ({e}); delete it to start from the defaults") from e
+
+    def save(self, model_dir: Path) -> None:
+        atomic_write_text(model_dir / STATE_FILE, json.dumps(asdict(self), indent=2) + "\n")
+
+
+@dataclass(frozen=True)
+class Version:
+    """One version directory, read back: what it was exported from and what it holds."""
+
+    number: int
+    path: Path
+    report: dict  # its export.json
+    files: tuple[str, ...]  # which of VERSION_FILES it holds
+
+    @property
+    def labels(self) -> Path:
+        return self.path / LABELS_FILE
+
+    def interface(self) -> tuple:
+        """What must agree for two versions to share one config and one label file."""
+        labels = hashlib.sha256(self.labels.read_bytes()).hexdigest() if self.labels.is_file() else None
+        return (
+            labels,
+            json.dumps(self.report.get("preprocessing"), sort_keys=True),
+            tuple(self.report.get("input_shape") or ()),
+            FP16_FILE in self.files,
+        )
+
+    def describe(self) -> dict[str, str]:
+        """Per-version provenance, as served in the config's `cnn_deploy.versions` parameter."""
+        return {
+            "weights_source": str(self.report.get("weights_source")),
+            "weights_random": str(self.report.get("weights_random")).lower(),
+            "model_sha256": sha256_file(self.path / MODEL_FILE),
+            "export_version": str(self.report.get("cnn_deploy_version")),
+        }
+
+
+@dataclass
 class Placed:
     name: str
     version: int
     new_version: bool
     path: Path
     weights_source: str
+    served: list[int] = field(default_factory=list)
+    pruned: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
@@ -68,6 +136,8 @@ class Placed:
             "new_version": self.new_version,
             "path": str(self.path),
             "weights_source": self.weights_source,
+            "served_versions": self.served,
+            "pruned_versions": self.pruned,
         }
 
 
@@ -78,31 +148,75 @@ def versions(model_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
 
-def _shared(arch: Architecture, report: dict, sha: str, precision: str) -> dict:
+def read_version(model_dir: Path, number: int) -> Version:
+    path = model_dir / str(number)
+    missing = [f for f in (MODEL_FILE, REPORT_FILE) if not (path / f).is_file()]
+    if missing:
+        raise ServingError(f"{path} is incomplete (missing {', '.join(missing)})")
+    try:
+        report = json.loads((path / REPORT_FILE).read_text())
+    except (OSError, ValueError) as e:
+        raise ServingError(f"{path / REPORT_FILE} is unreadable: {e}") from e
+    return Version(number, path, report, tuple(f for f in VERSION_FILES if (path / f).is_file()))
+
+
+def served_versions(
+    model_dir: Path, pinned: int | None = None, count: int = SERVED_VERSIONS
+) -> list[Version]:
+    """The versions one config serves, newest first: the pinned one alone, else the latest and up to
+    `count - 1` older ones that share its labels, preprocessing and files."""
+    numbers = versions(model_dir)
+    if not numbers:
+        raise ServingError(f"{model_dir} has no version directory")
+    if pinned is not None:
+        if pinned not in numbers:
+            raise ServingError(f"{model_dir.name}: pinned version {pinned} no longer exists")
+        return [read_version(model_dir, pinned)]
+    latest = read_version(model_dir, numbers[-1])
+    served = [latest]
+    for number in reversed(numbers[:-1]):
+        if len(served) == count:
+            break
+        try:
+            older = read_version(model_dir, number)
+        except ServingError:
+            continue  # a damaged old version is not served
+        if older.interface() == latest.interface():
+            served.append(older)
+    return served
+
+
+def _shared(arch: Architecture, served: list[Version], precision: str) -> dict:
     """What every config of one architecture has in common: signature, batching, warmup, provenance."""
+    default = served[0]
+    report = default.report
+    described = {str(v.number): v.describe() for v in served}
     return {
         "inputs": (Tensor(INPUT_NAME, arch.input_shape, format="FORMAT_NCHW"),),
         "outputs": (Tensor(OUTPUT_NAME, (arch.num_classes,), label_filename=LABELS_FILE),),
         "max_batch_size": arch.max_batch_size,
         "queue_delay_us": arch.queue_delay_us,
         "warmup_batch_sizes": (1, arch.max_batch_size),
+        "versions": tuple(v.number for v in served),
         "parameters": export_parameters(
             {
                 "architecture": report["architecture"],
-                "weights_source": report["weights_source"],
-                "weights_random": str(report["weights_random"]).lower(),
+                # The default version's (the newest served) provenance; every served version's
+                # own is in `versions`.
+                **{k: described[str(default.number)][k] for k in ("weights_source", "weights_random")},
                 "precision": precision,
                 "preprocessing": report["preprocessing"],
                 "export_version": report["cnn_deploy_version"],
-                "model_sha256": sha,
+                "model_sha256": described[str(default.number)]["model_sha256"],
+                "versions": described,
                 **report.get("metadata", {}),
             }
         ),
     }
 
 
-def cpu_config(arch: Architecture, report: dict, sha: str, plan: CpuPlan) -> ModelConfig:
-    shared = _shared(arch, report, sha, "fp32")
+def cpu_config(arch: Architecture, served: list[Version], plan: CpuPlan) -> ModelConfig:
+    shared = _shared(arch, served, "fp32")
     # The native ORT backend's parameter names; our Python backend reads the same ones.
     shared["parameters"].update(intra_op_thread_count=str(plan.threads), inter_op_thread_count="1")
     return ModelConfig(
@@ -115,7 +229,7 @@ def cpu_config(arch: Architecture, report: dict, sha: str, plan: CpuPlan) -> Mod
     )
 
 
-def gpu_config(arch: Architecture, report: dict, sha: str) -> ModelConfig:
+def gpu_config(arch: Architecture, served: list[Version]) -> ModelConfig:
     return ModelConfig(
         name=arch.name,
         backend="onnxruntime",
@@ -124,23 +238,21 @@ def gpu_config(arch: Architecture, report: dict, sha: str) -> ModelConfig:
         # within the FP16 tolerance the export measured against PyTorch.
         default_model_filename=FP16_FILE,
         accelerator=TensorRTAccelerator(precision="FP16", cache_path=f"{TRT_CACHE_ROOT}/{arch.name}"),
-        **_shared(arch, report, sha, "fp16"),
+        **_shared(arch, served, "fp16"),
     )
 
 
-def trt_config(arch: Architecture, report: dict, sha: str) -> ModelConfig:
+def trt_config(arch: Architecture, served: list[Version]) -> ModelConfig:
+    shared = _shared(arch, served[:1], "fp16")  # engines.py builds the plan of one export only
+    shared["versions"] = ()  # the plan's own version directory: Triton's default, the latest
     return ModelConfig(
-        name=arch.name + TRT_SUFFIX,
-        platform="tensorrt_plan",
-        instance_kind="KIND_GPU",
-        versions_served=1,  # engines.py builds the plan of the latest export only
-        **_shared(arch, report, sha, "fp16"),
+        name=arch.name + TRT_SUFFIX, platform="tensorrt_plan", instance_kind="KIND_GPU", **shared
     )
 
 
 def _export_dir(models_dir: Path, arch: Architecture) -> tuple[Path, dict]:
     src = models_dir / arch.name
-    missing = [f for f in (MODEL_FILE, GOLDEN_FILE, LABELS_FILE, REPORT_FILE) if not (src / f).is_file()]
+    missing = [f for f in REQUIRED_FILES if not (src / f).is_file()]
     if missing:
         raise ServingError(
             f"no complete export of {arch.name} in {models_dir} (missing {', '.join(missing)}); "
@@ -153,26 +265,61 @@ def _export_dir(models_dir: Path, arch: Architecture) -> tuple[Path, dict]:
     return src, report
 
 
-def _place_version(src: Path, model_dir: Path, sha: str) -> tuple[int, bool]:
+def _fingerprint(directory: Path) -> dict[str, str]:
+    """sha256 of every version file a directory holds: two exports are the same only if all match."""
+    return {name: sha256_file(directory / name) for name in VERSION_FILES if (directory / name).is_file()}
+
+
+def _place_version(src: Path, model_dir: Path) -> tuple[int, bool]:
     existing = versions(model_dir)
-    if existing:
-        latest = model_dir / str(existing[-1]) / MODEL_FILE
-        if latest.is_file() and sha256_file(latest) == sha:
-            return existing[-1], False  # the same export again: no new version
+    wanted = _fingerprint(src)
+    if existing and _fingerprint(model_dir / str(existing[-1])) == wanted:
+        return existing[-1], False  # the same export again, every file: no new version
     version = (existing[-1] + 1) if existing else 1
     staging = model_dir / f".{version}.staging-{os.getpid()}"  # non-numeric: Triton ignores it
     discard(staging)
     try:
         staging.mkdir(parents=True)
-        for name in VERSION_FILES:
-            if (src / name).is_file():
-                # A copy, not a hard link: a served version must not change if someone
-                # rewrites the export directory's file in place.
-                shutil.copy2(src / name, staging / name)
+        for name in wanted:
+            # A copy, not a hard link: a served version must not change if someone
+            # rewrites the export directory's file in place.
+            shutil.copy2(src / name, staging / name)
         os.replace(staging, model_dir / str(version))
     finally:
         discard(staging)
     return version, True
+
+
+def prune(model_dir: Path, keep: int, protect: set[int]) -> list[int]:
+    """Delete all but the newest `keep` version directories, never one in `protect` (served)."""
+    if keep < 1:
+        raise ServingError(f"--keep must be >= 1, got {keep}")
+    numbers = versions(model_dir)
+    doomed = [n for n in numbers[: max(0, len(numbers) - keep)] if n not in protect]
+    for n in doomed:
+        # Renamed first (Triton ignores non-numeric names), so no half-deleted version is ever seen.
+        trash = model_dir / f".{n}.deleted-{os.getpid()}"
+        os.replace(model_dir / str(n), trash)
+        discard(trash)
+    return doomed
+
+
+def write_configs(arch: Architecture, model_dir: Path, state: ModelState) -> list[Version]:
+    """(Re)write a model's configs and label file from its version directories; returns the served."""
+    served = served_versions(model_dir, state.pinned)
+    labels = served[0].labels if served[0].labels.is_file() else model_dir / LABELS_FILE
+    if not labels.is_file():
+        raise ServingError(f"{model_dir}: no {LABELS_FILE} in version {served[0].number}")
+    atomic_write_bytes(model_dir / LABELS_FILE, labels.read_bytes())
+    atomic_write_text(model_dir / "configs" / f"{CPU}.pbtxt", cpu_config(arch, served, state.cpu).to_pbtxt())
+    gpu_path = model_dir / "configs" / f"{GPU}.pbtxt"
+    if all(FP16_FILE in v.files for v in served):
+        atomic_write_text(gpu_path, gpu_config(arch, served).to_pbtxt())
+    else:  # exported with --no-fp16: a gpu config would point at a file these versions lack
+        gpu_path.unlink(missing_ok=True)
+    if state.tensorrt:
+        _place_trt(arch, served, model_dir.parent)
+    return served
 
 
 def place_model(
@@ -181,37 +328,69 @@ def place_model(
     models_dir: Path,
     repository: Path,
     tensorrt: bool = False,
-    cpu: CpuPlan = CpuPlan(),
+    cpu: CpuPlan | None = None,
+    keep: int | None = DEFAULT_KEEP,
 ) -> Placed:
     """Copy one export into the repository as a new version (or reuse an identical one)."""
     src, report = _export_dir(models_dir, arch)
-    sha = sha256_file(src / MODEL_FILE)
     model_dir = repository / arch.name
     try:
-        version, new = _place_version(src, model_dir, sha)
-        atomic_write_text(model_dir / LABELS_FILE, (src / LABELS_FILE).read_text())
-        atomic_write_text(
-            model_dir / "configs" / f"{CPU}.pbtxt", cpu_config(arch, report, sha, cpu).to_pbtxt()
-        )
-        gpu_path = model_dir / "configs" / f"{GPU}.pbtxt"
-        if (src / FP16_FILE).is_file():
-            atomic_write_text(gpu_path, gpu_config(arch, report, sha).to_pbtxt())
-        else:  # exported with --no-fp16: an older gpu config would point at a file this version lacks
-            gpu_path.unlink(missing_ok=True)
-        if tensorrt:
-            _place_trt(arch, report, sha, repository, version)
+        version, new = _place_version(src, model_dir)
+        state = ModelState.load(model_dir)
+        # Placing an export rolls forward: a version pinned by `rollback` is released.
+        state.pinned = None
+        state.cpu = cpu or state.cpu
+        state.tensorrt = tensorrt or state.tensorrt
+        served = write_configs(arch, model_dir, state)
+        state.save(model_dir)
+        pruned = prune(model_dir, keep, {v.number for v in served}) if keep else []
     except OSError as e:
         raise ServingError(f"cannot write {model_dir}: {e.strerror or e}") from e
-    return Placed(arch.name, version, new, model_dir / str(version), report["weights_source"])
+    return Placed(
+        arch.name,
+        version,
+        new,
+        model_dir / str(version),
+        report["weights_source"],
+        [v.number for v in served],
+        pruned,
+    )
 
 
-def _place_trt(arch: Architecture, report: dict, sha: str, repository: Path, version: int) -> None:
+def rollback(arch: Architecture, repository: Path, to: int | None = None) -> tuple[int, int]:
+    """Serve an earlier version alone: `to`, or the newest one older than the current default.
+    Returns (previous default, now served). Undone by placing an export again."""
+    model_dir = repository / arch.name
+    state = ModelState.load(model_dir)
+    current = served_versions(model_dir, state.pinned)[0].number
+    older = [n for n in versions(model_dir) if n < current]
+    target = to if to is not None else (older[-1] if older else None)
+    if target is None:
+        raise ServingError(f"{arch.name}: version {current} is the oldest there is; nothing to roll back to")
+    if target not in versions(model_dir):
+        raise ServingError(
+            f"{arch.name}: no version {target} (have {', '.join(map(str, versions(model_dir)))})"
+        )
+    missing = [f for f in REQUIRED_FILES if not (model_dir / str(target) / f).is_file()]
+    if missing:
+        raise ServingError(f"{arch.name}: version {target} is incomplete (missing {', '.join(missing)})")
+    state.pinned = target
+    try:
+        write_configs(arch, model_dir, state)
+        state.save(model_dir)
+    except OSError as e:
+        raise ServingError(f"cannot write {model_dir}: {e.strerror or e}") from e
+    return current, target
+
+
+def _place_trt(arch: Architecture, served: list[Version], repository: Path) -> None:
     trt_dir = repository / (arch.name + TRT_SUFFIX)
-    atomic_write_text(trt_dir / "configs" / f"{GPU}.pbtxt", trt_config(arch, report, sha).to_pbtxt())
-    atomic_write_text(trt_dir / LABELS_FILE, (repository / arch.name / LABELS_FILE).read_text())
+    default = served[0]
+    atomic_write_text(trt_dir / "configs" / f"{GPU}.pbtxt", trt_config(arch, served).to_pbtxt())
+    atomic_write_bytes(trt_dir / LABELS_FILE, (repository / arch.name / LABELS_FILE).read_bytes())
     engine = {
-        "source": f"../{arch.name}/{version}/{MODEL_FILE}",
-        "version": version,
+        "source": f"../{arch.name}/{default.number}/{MODEL_FILE}",
+        "version": default.number,
         "input": INPUT_NAME,
         "input_dims": list(arch.input_shape),
         "max_batch_size": arch.max_batch_size,
@@ -225,9 +404,10 @@ def place_models(
     archs: list[Architecture],
     *,
     models_dir: Path,
-    repository: Path = DEFAULT_REPOSITORY,
+    repository: Path,
     tensorrt: bool = False,
-    cpu: CpuPlan = CpuPlan(),
+    cpu: CpuPlan | None = None,
+    keep: int | None = DEFAULT_KEEP,
     identity: bool = True,
     console: Console | None = None,
 ) -> list[Placed]:
@@ -239,18 +419,20 @@ def place_models(
         raise ServingError(f"cannot create model repository {repository}: {e.strerror or e}") from e
     placed = []
     for arch in archs:
-        p = place_model(arch, models_dir=models_dir, repository=repository, tensorrt=tensorrt, cpu=cpu)
+        p = place_model(
+            arch, models_dir=models_dir, repository=repository, tensorrt=tensorrt, cpu=cpu, keep=keep
+        )
         what = "new version" if p.new_version else "unchanged, kept version"
-        console.print(f"{p.name}: {what} {p.version} in {repository / p.name}", highlight=False)
+        extra = f"; serving {', '.join(map(str, p.served))}"
+        if p.pruned:
+            extra += f"; pruned {', '.join(map(str, p.pruned))}"
+        console.print(f"{p.name}: {what} {p.version} in {repository / p.name}{extra}", highlight=False)
         if p.weights_source.startswith("random"):
             console.print(f"[yellow]warning:[/] {p.name} has RANDOM weights ({p.weights_source})")
         placed.append(p)
     if identity:
         place_identity(repository)
     return placed
-
-
-IDENTITY_MODEL = "identity"
 
 
 def identity_onnx(input_shape: tuple[int, ...] = (3, 224, 224), classes: int = 1000):
@@ -297,7 +479,6 @@ def place_identity(repository: Path, *, max_batch_size: int = 64) -> Path:
         instance_count=1,
         queue_delay_us=0,
         default_model_filename=MODEL_FILE,
-        versions_served=1,
         warmup_batch_sizes=(1,),
         parameters={
             "intra_op_thread_count": "1",
@@ -306,10 +487,7 @@ def place_identity(repository: Path, *, max_batch_size: int = 64) -> Path:
         },
     )
     try:
-        data = identity_onnx().SerializeToString()
-        from export.fsutil import atomic_write_bytes
-
-        atomic_write_bytes(model_dir / "1" / MODEL_FILE, data)
+        atomic_write_bytes(model_dir / "1" / MODEL_FILE, identity_onnx().SerializeToString())
         for name in (CPU, GPU):
             atomic_write_text(model_dir / "configs" / f"{name}.pbtxt", config.to_pbtxt())
     except OSError as e:

@@ -20,6 +20,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cnn_deploy_core import paths
 from serving import ServingError
 
 BACKEND_SOURCE = Path(__file__).parent / "backends" / "onnxruntime" / "model.py"
@@ -97,7 +98,7 @@ class ServerOptions:
     grpc_port: int = 8001
     metrics_port: int = 8002
     admin_key: str | None = None
-    backend_dir: Path = Path("build/serving/backends")
+    backend_dir: Path | None = None  # default: <state dir>/backends
     log_verbose: int = 0
     extra_args: tuple[str, ...] = field(default_factory=tuple)
 
@@ -140,8 +141,11 @@ def command(opts: ServerOptions, wheel: Wheel) -> list[str]:
         str(wheel.binary),
         f"--model-repository={opts.repository.resolve()}",
         f"--model-config-name={opts.config_name}",
-        "--model-control-mode=none",
-        f"--backend-directory={opts.backend_dir.resolve()}",
+        # Explicit control, every model loaded at start: `serving rollback` and `serving repo` can then
+        # reload one model on a running server (admin API), which keeps serving until it is ready.
+        "--model-control-mode=explicit",
+        "--load-model=*",
+        f"--backend-directory={backend_dir(opts).resolve()}",
         f"--http-address={opts.host}",
         f"--http-port={opts.http_port}",
         f"--grpc-address={opts.host}",
@@ -169,6 +173,10 @@ def command(opts: ServerOptions, wheel: Wheel) -> list[str]:
             f"--grpc-restricted-protocol={RESTRICTED}:{ADMIN_HEADER}={opts.admin_key}",
         ]
     return args + list(opts.extra_args)
+
+
+def backend_dir(opts: ServerOptions) -> Path:
+    return opts.backend_dir or paths.state_dir() / "backends"
 
 
 def environment(wheel: Wheel) -> dict[str, str]:
@@ -206,7 +214,7 @@ class TritonProcess:
                 f"model repository {self.opts.repository} does not exist; "
                 "create it with `python -m serving repo ARCH...`"
             )
-        prepare_backends(self.opts.backend_dir, wheel)
+        prepare_backends(backend_dir(self.opts), wheel)
         if self.log_path:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log_file = open(self.log_path, "ab")

@@ -39,11 +39,18 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
-def run_cli(*args: str, timeout: float = 600, cwd: Path | None = None):
-    """Run `python -m ...` as a user would; returns the CompletedProcess (never raises)."""
+def run_cli(*args: str, timeout: float = 600, cwd: Path | None = None, home: Path | None = None):
+    """Run `python -m ...` as a user would; returns the CompletedProcess (never raises).
+
+    `home` is the project folder (CNN_DEPLOY_HOME) the command's default paths are anchored to.
+    """
     import subprocess
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    env.pop("CNN_DEPLOY_HOME", None)
+    env.pop("CNN_DEPLOY_STATE_DIR", None)
+    if home is not None:
+        env["CNN_DEPLOY_HOME"] = str(home)
     return subprocess.run(
         [sys.executable, "-m", *args],
         capture_output=True,
@@ -57,8 +64,8 @@ def run_cli(*args: str, timeout: float = 600, cwd: Path | None = None):
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory) -> Path:
     """CI_ARCHS exported once per session through the real pipeline (random weights)."""
+    from cnn_deploy_core.registry import get
     from export.build import build_all
-    from export.registry import get
 
     out = tmp_path_factory.mktemp("models")
     jobs = build_all([get(a) for a in CI_ARCHS], output=out, weights="random")
@@ -70,7 +77,7 @@ def models_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def repository(models_dir, tmp_path_factory) -> Path:
     """A model repository with CI_ARCHS, plus one model whose ONNX file is corrupt."""
-    from export.registry import get
+    from cnn_deploy_core.registry import get
     from serving.repository import CpuPlan, place_models
 
     repo = tmp_path_factory.mktemp("repo")

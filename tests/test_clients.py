@@ -13,8 +13,8 @@ import pytest
 
 from clients import BadInputError, ClientError, ModelNotFoundError, ModelNotReadyError, ServerUnavailableError
 from clients.client import AsyncTritonClient, TritonClient, parse_url
-from export.golden import GoldenSet
-from export.images import sample_photos
+from cnn_deploy_core.golden import GoldenSet
+from cnn_deploy_core.images import sample_photos
 from tests.conftest import CORRUPT_MODEL, free_port, run_cli
 
 pytestmark = pytest.mark.integration
@@ -35,7 +35,7 @@ def test_url_scheme_picks_the_protocol():
 
 def test_clients_package_never_imports_torch():
     code = (
-        "import sys, clients.cli, clients.client, clients.verify, clients.demo; "
+        "import sys, clients.cli, clients.client, clients.verify, cnn_deploy.demo; "
         "clients.cli.build_parser(); sys.exit('torch' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -10,7 +10,6 @@ clients CLI and the `tritonserver` binary in the nvidia-pytriton wheel.
 from __future__ import annotations
 
 import copy
-import importlib
 import importlib.util
 import json
 import os
@@ -143,16 +142,6 @@ def mount_target(service: dict, source: str) -> str:
     return targets[0]
 
 
-def import_cli(module: str):
-    """A CLI module written by another part of the project, or a skip saying it isn't there yet."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name and (module == e.name or module.startswith(e.name + ".")):
-            pytest.skip(f"{module} does not exist yet: its command line in docker-compose.yml is unchecked")
-        raise
-
-
 # --- The file against the Compose Specification ---
 
 
@@ -249,26 +238,41 @@ def test_triton_image_is_the_server_version_of_the_pytriton_wheel(services, tmp_
 # --- What each service runs, against the code ---
 
 
-def test_export_command_parses_with_the_export_cli(services):
-    from export import registry
+def _export_commands(service: dict) -> tuple[list[str], list[str]]:
+    """The export service's `sh -c "python -m export build … && python -m serving repo …"`."""
+    args = command_args(service)
+    assert args[:2] == ["sh", "-c"] and len(args) == 3
+    export, repo = (shlex.split(part) for part in args[2].split("&&"))
+    return export, repo
+
+
+def test_export_command_parses_with_the_export_and_serving_clis(services):
+    from cnn_deploy_core import registry
     from export.cli import build_parser
+    from serving import cli as serving_cli
 
     service = services["export"]
-    args = command_args(service)
-    assert args[:3] == ["python", "-m", "export"]
-    ns = build_parser().parse_args(args[3:])
+    export, repo = _export_commands(service)
+    assert export[:3] == ["python", "-m", "export"] and repo[:3] == ["python", "-m", "serving"]
+    ns = build_parser().parse_args(export[3:])
     assert ns.command == "build" and ns.all and ns.architectures == []
     assert ns.weights == "imagenet"
-    assert ns.tensorrt, "--tensorrt: the engines service builds plans for the <name>_trt models"
-    assert str(ns.repository) == mount_target(service, REPOSITORY_SOURCE)
     assert str(ns.output).startswith("/work/build/")
+    placed = serving_cli.build_parser().parse_args(repo[3:])
+    assert placed.command == "repo" and placed.all
+    assert placed.tensorrt, "--tensorrt: the engines service builds plans for the <name>_trt models"
+    assert str(placed.models) == str(ns.output), "serving repo places what the export wrote"
+    assert str(placed.repository) == mount_target(service, REPOSITORY_SOURCE)
     assert re.search(r"chmod 1777 [^\n]*/work/build\b", DOCKERFILE.read_text()), (
         "the export's output directory must be writable by any UID the service runs as"
     )
 
     chosen = load_compose({**ENV, "CNN_DEPLOY_MODELS": "resnet50 alexnet"})["services"]["export"]
-    ns = build_parser().parse_args(command_args(chosen)[3:])
-    assert [a.name for a in registry.resolve(ns.architectures, all_=ns.all)] == ["resnet50", "alexnet"]
+    for args, parser in zip(
+        _export_commands(chosen), (build_parser(), serving_cli.build_parser()), strict=True
+    ):
+        ns = parser.parse_args(args[3:])
+        assert [a.name for a in registry.resolve(ns.architectures, all_=ns.all)] == ["resnet50", "alexnet"]
 
 
 def test_export_caches_torch_hub_downloads_in_a_named_volume(compose, services):
@@ -306,10 +310,10 @@ def test_triton_serves_the_gpu_configs_of_the_mounted_repository(services):
     repo = f["--model-repository"]
     assert mount_target(service, REPOSITORY_SOURCE) == repo
     assert mounts(service)[repo][1], "the server mounts the repository read-only"
-    assert f["--model-control-mode"] == "none"
+    assert f["--model-control-mode"] == "explicit" and f["--load-model"] == "*"
     assert f["--strict-readiness"] == "true"
 
-    repository = import_cli("serving.repository")
+    from serving import repository
     from serving.config import GPU
 
     assert f["--model-config-name"] == GPU
@@ -319,7 +323,8 @@ def test_triton_serves_the_gpu_configs_of_the_mounted_repository(services):
 
 
 def test_triton_restricts_the_admin_apis_like_the_local_server(services):
-    triton = import_cli("serving.triton")
+    from serving import triton
+
     f = flags(command_args(services["triton"]))
     expected = f"{triton.RESTRICTED}:{triton.ADMIN_HEADER}={ENV['TRITON_ADMIN_KEY']}"
     assert f["--http-restricted-api"] == expected
@@ -389,7 +394,8 @@ def test_client_services_use_our_image_and_reach_triton_by_service_name(services
 
 
 def test_loadtest_command_parses_with_the_clients_cli(services):
-    cli = import_cli("clients.cli")
+    from clients import cli
+
     service = services["loadtest"]
     ns = cli.build_parser().parse_args(command_args(service)[3:])
     assert ns.command == "loadtest"
@@ -397,7 +403,8 @@ def test_loadtest_command_parses_with_the_clients_cli(services):
 
 
 def test_verify_command_parses_with_the_clients_cli(services):
-    cli = import_cli("clients.cli")
+    from clients import cli
+
     ns = cli.build_parser().parse_args(command_args(services["verify"])[3:])
     assert ns.command == "verify"
 
@@ -433,7 +440,7 @@ def _dockerfile() -> list[str]:
 def _pinned(requirement_name: str) -> str:
     import tomllib
 
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["export"]
     return next(d.split("==")[1] for d in deps if d.split("==")[0].strip() == requirement_name)
 
 
@@ -489,7 +496,7 @@ def test_dockerfile_copies_only_files_that_exist_and_reach_the_build_context():
     for source in sources:
         assert (ROOT / source).exists(), f"the Dockerfile copies {source}, which does not exist"
         assert not _ignored(source, patterns), f".dockerignore keeps {source} out of the build context"
-    for package in ("export", "serving", "clients"):
+    for package in ("cnn_deploy_core", "export", "serving", "clients", "cnn_deploy"):
         assert package + "/" in sources and not _ignored(f"{package}/cli.py", patterns)
 
 
@@ -523,7 +530,7 @@ def test_deploy_guide_documents_every_variable_the_compose_file_reads():
 
 def _doc_commands(package: str) -> list[list[str]]:
     found = re.findall(rf"python -m {package} [^\n`]*", DOC.read_text())
-    return [shlex.split(c)[3:] for c in found if "--help" not in c]
+    return [shlex.split(c, comments=True)[3:] for c in found if "--help" not in c]
 
 
 def test_deploy_guide_export_commands_parse():
@@ -536,7 +543,8 @@ def test_deploy_guide_export_commands_parse():
 
 
 def test_deploy_guide_serving_commands_parse():
-    cli = import_cli("serving.cli")
+    from serving import cli
+
     commands = _doc_commands("serving")
     assert commands, "docs/deploy-gpu.md shows no `python -m serving` command"
     for args in commands:

@@ -10,10 +10,10 @@ import onnx
 import pytest
 import torch
 
-from export.golden import GoldenSet
+from cnn_deploy_core.golden import GoldenSet
+from cnn_deploy_core.registry import Tolerance, get
+from cnn_deploy_core.steps import Status
 from export.pipeline import ExportJob, run_export
-from export.registry import Tolerance, get
-from export.steps import Status
 from export.verify import session
 from tests.conftest import CI_ARCHS, run_cli
 

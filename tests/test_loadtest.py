@@ -14,16 +14,17 @@ from rich.console import Console
 
 from clients import ClientError
 from clients.cli import main as clients_main
-from clients.loadtest import (
-    IDENTITY_MODEL,
-    LoadTestConfig,
-    LoadTestError,
-    Slo,
-    Workload,
+from clients.loadtest import LoadTestConfig, LoadTestError, Slo, Workload
+from clients.loadtest.report import (
+    ServerBreakdown,
     flatten_statistics,
+    summary_lines,
+    summary_table,
+    to_csv,
+    to_png,
 )
-from clients.loadtest_report import ServerBreakdown, summary_lines, summary_table, to_csv, to_png
-from export.golden import GoldenSet
+from cnn_deploy_core.golden import GoldenSet
+from cnn_deploy_core.layout import IDENTITY_MODEL
 from tests.conftest import ROOT, free_port, run_cli
 
 # Short windows: the whole file stays well under a minute and a half on a 2-core machine.
@@ -386,14 +387,8 @@ def test_report_files_render_from_the_json_alone():
     assert "errors at c=1: BadInputError×1" in text and "SLO (p99_ms=2): missed" in text
 
 
-def test_identity_name_matches_the_repository():
-    from serving.repository import IDENTITY_MODEL as placed
-
-    assert placed == IDENTITY_MODEL
-
-
 def test_loadtest_modules_do_not_import_torch():
-    code = "import sys, clients.loadtest_cli; assert 'torch' not in sys.modules, 'torch was imported'"
+    code = "import sys, clients.loadtest.cli; assert 'torch' not in sys.modules, 'torch was imported'"
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
     )

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from export.metrics import compare, topk
+from cnn_deploy_core.metrics import compare, topk
 
 
 def test_topk_orders_largest_first():

@@ -3,10 +3,10 @@ import pytest
 from PIL import Image
 from torchvision.models import ResNet50_Weights
 
-from export.images import sample_photos
+from cnn_deploy_core.images import sample_photos
+from cnn_deploy_core.preprocess import ImageError, Preprocessing, load_image, preprocess, preprocess_files
+from cnn_deploy_core.registry import get
 from export.models import preprocessing_for
-from export.preprocess import ImageError, Preprocessing, load_image, preprocess, preprocess_files
-from export.registry import get
 
 
 @pytest.mark.parametrize("photo", sample_photos(), ids=lambda p: p.name)

@@ -13,29 +13,63 @@ from tests.conftest import run_cli
 pytestmark = pytest.mark.integration
 
 
-def test_detached_server_lifecycle_up_status_down(repository, tmp_path):
+def test_detached_server_lifecycle_up_status_down_from_any_directory(repository, tmp_path):
+    """`up` in one directory, `status` and `down` in others: the state is anchored to the project."""
+    home, here, elsewhere = (tmp_path / d for d in ("project", "a", "b"))
+    for d in (home, here, elsewhere):
+        d.mkdir()
     http, grpc, metrics = map(str, free_ports(3))
     ports = ("--http-port", http, "--grpc-port", grpc, "--metrics-port", metrics)
-    up = run_cli("serving", "up", "--detach", "--json", "--repository", str(repository), *ports, cwd=tmp_path)
+    up = run_cli(
+        "serving", "up", "--detach", "--json", "--repository", str(repository), *ports, cwd=here, home=home
+    )
     try:
         assert up.returncode == 0, up.stderr
         started = json.loads(up.stdout.split("detached;")[0])
         assert started["grpc"] == f"grpc://127.0.0.1:{grpc}"
         assert {m["name"]: m["state"] for m in started["models"]}["resnet18"] == "READY"
-        assert (tmp_path / "build" / "serving" / "server.json").stat().st_mode & 0o077 == 0  # holds the key
+        assert (home / "build" / "serving" / "server.json").stat().st_mode & 0o077 == 0  # holds the key
+        assert not (here / "build").exists()
 
-        status = run_cli("serving", "status", "--json", cwd=tmp_path)
+        status = run_cli("serving", "status", "--json", cwd=elsewhere, home=home)
         assert status.returncode == 0 and json.loads(status.stdout)["running"] is True
 
-        again = run_cli("serving", "up", "--detach", "--repository", str(repository), *ports, cwd=tmp_path)
+        again = run_cli(
+            "serving", "up", "--detach", "--repository", str(repository), *ports, cwd=elsewhere, home=home
+        )
         assert again.returncode == 1 and "a server is already running" in again.stderr
     finally:
-        down = run_cli("serving", "down", "--json", cwd=tmp_path)
+        down = run_cli("serving", "down", "--json", cwd=elsewhere, home=home)
     assert down.returncode == 0 and json.loads(down.stdout)["result"].startswith("stopped server pid")
-    assert run_cli("serving", "status", cwd=tmp_path).returncode == 1
+    assert run_cli("serving", "status", cwd=here, home=home).returncode == 1
     assert (
-        json.loads(run_cli("serving", "down", "--json", cwd=tmp_path).stdout)["result"] == "no server running"
+        json.loads(run_cli("serving", "down", "--json", cwd=here, home=home).stdout)["result"]
+        == "no server running"
     )
+
+
+def test_explicit_state_dir_overrides_the_project(repository, tmp_path):
+    state = tmp_path / "state"
+    http, grpc, metrics = map(str, free_ports(3))
+    ports = ("--http-port", http, "--grpc-port", grpc, "--metrics-port", metrics)
+    up = run_cli(
+        "serving",
+        "up",
+        "--detach",
+        "--repository",
+        str(repository),
+        "--state-dir",
+        str(state),
+        *ports,
+        cwd=tmp_path,
+        home=tmp_path / "project",
+    )
+    try:
+        assert up.returncode == 0, up.stderr
+        assert (state / "server.json").is_file() and not (tmp_path / "project" / "build").exists()
+    finally:
+        down = run_cli("serving", "down", "--state-dir", str(state), cwd=tmp_path)
+    assert down.returncode == 0 and "stopped server pid" in down.stdout
 
 
 def test_up_refuses_a_missing_repository_in_one_line(tmp_path):
@@ -51,7 +85,9 @@ def test_up_rejects_an_invalid_port_in_one_line(repository, tmp_path):
 
 def test_make_demo_runs_end_to_end(tmp_path):
     """The main job, in a fresh directory: export, serve, classify, verify, load-test, stop."""
-    result = run_cli("clients", "demo", "--models", "resnet18", "--json", cwd=tmp_path, timeout=900)
+    result = run_cli(
+        "cnn_deploy", "demo", "--models", "resnet18", "--json", cwd=tmp_path, home=tmp_path, timeout=900
+    )
     assert result.returncode == 0, result.stderr[-5000:]
     summary = json.loads(result.stdout)
     steps = {s["step"]: s["status"] for s in summary["steps"]}

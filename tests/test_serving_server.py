@@ -10,8 +10,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from export.golden import GoldenSet
-from export.metrics import compare
+from cnn_deploy_core.golden import GoldenSet
+from cnn_deploy_core.metrics import compare
 from tests.conftest import CI_ARCHS, CORRUPT_MODEL
 
 pytestmark = pytest.mark.integration

@@ -7,7 +7,8 @@ Python backend when `libtriton_onnxruntime.so` is absent, so a config that says
 container. It reads the same config fields as the native backend (thread counts,
 default_model_filename, the TensorRT accelerator) so one config means the same thing in both.
 
-Runs inside the backend stub process: imports only numpy, onnxruntime and Triton's utils.
+Runs inside the backend stub process, whose interpreter is the environment's own python3
+(serving.triton puts it first on PATH): numpy, onnxruntime, Triton's utils and cnn_deploy_core.
 """
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-_NUMPY_DTYPES = {"TYPE_FP32": np.float32, "TYPE_FP16": np.float16, "TYPE_UINT8": np.uint8}
+from cnn_deploy_core.dtypes import config_to_kserve, kserve_to_numpy
+
+
+def _numpy_dtype(config_type: str) -> np.dtype:
+    return kserve_to_numpy(config_to_kserve(config_type))
 
 
 def _param(config: dict, key: str, default: str | None = None) -> str | None:
@@ -67,8 +72,8 @@ class TritonPythonModel:
         (out,) = config["output"]
         self.input_name, self.output_name = inp["name"], out["name"]
         self.input_dims = tuple(int(d) for d in inp["dims"])
-        self.input_dtype = _NUMPY_DTYPES[inp["data_type"]]
-        self.output_dtype = _NUMPY_DTYPES[out["data_type"]]
+        self.input_dtype = _numpy_dtype(inp["data_type"])
+        self.output_dtype = _numpy_dtype(out["data_type"])
 
         filename = config.get("default_model_filename") or "model.onnx"
         path = os.path.join(args["model_repository"], args["model_version"], filename)

@@ -8,22 +8,17 @@ from pathlib import Path
 
 import numpy as np
 
-from clients import ClientError
+from clients import LoadTestError
 from clients.model_info import ModelInfo
-from export import ExportError
-from export.golden import GoldenSet
-from export.layout import GOLDEN_FILE, PARAM_PREFIX, TRT_SUFFIX
-from export.metrics import compare
+from cnn_deploy_core import CnnDeployError, paths
+from cnn_deploy_core.dtypes import kserve_to_numpy
+from cnn_deploy_core.golden import GoldenSet
+from cnn_deploy_core.layout import GOLDEN_FILE, IDENTITY_MODEL, PARAM_PREFIX, TRT_SUFFIX
+from cnn_deploy_core.metrics import compare
 
-# serving.repository.IDENTITY_MODEL, not imported: the serving package pulls in the exporter's registry.
-IDENTITY_MODEL = "identity"
-_NP_DTYPES = {"FP32": np.float32, "FP16": np.float16, "UINT8": np.uint8}
+_SENDABLE = ("FP32", "FP16", "UINT8")  # what a workload of image tensors can be sent as
 _POOL_BYTES = 64 << 20  # distinct batches kept ready to send; rows are cycled through them
 _RANDOM_ROWS = 8
-
-
-class LoadTestError(ClientError):
-    """A load test that cannot run as asked (bad settings, unusable golden set)."""
 
 
 @dataclass
@@ -105,15 +100,15 @@ def _is_identity(info: ModelInfo) -> bool:
 
 
 def build_workload(
-    info: ModelInfo, *, batch_size: int, seed: int, golden: Path | None, repository: Path
+    info: ModelInfo, *, batch_size: int, seed: int, golden: Path | None, repository: Path | None
 ) -> Workload:
     """Golden rows and their check, or seeded random rows when the model has no golden set."""
-    dtype = _NP_DTYPES.get(info.input_datatype)
-    if dtype is None:
+    if info.input_datatype not in _SENDABLE:
         raise LoadTestError(
             f"{info.name}: input datatype {info.input_datatype} is not supported "
-            f"(supported: {', '.join(_NP_DTYPES)})"
+            f"(supported: {', '.join(_SENDABLE)})"
         )
+    dtype = kserve_to_numpy(info.input_datatype).type
     rng = np.random.default_rng(seed)
     shape = (_RANDOM_ROWS, *info.input_dims)
     random_rows = (
@@ -125,12 +120,13 @@ def build_workload(
         return Workload(random_rows, None, batch_size, "identity")
     # A <name>_trt model serves the ONNX model's export: same golden set.
     exported = info.name.removesuffix(TRT_SUFFIX)
+    repository = repository or paths.repository()
     path = Path(golden or repository / exported / str(info.latest_version) / GOLDEN_FILE)
     if golden is None and not path.is_file():
         return Workload(random_rows, None, batch_size, "none", reason=f"no golden set at {path}")
     try:
         golden_set = GoldenSet.load(path)
-    except ExportError as e:
+    except CnnDeployError as e:
         raise LoadTestError(str(e)) from None
     has, wants = (
         (golden_set.inputs.shape[1:], golden_set.outputs.shape[1:]),

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from export import UnknownArchitectureError
+from cnn_deploy_core import UnknownArchitectureError
 
 
 @dataclass(frozen=True)

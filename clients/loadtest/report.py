@@ -16,7 +16,8 @@ import numpy as np
 from rich.markup import escape
 from rich.table import Table
 
-from export.fsutil import atomic_write_bytes, atomic_write_text, ensure_writable_dir
+from clients.loadtest.config import Slo
+from cnn_deploy_core.fsutil import atomic_write_bytes, atomic_write_text, ensure_writable_dir
 
 
 def error_kinds(errors: dict[str, int]) -> str:
@@ -28,6 +29,34 @@ class SloResult:
     objectives: dict
     passed: bool
     violations: list[str]
+
+
+def evaluate(slo: Slo, steps: list[StepResult], totals: Totals) -> SloResult:
+    """Which objectives the run missed, one line each."""
+    violations = []
+    if slo.p99_ms is not None:
+        bad = [s for s in steps if s.latency_ms is None or s.latency_ms.p99 > slo.p99_ms]
+        if bad:
+            worst = max((s.latency_ms.p99 for s in bad if s.latency_ms), default=None)
+            detail = "no successful response" if worst is None else f"worst {worst:.2f} ms"
+            violations.append(f"p99 latency above {slo.p99_ms:g} ms at {_labels(bad)} ({detail})")
+    if slo.max_error_rate is not None:
+        bad = [s for s in steps if s.error_rate > slo.max_error_rate]
+        if bad:
+            worst = max(bad, key=lambda s: s.error_rate)
+            violations.append(
+                f"error rate above {slo.max_error_rate:g} at {_labels(bad)} "
+                f"(worst {worst.error_rate:.3g}: {error_kinds(worst.errors)})"
+            )
+    if slo.max_wrong is not None and totals.wrong > slo.max_wrong:
+        violations.append(
+            f"{totals.wrong} wrong answers of {totals.verified} verified (allowed {slo.max_wrong})"
+        )
+    return SloResult(objectives=asdict(slo), passed=not violations, violations=violations)
+
+
+def _labels(steps: list[StepResult]) -> str:
+    return ", ".join(s.label for s in steps)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,4 @@
-"""Names shared by export, serving and clients (torch-free): tensors, files, config keys."""
-
-from pathlib import Path
+"""Names shared by export, serving and clients: tensors, files, config keys, special models."""
 
 INPUT_NAME = "input"  # float32 [batch, 3, 224, 224], normalized as the weights' transforms say
 OUTPUT_NAME = "logits"  # float32 [batch, 1000]
@@ -12,7 +10,9 @@ RAW_FILE = "model.raw.onnx"
 GOLDEN_FILE = "golden.npz"
 LABELS_FILE = "labels.txt"
 REPORT_FILE = "export.json"
+# Files a repository version is made of; all of them are compared when a re-export is placed.
+VERSION_FILES = (MODEL_FILE, FP16_FILE, GOLDEN_FILE, REPORT_FILE, LABELS_FILE)
 
 PARAM_PREFIX = "cnn_deploy."  # export metadata in ONNX metadata_props and Triton config parameters
 TRT_SUFFIX = "_trt"  # <name>_trt: the native TensorRT-plan variant of <name>
-DEFAULT_REPOSITORY = Path("model_repository")  # the Triton model repository, relative to the cwd
+IDENTITY_MODEL = "identity"  # a no-compute model with a classifier's wire format: measures the client

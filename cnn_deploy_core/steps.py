@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from export import ExportError
+from cnn_deploy_core import CnnDeployError
 
 Ctx = TypeVar("Ctx")
 
@@ -52,7 +52,7 @@ def run_steps(
     *,
     on_start: Callable[[Step[Ctx]], None] = lambda step: None,
     on_finish: Callable[[StepResult], None] = lambda result: None,
-    user_errors: tuple[type[BaseException], ...] = (ExportError,),
+    user_errors: tuple[type[BaseException], ...] = (CnnDeployError,),
     debug: bool = False,
 ) -> list[StepResult]:
     """Run steps in order; user errors become FAIL with their message, not a traceback."""

@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from export import ExportError
+from cnn_deploy_core import CnnDeployError
 
 
 def ensure_writable_dir(path: Path) -> Path:
@@ -18,7 +18,7 @@ def ensure_writable_dir(path: Path) -> Path:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
             pass
     except OSError as e:
-        raise ExportError(f"output directory {path} is not writable: {e.strerror or e}") from e
+        raise CnnDeployError(f"output directory {path} is not writable: {e.strerror or e}") from e
     return path
 
 

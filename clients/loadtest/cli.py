@@ -20,12 +20,13 @@ from rich.text import Text
 
 from clients import ClientError
 from clients.client import DEFAULT_URL
-from clients.loadtest import ARRIVALS, IDENTITY_MODEL, LoadTestConfig, Progress, Slo, run_loadtest
-from clients.loadtest_report import summary_lines, summary_table, to_json, write_reports
-from export import ExportError
-from export.console import error, stderr, stdout
-from export.fsutil import ensure_writable_dir
-from export.layout import DEFAULT_REPOSITORY
+from clients.loadtest.config import ARRIVALS, LoadTestConfig, Slo, default
+from clients.loadtest.report import summary_lines, summary_table, to_json, write_reports
+from clients.loadtest.runner import Progress, run_loadtest
+from cnn_deploy_core import CnnDeployError, paths
+from cnn_deploy_core.console import error, stderr, stdout
+from cnn_deploy_core.fsutil import ensure_writable_dir
+from cnn_deploy_core.layout import IDENTITY_MODEL
 
 
 def _levels(number: type) -> Callable[[str], tuple]:
@@ -42,16 +43,18 @@ def _levels(number: type) -> Callable[[str], tuple]:
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
+    # Defaults come from LoadTestConfig (`default(...)`): one place, shown by %(default)s.
     p.add_argument(
-        "--url", default=DEFAULT_URL, help=f"grpc://HOST:PORT or http://HOST:PORT (default {DEFAULT_URL})"
+        "--url", default=DEFAULT_URL, help="grpc://HOST:PORT or http://HOST:PORT (default %(default)s)"
     )
     p.add_argument("--model", help="the served model (not needed with --self-test alone)")
     load = p.add_mutually_exclusive_group()
+    levels = ",".join(str(int(v)) for v in default("levels"))
     load.add_argument(
         "--concurrency",
         type=_levels(int),
         metavar="N,N,...",
-        help="closed loop: sweep these numbers of outstanding requests (default 1,2,4,8)",
+        help=f"closed loop: sweep these numbers of outstanding requests (default {levels})",
     )
     load.add_argument(
         "--rate",
@@ -59,35 +62,64 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="R,R,...",
         help="open loop: sweep these request rates (requests/s)",
     )
-    p.add_argument("--arrival", choices=ARRIVALS, help="with --rate: inter-arrival times (default constant)")
     p.add_argument(
-        "--max-outstanding", type=int, default=64, help="with --rate: cap on requests in flight (default 64)"
+        "--arrival", choices=ARRIVALS, help=f"with --rate: inter-arrival times (default {default('arrival')})"
     )
-    p.add_argument("--batch-size", type=int, default=1, help="images per request (default 1)")
-    p.add_argument("--warmup-s", type=float, default=2.0, help="warm-up per step, seconds (default 2)")
-    p.add_argument("--window-s", type=float, default=3.0, help="measurement window, seconds (default 3)")
+    p.add_argument(
+        "--max-outstanding",
+        type=int,
+        default=default("max_outstanding"),
+        help="with --rate: cap on requests in flight (default %(default)s)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=default("batch_size"),
+        help="images per request (default %(default)s)",
+    )
+    p.add_argument(
+        "--warmup-s",
+        type=float,
+        default=default("warmup_s"),
+        help="warm-up per step, seconds (default %(default)s)",
+    )
+    p.add_argument(
+        "--window-s",
+        type=float,
+        default=default("window_s"),
+        help="measurement window, seconds (default %(default)s)",
+    )
     p.add_argument(
         "--stability",
         type=float,
-        default=10.0,
+        default=default("stability") * 100,
         metavar="PERCENT",
-        help="the last 3 windows' throughput and p99 must lie within this %% of their mean (default 10)",
+        help="the last 3 windows' throughput and p99 must lie within this %% of their mean "
+        "(default %(default)g)",
     )
-    p.add_argument("--max-windows", type=int, default=10, help="windows per step at most (default 10)")
     p.add_argument(
-        "--max-step-s", type=float, default=60.0, help="time per step at most, seconds (default 60)"
+        "--max-windows",
+        type=int,
+        default=default("max_windows"),
+        help="windows per step at most (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-step-s",
+        type=float,
+        default=default("max_step_s"),
+        help="time per step at most, seconds (default %(default)s)",
     )
     p.add_argument(
         "--verify-fraction",
         type=float,
-        default=1.0,
-        help="fraction of answers checked against the golden set (default 1.0)",
+        default=default("verify_fraction"),
+        help="fraction of answers checked against the golden set (default %(default)s)",
     )
     p.add_argument(
         "--repository",
         type=Path,
-        default=DEFAULT_REPOSITORY,
-        help="golden set at DIR/<model>/<version>/golden.npz (default model_repository)",
+        default=None,
+        help="golden set at DIR/<model>/<version>/golden.npz (default: model_repository in the project)",
     )
     p.add_argument("--golden", type=Path, help="the golden set file to use instead")
     p.add_argument("--p99-ms", type=float, help="objective: every step's p99 latency at most this (ms)")
@@ -102,11 +134,18 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help=f"also run the sweep against '{IDENTITY_MODEL}': the generator's own capacity",
     )
-    p.add_argument("--output", type=Path, default=Path("reports"), help="report directory (default reports)")
-    p.add_argument("--json", action="store_true", help="print the JSON report on stdout instead of the table")
-    p.add_argument("--timeout", type=float, default=30.0, help="per request, seconds (default 30)")
     p.add_argument(
-        "--seed", type=int, default=0, help="seed for Poisson arrivals, sampling and random inputs"
+        "--output", type=Path, default=None, help="report directory (default: reports in the project)"
+    )
+    p.add_argument("--json", action="store_true", help="print the JSON report on stdout instead of the table")
+    p.add_argument(
+        "--timeout", type=float, default=default("timeout"), help="per request, seconds (default %(default)s)"
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=default("seed"),
+        help="seed for Poisson arrivals, sampling and random inputs",
     )
 
 
@@ -132,7 +171,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[LoadTestConfig, Slo]:
         url=args.url,
         model=args.model or IDENTITY_MODEL,
         mode=mode,
-        levels=args.rate or args.concurrency or (1, 2, 4, 8),
+        levels=args.rate or args.concurrency or default("levels"),
         arrival=args.arrival or "constant",
         batch_size=args.batch_size,
         warmup_s=args.warmup_s,
@@ -196,14 +235,15 @@ def run(args: argparse.Namespace) -> int:
     command = getattr(args, "command_line", None) or shlex.join(["python", "-m", "clients", *sys.argv[1:]])
     try:
         config, slo = config_from_args(args)
-        ensure_writable_dir(args.output)  # before minutes of load, not after
+        output = args.output or paths.reports_dir()
+        ensure_writable_dir(output)  # before minutes of load, not after
         with _ProgressDisplay() as progress:
             report = run_loadtest(
                 config, slo=slo, self_test=args.self_test, progress=progress, command=command
             )
         data = report.to_dict()
-        paths = write_reports(data, args.output)
-    except (ClientError, ExportError) as e:
+        written = write_reports(data, output)
+    except CnnDeployError as e:
         error(str(e))
         return 1
     except KeyboardInterrupt:
@@ -225,7 +265,7 @@ def run(args: argparse.Namespace) -> int:
         wide.print(table)
         for line in summary_lines(data):
             stdout.print(line, highlight=False)
-        stdout.print(f"reports: {paths.json}, {paths.csv}, {paths.png}", highlight=False, markup=False)
+        stdout.print(f"reports: {written.json}, {written.csv}, {written.png}", highlight=False, markup=False)
     for line in data["slo"]["violations"]:
         error(f"SLO missed: {line}")
     for line in data["failures"]:

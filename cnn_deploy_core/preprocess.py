@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from export import ExportError
+from cnn_deploy_core import CnnDeployError
 
 
-class ImageError(ExportError, ValueError):
+class ImageError(CnnDeployError, ValueError):
     """An input image could not be read."""
 
 

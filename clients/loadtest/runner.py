@@ -24,33 +24,21 @@ from pathlib import Path
 
 import numpy as np
 
-from clients import BadInputError, ClientError
+from clients import BadInputError, ClientError, LoadTestError
 from clients.client import AsyncTritonClient
-from clients.loadtest_config import ARRIVALS, MODES, STABLE_WINDOWS, LoadTestConfig, Slo
-from clients.loadtest_report import (
+from clients.loadtest.config import STABLE_WINDOWS, LoadTestConfig, Slo
+from clients.loadtest.report import (
     Latency,
     LoadTestReport,
     ServerBreakdown,
     StepResult,
     Totals,
     error_kinds,
+    evaluate,
     flatten_statistics,
 )
-from clients.loadtest_workload import IDENTITY_MODEL, LoadTestError, Workload, build_workload
-
-__all__ = [
-    "ARRIVALS",
-    "IDENTITY_MODEL",
-    "MODES",
-    "LoadTestConfig",
-    "LoadTestError",
-    "Progress",
-    "Slo",
-    "Workload",
-    "build_workload",
-    "run_loadtest",
-    "run_loadtest_async",
-]
+from clients.loadtest.workload import Workload, build_workload
+from cnn_deploy_core.layout import IDENTITY_MODEL
 
 TICK_S = 0.25  # progress refresh while a window runs
 SELF_TEST_CONCURRENCY = (1, 4, 16)  # for --self-test after a rate sweep
@@ -503,7 +491,7 @@ async def run_loadtest_async(
         verification=main.workload.describe(config.verify_fraction),
         steps=steps,
         totals=totals,
-        slo=slo.evaluate(steps, totals),
+        slo=evaluate(slo, steps, totals),
         generator=(generator := _generator(config, main, calibration)),
         generator_capacity=generator["capacity"],
         failures=failures,

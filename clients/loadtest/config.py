@@ -1,14 +1,15 @@
-"""What a load test is asked to do (LoadTestConfig) and what it must meet (Slo); both check themselves."""
+"""What a load test is asked to do (LoadTestConfig) and what it must meet (Slo); both check themselves.
+
+The dataclass defaults are the load test's only defaults: the CLI reads its own from them.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
+from clients import LoadTestError
 from clients.client import parse_url
-from clients.loadtest_report import SloResult, StepResult, Totals, error_kinds
-from clients.loadtest_workload import LoadTestError
-from export.layout import DEFAULT_REPOSITORY
 
 MODES = ("concurrency", "rate")
 ARRIVALS = ("constant", "poisson")
@@ -30,7 +31,7 @@ class LoadTestConfig:
     max_step_s: float = 60.0
     max_outstanding: int = 64  # rate mode: cap on requests in flight
     verify_fraction: float = 1.0
-    repository: Path = DEFAULT_REPOSITORY
+    repository: Path | None = None  # golden sets; None: model_repository in the project
     golden: Path | None = None  # overrides <repository>/<model>/<version>/golden.npz
     timeout: float = 30.0  # per request, seconds
     seed: int = 0
@@ -91,28 +92,10 @@ class Slo:
         if self.max_wrong is not None and self.max_wrong < 0:
             raise LoadTestError(f"--max-wrong must be >= 0, got {self.max_wrong}")
 
-    def evaluate(self, steps: list[StepResult], totals: Totals) -> SloResult:
-        violations = []
-        if self.p99_ms is not None:
-            bad = [s for s in steps if s.latency_ms is None or s.latency_ms.p99 > self.p99_ms]
-            if bad:
-                worst = max((s.latency_ms.p99 for s in bad if s.latency_ms), default=None)
-                detail = "no successful response" if worst is None else f"worst {worst:.2f} ms"
-                violations.append(f"p99 latency above {self.p99_ms:g} ms at {_labels(bad)} ({detail})")
-        if self.max_error_rate is not None:
-            bad = [s for s in steps if s.error_rate > self.max_error_rate]
-            if bad:
-                worst = max(bad, key=lambda s: s.error_rate)
-                violations.append(
-                    f"error rate above {self.max_error_rate:g} at {_labels(bad)} "
-                    f"(worst {worst.error_rate:.3g}: {error_kinds(worst.errors)})"
-                )
-        if self.max_wrong is not None and totals.wrong > self.max_wrong:
-            violations.append(
-                f"{totals.wrong} wrong answers of {totals.verified} verified (allowed {self.max_wrong})"
-            )
-        return SloResult(objectives=asdict(self), passed=not violations, violations=violations)
 
-
-def _labels(steps: list[StepResult]) -> str:
-    return ", ".join(s.label for s in steps)
+def default(name: str, cls: type = LoadTestConfig):
+    """A field's default, for the CLI's own defaults and help texts."""
+    (f,) = [f for f in fields(cls) if f.name == name]
+    if f.default is MISSING:
+        raise KeyError(f"{cls.__name__}.{name} has no default")
+    return f.default

@@ -7,6 +7,8 @@ import sys
 
 from rich.console import Console
 
+from cnn_deploy_core import CnnDeployError
+
 # Piped output (CI logs, README examples) gets a readable width instead of rich's 80 columns.
 stdout = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 120)
 stderr = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 120)
@@ -18,12 +20,32 @@ def error(message: str) -> None:
     stderr.print(message, markup=False, highlight=False)
 
 
-def dispatch(commands: dict, args, user_errors: tuple[type[BaseException], ...]) -> int:
+# A stage run without its extra: the module that is missing -> what to install.
+EXTRAS = {
+    "torch": "export",
+    "torchvision": "export",
+    "onnx": "export",
+    "onnxscript": "export",
+    "onnx_ir": "export",
+    "onnxruntime": "cpu",
+    "pytriton": "serving",
+}
+
+
+def dispatch(commands: dict, args, user_errors: tuple[type[BaseException], ...] = (CnnDeployError,)) -> int:
     """Run `commands[args.command]`; a user error is one line on stderr and exit code 1."""
     try:
         return commands[args.command](args)
     except user_errors as e:
         error(str(e))
+        return 1
+    except ModuleNotFoundError as e:  # the client-only install runs a stage that needs an extra
+        top = (e.name or "").split(".")[0]
+        if top not in EXTRAS:
+            raise
+        extra = EXTRAS[top]
+        hint = "'cnn-deploy[cpu]' (or [gpu])" if extra == "cpu" else f"'cnn-deploy[{extra}]'"
+        error(f"`{args.command}` needs {top}, which is not installed: pip install {hint}")
         return 1
     except KeyboardInterrupt:
         stderr.print("interrupted")

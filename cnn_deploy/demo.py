@@ -1,7 +1,7 @@
 """`make demo`: export -> repository -> local Triton -> classify -> verify -> load test -> stop.
 
-Each stage runs the same public command a user would type (the export in a subprocess, so
-this module, like all of `clients`, never imports torch), as named steps with a status.
+Each stage runs the same public command a user would type, in a subprocess, as named steps with
+a status: the demo shows the commands, and a stage's failure is that command's own error.
 """
 
 from __future__ import annotations
@@ -15,17 +15,13 @@ from pathlib import Path
 
 from rich.table import Table
 
-from clients import ClientError
 from clients.client import TritonClient
-from export import ExportError
-from export.console import stderr, stdout
-from export.fsutil import ensure_writable_dir
-from export.images import sample_photos
-from export.layout import DEFAULT_REPOSITORY
-from export.steps import SkipStep, Status, Step, StepResult, run_steps
-from serving import ServingError
-
-REPOSITORY = DEFAULT_REPOSITORY
+from cnn_deploy_core import CnnDeployError, paths
+from cnn_deploy_core.console import stderr, stdout
+from cnn_deploy_core.fsutil import ensure_writable_dir
+from cnn_deploy_core.images import sample_photos
+from cnn_deploy_core.steps import SkipStep, Status, Step, StepResult, run_steps
+from serving.triton import free_ports, port_free
 
 
 @dataclass
@@ -65,13 +61,11 @@ class StepFailed(Exception):
     """A command of the demo failed; it has printed its own error already."""
 
 
-USER_ERRORS = (StepFailed, ClientError, ExportError, ServingError)
+USER_ERRORS = (StepFailed, CnnDeployError)
 
 
 def _free_ports() -> tuple[int, int, int]:
     """8000-8002 when free (the documented defaults), else any three free ports."""
-    from serving.triton import free_ports, port_free
-
     if all(port_free("127.0.0.1", p) for p in (8000, 8001, 8002)):
         return 8000, 8001, 8002
     return tuple(free_ports(3))
@@ -83,8 +77,9 @@ def step_export(d: Demo) -> str:
             "[yellow]note:[/] offline default: seeded RANDOM weights. The pipeline, serving and "
             "verification are real; the predicted labels are not. Use --weights imagenet online."
         )
-    _python(d, "export", "build", *d.models, "--weights", d.weights, "--repository", str(REPOSITORY))
-    return f"{len(d.models)} models exported, verified and placed in {REPOSITORY}/"
+    _python(d, "export", "build", *d.models, "--weights", d.weights)
+    _python(d, "serving", "repo", *d.models)
+    return f"{len(d.models)} models exported, verified and placed in {paths.repository()}/"
 
 
 def step_serve(d: Demo) -> str:
@@ -95,8 +90,6 @@ def step_serve(d: Demo) -> str:
         "serving",
         "up",
         "--detach",
-        "--repository",
-        str(REPOSITORY),
         "--http-port",
         http,
         "--grpc-port",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export import ExportError
+from cnn_deploy_core import CnnDeployError
 
 
 @dataclass
@@ -57,6 +57,6 @@ class GoldenSet:
                     meta=header.get("meta", {}),
                 )
         except FileNotFoundError:
-            raise ExportError(f"golden set not found: {path}") from None
+            raise CnnDeployError(f"golden set not found: {path}") from None
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:  # JSONDecodeError is a ValueError
-            raise ExportError(f"golden set {path} is unreadable: {e}") from e
+            raise CnnDeployError(f"golden set {path} is unreadable: {e}") from e

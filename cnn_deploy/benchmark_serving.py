@@ -1,8 +1,8 @@
 """Benchmark: a model served by the local Triton (single-image requests, dynamic batching)
 against in-process ONNX Runtime at its best batch size, in one run.
 
-`python -m serving benchmark [--model resnet50]`. In-process ORT is measured before and after
-the served runs and averaged, so a change in the machine's load hits both sides.
+`python -m cnn_deploy bench-serving [--model resnet50]` (`make bench-serving`). In-process ORT is
+measured before and after the served runs and averaged, so a change in the machine's load hits both.
 """
 
 from __future__ import annotations
@@ -20,10 +20,12 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from export.fsutil import atomic_write_text
-from export.registry import get
-from serving import ServingError
-from serving.repository import MODEL_FILE, CpuPlan, place_models
+from clients.client import AsyncTritonClient, TritonClient
+from cnn_deploy_core import CnnDeployError
+from cnn_deploy_core.fsutil import atomic_write_text
+from cnn_deploy_core.layout import MODEL_FILE
+from cnn_deploy_core.registry import get
+from serving.repository import CpuPlan, place_models
 from serving.triton import ServerOptions, TritonProcess
 
 
@@ -60,8 +62,6 @@ def ort_best(model_path: Path, batch_sizes: list[int], threads: int, seconds: fl
 
 
 async def _drive(url: str, model: str, concurrency: int, seconds: float, x: np.ndarray) -> tuple[int, int]:
-    from clients.client import AsyncTritonClient
-
     done = errors = 0
     async with AsyncTritonClient(url, timeout=120) as client:
         await client.model_info(model)
@@ -81,8 +81,6 @@ async def _drive(url: str, model: str, concurrency: int, seconds: float, x: np.n
 
 
 def _stats(url: str, model: str) -> tuple[int, int]:
-    from clients.client import TritonClient
-
     with TritonClient(url) as client:
         s = client.statistics(model)
     return int(s.get("inference_count", 0)), int(s.get("execution_count", 0))
@@ -155,7 +153,7 @@ def run_benchmark(
 ) -> dict:
     path = models_dir / model / MODEL_FILE
     if not path.is_file():
-        raise ServingError(f"no export of {model} in {models_dir}; run: python -m export build {model}")
+        raise CnnDeployError(f"no export of {model} in {models_dir}; run: python -m export build {model}")
     cores = os.cpu_count() or 1
     batches = [1, 2, 4, 8, 16]
     console.print(f"in-process ONNX Runtime, {cores} threads, batch {batches} ...")
@@ -170,7 +168,7 @@ def run_benchmark(
     best_bs = max(ort, key=ort.get)
     best = max(runs, key=lambda r: r.images_per_s)
     report = {
-        "command": f"python -m serving benchmark --model {model}",
+        "command": f"python -m cnn_deploy bench-serving --model {model}",
         "model": model,
         "cores": cores,
         "ort_in_process": {

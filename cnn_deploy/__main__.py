@@ -1,0 +1,5 @@
+import sys
+
+from cnn_deploy.cli import main
+
+sys.exit(main())
