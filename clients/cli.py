@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.table import Table
 
 from clients import ClientError
-from clients.client import DEFAULT_URL
+from clients.client import DEFAULT_URL, PREPROCESS_CHOICES
 from cnn_deploy_core import paths
 from cnn_deploy_core.console import dispatch, error, stderr, stdout
 
@@ -41,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("images", nargs="+", metavar="IMAGE", type=Path, help="JPEG/PNG files")
     i.add_argument("--top-k", type=int, default=5)
     i.add_argument("--version", default="", help="model version (default: the server's default, the newest)")
+    i.add_argument(
+        "--preprocess",
+        choices=PREPROCESS_CHOICES,
+        default="auto",
+        help="server: send the encoded files to MODEL_image; client: preprocess here and send tensors; "
+        "auto (default): the server when it serves MODEL_image",
+    )
 
     v = sub.add_parser("verify", parents=[common], help="check the served answers against the golden sets")
     v.add_argument(
@@ -74,12 +81,20 @@ def cmd_infer(args) -> int:
         raise ClientError("--top-k must be >= 1")
     with _client(args) as client:
         info = client.model_info(args.model, args.version)
-        predictions = client.classify(args.model, args.images, top_k=args.top_k, version=args.version)
+        predictions = client.classify(
+            args.model, args.images, top_k=args.top_k, version=args.version, preprocess=args.preprocess
+        )
+        on_server = args.preprocess != "client" and not args.version and client.image_model(args.model)
+    where = f"on the server ({on_server})" if on_server else "here, in the client"
     if args.json:
         print(
             json.dumps(
                 [
-                    {"image": str(img), "predictions": [p.__dict__ for p in preds]}
+                    {
+                        "image": str(img),
+                        "preprocessed": "server" if on_server else "client",
+                        "predictions": [p.__dict__ for p in preds],
+                    }
                     for img, preds in zip(args.images, predictions, strict=False)
                 ],
                 indent=2,
@@ -88,7 +103,7 @@ def cmd_infer(args) -> int:
     else:
         version = args.version or info.latest_version
         source = info.weights_source(version) or "unknown weights"
-        table = Table(title=f"{args.model} v{version} at {args.url} ({source})")
+        table = Table(title=f"{args.model} v{version} at {args.url} ({source}); preprocessed {where}")
         for col in ("image", "rank", "label", "class", "score"):
             table.add_column(col, justify="right" if col in ("rank", "class", "score") else "left")
         for img, preds in zip(args.images, predictions, strict=False):

@@ -36,10 +36,12 @@ from clients import (
 )
 from clients.model_info import ModelInfo, Prediction
 from cnn_deploy_core.dtypes import numpy_to_kserve
+from cnn_deploy_core.layout import IMAGE_SUFFIX
 from cnn_deploy_core.preprocess import ImageError, preprocess_files
 
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
 DEFAULT_URL = "grpc://127.0.0.1:8001"  # `python -m serving up` binds to loopback
+PREPROCESS_CHOICES = ("auto", "server", "client")
 T = TypeVar("T")
 
 
@@ -149,6 +151,26 @@ def load_images(info: ModelInfo, images: list[str | Path]) -> np.ndarray:
         raise BadInputError(str(e)) from e
 
 
+def encoded(images: list[bytes | str | Path]) -> np.ndarray:
+    """Encoded images (bytes, or files read as they are) as a BYTES batch [N, 1]."""
+    if not images:
+        raise BadInputError("no image given")
+    blobs = []
+    for image in images:
+        if isinstance(image, (bytes, bytearray)):
+            blobs.append(bytes(image))
+            continue
+        try:
+            blobs.append(Path(image).read_bytes())
+        except FileNotFoundError:
+            raise BadInputError(f"image not found: {image}") from None
+        except OSError as e:
+            raise BadInputError(f"cannot read {image}: {e.strerror or e}") from None
+    batch = np.empty((len(blobs), 1), dtype=np.object_)
+    batch[:, 0] = blobs
+    return batch
+
+
 class AsyncTritonClient:
     """asyncio client. `async with AsyncTritonClient(url) as client: await client.infer(...)`"""
 
@@ -166,7 +188,8 @@ class AsyncTritonClient:
         self.endpoint = parse_url(url)
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.headers = headers or None
-        self._info: dict[tuple[str, str], ModelInfo] = {}
+        self._info: dict[str, ModelInfo] = {}
+        self._image_models: dict[str, bool] = {}
         if self.endpoint.protocol == "grpc":
             import tritonclient.grpc.aio as module
         else:
@@ -254,14 +277,17 @@ class AsyncTritonClient:
             await asyncio.sleep(poll)
 
     async def model_info(self, model: str, version: str = "") -> ModelInfo:
-        """Metadata and config of a model (its served versions, preprocessing, labels), cached."""
-        key = (model, version)
-        if key not in self._info:
+        """Metadata and config of a model (its served versions, preprocessing, labels), cached.
+
+        With `version`, also checks that the server serves that version: every served version
+        shares the config's labels and preprocessing (the repository guarantees it).
+        """
+        if model not in self._info:
             kw = self._kw(as_json=True)
-            metadata = await self._call(lambda: self._client.get_model_metadata(model, version, **kw), model)
-            config = await self._call(lambda: self._client.get_model_config(model, version, **kw), model)
-            self._info[key] = ModelInfo.from_server(metadata, config)
-        info = self._info[key]
+            metadata = await self._call(lambda: self._client.get_model_metadata(model, **kw), model)
+            config = await self._call(lambda: self._client.get_model_config(model, **kw), model)
+            self._info[model] = ModelInfo.from_server(metadata, config)
+        info = self._info[model]
         if version and version not in info.versions:
             raise ModelNotReadyError(
                 f"model {model!r} does not serve version {version} at {self.endpoint} "
@@ -272,9 +298,14 @@ class AsyncTritonClient:
     async def infer(
         self, model: str, batch: np.ndarray, *, version: str = "", class_count: int = 0, retry: bool = True
     ) -> np.ndarray:
-        """Logits (or, with class_count, "score:index:label" bytes) for a batch of any size."""
+        """Logits (or, with class_count, "score:index:label" bytes) for a batch of any size.
+
+        A model that takes encoded images (`<name>_image`) takes a BYTES batch [N, 1] here, as
+        :func:`encoded` builds it; :meth:`infer_images` does that for you.
+        """
         info = await self.model_info(model, version)
-        batch = check_batch(info, batch)
+        if info.input_datatype != "BYTES":
+            batch = check_batch(info, batch)
         outputs = []
         for part in chunks(batch, info.max_batch_size):
             inp = self._module.InferInput(info.input_name, list(part.shape), info.input_datatype)
@@ -290,14 +321,69 @@ class AsyncTritonClient:
             outputs.append(result.as_numpy(info.output_name))
         return np.concatenate(outputs)
 
+    async def infer_images(
+        self, model: str, images: list[bytes | str | Path], *, class_count: int = 0, retry: bool = True
+    ) -> np.ndarray:
+        """Encoded images (bytes or files: JPEG, PNG, WebP, BMP) to a model that preprocesses them
+        on the server (`<name>_image`); nothing is decoded here."""
+        info = await self.model_info(model)
+        if info.input_datatype != "BYTES":
+            raise BadInputError(
+                f"{model} takes {info.input_datatype} tensors, not encoded images: use infer(), "
+                f"or the {model}{IMAGE_SUFFIX} model"
+            )
+        return await self.infer(model, encoded(images), class_count=class_count, retry=retry)
+
+    async def image_model(self, model: str) -> str | None:
+        """The name of `model`'s encoded-image ensemble when the server has it ready, else None."""
+        name = model if model.endswith(IMAGE_SUFFIX) else model + IMAGE_SUFFIX
+        if name not in self._image_models:
+            try:
+                self._image_models[name] = bool(
+                    await self._call(lambda: self._client.is_model_ready(name, **self._kw()), name)
+                )
+            except ClientError:
+                self._image_models[name] = False
+        return name if self._image_models[name] else None
+
     async def classify(
-        self, model: str, images: list[str | Path], *, top_k: int = 5, version: str = ""
+        self,
+        model: str,
+        images: list[str | Path | bytes],
+        *,
+        top_k: int = 5,
+        version: str = "",
+        preprocess: str = "auto",
     ) -> list[list[Prediction]]:
-        """Image files -> top-k labels, through Triton's classification extension."""
-        info = await self.model_info(model, version)
-        if not info.has_labels:
-            raise ClientError(f"model {model!r} has no label file: it cannot classify")
-        result = await self.infer(model, load_images(info, images), version=version, class_count=top_k)
+        """Images -> top-k labels, through Triton's classification extension.
+
+        `preprocess`: "server" sends the encoded files to `<model>_image`, which preprocesses them
+        with the spec its export recorded; "client" preprocesses here (the same code) and sends
+        tensors; "auto" (default) uses the server when it has `<model>_image`. A given `version`
+        is a version of the tensor model, so it is preprocessed here.
+        """
+        if preprocess not in PREPROCESS_CHOICES:
+            raise ClientError(
+                f"preprocess must be one of {', '.join(PREPROCESS_CHOICES)}, got {preprocess!r}"
+            )
+        target = None
+        if preprocess != "client" and not version:
+            target = await self.image_model(model)
+            if target is None and preprocess == "server":
+                raise ModelNotFoundError(
+                    f"model {model + IMAGE_SUFFIX!r} (preprocessing on the server) is not served "
+                    f"at {self.endpoint}"
+                )
+        if target is not None:
+            info = await self.model_info(target)
+            if not info.has_labels:
+                raise ClientError(f"model {target!r} has no label file: it cannot classify")
+            result = await self.infer_images(target, images, class_count=top_k)
+        else:
+            info = await self.model_info(model, version)
+            if not info.has_labels:
+                raise ClientError(f"model {model!r} has no label file: it cannot classify")
+            result = await self.infer(model, load_images(info, images), version=version, class_count=top_k)
         return [[Prediction.parse(e) for e in row] for row in result.reshape(len(images), -1)]
 
     async def statistics(self, model: str, version: str = "") -> dict:
@@ -363,10 +449,26 @@ class TritonClient:
             self._async.infer(model, batch, version=version, class_count=class_count, retry=retry)
         )
 
+    def infer_images(
+        self, model: str, images: list[bytes | str | Path], *, class_count: int = 0, retry: bool = True
+    ) -> np.ndarray:
+        return self._run(self._async.infer_images(model, images, class_count=class_count, retry=retry))
+
+    def image_model(self, model: str) -> str | None:
+        return self._run(self._async.image_model(model))
+
     def classify(
-        self, model: str, images: list[str | Path], *, top_k: int = 5, version: str = ""
+        self,
+        model: str,
+        images: list[str | Path | bytes],
+        *,
+        top_k: int = 5,
+        version: str = "",
+        preprocess: str = "auto",
     ) -> list[list[Prediction]]:
-        return self._run(self._async.classify(model, images, top_k=top_k, version=version))
+        return self._run(
+            self._async.classify(model, images, top_k=top_k, version=version, preprocess=preprocess)
+        )
 
     def statistics(self, model: str, version: str = "") -> dict:
         return self._run(self._async.statistics(model, version))

@@ -9,8 +9,8 @@ from clients import ClientError
 from clients.client import TritonClient
 from cnn_deploy_core import CnnDeployError
 from cnn_deploy_core.golden import GoldenSet
-from cnn_deploy_core.layout import GOLDEN_FILE, TRT_SUFFIX
-from cnn_deploy_core.metrics import Comparison, compare
+from cnn_deploy_core.layout import GOLDEN_FILE, IMAGE_SUFFIX, TRT_SUFFIX
+from cnn_deploy_core.metrics import Comparison, compare, sensitivity
 from cnn_deploy_core.registry import names
 
 
@@ -44,21 +44,44 @@ def golden_path(repository: Path, model: str, version: str) -> Path:
 
 
 def served_models(client: TritonClient) -> list[str]:
-    """The registry's architectures (and their TensorRT variants) that the server has ready."""
-    candidates = [n for name in names() for n in (name, f"{name}_trt")]
+    """The registry's architectures and their variants (TensorRT plans, image ensembles) that the
+    server has ready."""
+    candidates = [n for name in names() for n in (name, name + TRT_SUFFIX, name + IMAGE_SUFFIX)]
     return client.ready_models(candidates)
 
 
+def _load_golden(repository: Path, exported: str, version: str) -> GoldenSet:
+    golden = GoldenSet.load(golden_path(repository, exported, version))
+    guard = sensitivity(golden.outputs)
+    if not guard.passed:  # a reference that ignores its input would pass a wrong server too
+        raise ClientError(f"the golden set cannot detect errors: {guard.describe()}")
+    return golden
+
+
 def verify_version(client: TritonClient, model: str, version: str, repository: Path) -> VerifyResult:
-    """One served version against its own golden set (every version describes itself)."""
+    """One served version against its own golden set (every version describes itself).
+
+    An image ensemble (`<name>_image`) gets the golden set's encoded photos, and must answer as
+    the tensor model's default version does for the same photos preprocessed by the client.
+    """
     precision = "?"
     try:
-        precision = client.model_info(model, version).precision
-        golden = GoldenSet.load(golden_path(repository, model.removesuffix(TRT_SUFFIX), version))
+        if model.endswith(IMAGE_SUFFIX):
+            tensor = client.model_info(model.removesuffix(IMAGE_SUFFIX))
+            version, precision = tensor.latest_version or "1", tensor.precision
+            golden = _load_golden(repository, tensor.name, version)
+            if not golden.encoded:
+                raise ClientError("the golden set has no encoded photos (exported before images were served)")
+            expected = golden.outputs[golden.encoded_rows]
+            got = client.infer_images(model, golden.encoded)
+        else:
+            precision = client.model_info(model, version).precision
+            golden = _load_golden(repository, model.removesuffix(TRT_SUFFIX), version)
+            expected = golden.outputs
+            got = client.infer(model, golden.inputs, version=version)
         tol = golden.tolerances.get(precision) or golden.tolerances["fp32"]
-        got = client.infer(model, golden.inputs, version=version)
-        cmp = compare(golden.outputs, got, atol=tol["atol"], rtol=tol["rtol"])
-        return VerifyResult(model, version, precision, len(golden.inputs), cmp)
+        cmp = compare(expected, got, atol=tol["atol"], rtol=tol["rtol"])
+        return VerifyResult(model, version, precision, len(expected), cmp)
     except CnnDeployError as e:
         return VerifyResult(model, version, precision, 0, None, str(e))
     except Exception as e:  # an unreadable golden set is that model's failure, not the run's
@@ -72,6 +95,9 @@ def verify(client: TritonClient, models: list[str] | None, repository: Path) -> 
         raise ClientError(f"no registered model is ready at {client.endpoint}")
     results = []
     for model in models:
+        if model.endswith(IMAGE_SUFFIX):  # the ensemble follows its tensor model's default version
+            results.append(verify_version(client, model, "", repository))
+            continue
         info = client.model_info(model)
         for version in sorted(info.versions, key=int, reverse=True) or ["1"]:
             results.append(verify_version(client, model, version, repository))

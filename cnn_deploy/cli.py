@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the main job: export, serve, classify, verify, load-test, stop")
     d.add_argument("--models", nargs="+", default=["alexnet", "resnet18", "resnet50"])
     d.add_argument("--weights", default="random", help="random (default, offline), imagenet, or a checkpoint")
-    d.add_argument("--image", type=Path, default=None, help="photo to classify (default: a sample photo)")
+    d.add_argument("--image", type=Path, default=None, help="photo to classify (default: the sample photos)")
     d.add_argument(
         "--output", type=Path, default=None, help="report directory (default: reports in the project)"
     )
@@ -48,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", type=Path, default=None, help="JSON path (default reports/serving-benchmark.json)"
     )
     b.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+
+    g = sub.add_parser("gpu-check", help="every GPU check in one run (exit 2 without a GPU)")
+    g.add_argument(
+        "--repository", type=Path, default=None, help="model repository (default model_repository)"
+    )
+    g.add_argument("--model", action="append", dest="models", metavar="NAME", help="only these models")
+    g.add_argument("--output", type=Path, default=None, help="JSON report (default reports/gpu-check.json)")
     return parser
 
 
@@ -89,7 +96,13 @@ def cmd_bench_serving(args) -> int:
     return 0
 
 
-COMMANDS = {"demo": cmd_demo, "bench-serving": cmd_bench_serving}
+def cmd_gpu_check(args) -> int:
+    from cnn_deploy.gpu_check import main_args
+
+    return main_args(args.repository, args.models, args.output)
+
+
+COMMANDS = {"demo": cmd_demo, "bench-serving": cmd_bench_serving, "gpu-check": cmd_gpu_check}
 
 
 def main(argv: list[str] | None = None) -> int:

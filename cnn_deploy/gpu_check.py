@@ -128,7 +128,11 @@ def check_ort(model: str, version_dir: Path, provider: str, work: Path) -> Check
     if provider == TRT_PROVIDER:
         cache = work / f"trt-cache-{model}"
         cache.mkdir(parents=True, exist_ok=True)
-        options = {"trt_fp16_enable": True, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache)}
+        options = {
+            "trt_fp16_enable": True,
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(cache),
+        }
         providers = [(TRT_PROVIDER, options), "CUDAExecutionProvider", "CPUExecutionProvider"]
     else:
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -163,6 +167,10 @@ def _short(provider: str) -> str:
     return {"TensorrtExecutionProvider": "tensorrt", "CUDAExecutionProvider": "cuda"}[provider]
 
 
+def _files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file()] if root.is_dir() else []
+
+
 def check_served(repository: Path, models: list[str], work: Path) -> Check:
     from clients.client import TritonClient
     from clients.verify import verify
@@ -171,13 +179,13 @@ def check_served(repository: Path, models: list[str], work: Path) -> Check:
     opts = ServerOptions.on_free_ports(repository, config_name="gpu", backend_dir=work / "backends")
     log = work / "triton-gpu.log"
     cache_root = Path(tempfile.gettempdir()) / "cnn-deploy-trt-cache"  # where our backend falls back to
-    before = {p: p.stat().st_size for p in cache_root.rglob("*") if p.is_file()} if cache_root.is_dir() else {}
+    before = set(_files(cache_root))
     with TritonProcess(opts, log_path=log).start() as server:
         server.wait_ready(BUDGET_S / 2)
         with TritonClient(opts.grpc_url, timeout=300) as client:
             results = verify(client, models, repository)
     text = log.read_text(errors="replace")
-    engines = [p for p in cache_root.rglob("*") if p.is_file() and p not in before] if cache_root.is_dir() else []
+    engines = [p for p in _files(cache_root) if p not in before]
     data = {"verify": [r.to_dict() for r in results], "new_engine_files": [str(p) for p in engines]}
     problems = [f"{r.model} v{r.version}: {r.error or 'beyond tolerance'}" for r in results if not r.passed]
     if TRT_PROVIDER not in text:
@@ -185,7 +193,9 @@ def check_served(repository: Path, models: list[str], work: Path) -> Check:
     if not engines and not Path("/trt-cache").is_dir():
         problems.append(f"no TensorRT engine appeared in {cache_root}: TensorRT did not build the models")
     status = "FAIL" if problems else "OK"
-    detail = "; ".join(problems) or f"{len(results)} served version(s) within FP16 tolerance, TensorRT engines built"
+    detail = (
+        "; ".join(problems) or f"{len(results)} served version(s) within FP16 tolerance, TRT engines built"
+    )
     return Check("served-gpu-config", ",".join(models), status, detail, data=data)
 
 
@@ -197,7 +207,9 @@ def check_plan(model: str, version_dir: Path, repository: Path) -> Check:
     except ImportError as e:
         return Check("tensorrt-plan", model, "SKIPPED", f"{e.name} is not installed here")
     if not torch.cuda.is_available():
-        return Check("tensorrt-plan", model, "SKIPPED", "torch has no CUDA here (needed for the plan's buffers)")
+        return Check(
+            "tensorrt-plan", model, "SKIPPED", "torch has no CUDA here (it holds the plan's buffers)"
+        )
     engine_json = repository / (model + TRT_SUFFIX) / "engine.json"
     max_batch = json.loads(engine_json.read_text())["max_batch_size"] if engine_json.is_file() else 8
     golden = GoldenSet.load(version_dir / GOLDEN_FILE)
@@ -299,4 +311,3 @@ def main_args(repository: Path | None, models: list[str] | None, output: Path | 
     except NoGpu as e:
         stderr.print(str(e), highlight=False, markup=False)
         return NO_GPU_EXIT
-

@@ -23,10 +23,18 @@ class GoldenSet:
     case_names: list[str]  # one per row: "random-0", "photo:chelsea.png", ...
     tolerances: dict[str, dict[str, float]]  # precision -> {"atol", "rtol"}
     meta: dict[str, str] = field(default_factory=dict)
+    # The photos as encoded files, for models that take images (`<name>_image`): file i's
+    # expected output is outputs[encoded_rows[i]] (the same photo, preprocessed by the client).
+    encoded: list[bytes] = field(default_factory=list)
+    encoded_rows: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if len(self.inputs) != len(self.outputs) or len(self.inputs) != len(self.case_names):
             raise ValueError("golden set: inputs, outputs and case names differ in length")
+        if len(self.encoded) != len(self.encoded_rows) or any(
+            not 0 <= r < len(self.outputs) for r in self.encoded_rows
+        ):
+            raise ValueError("golden set: encoded images and their rows do not match")
 
     def save(self, path: str | Path) -> None:
         header = {
@@ -34,13 +42,17 @@ class GoldenSet:
             "case_names": self.case_names,
             "tolerances": self.tolerances,
             "meta": self.meta,
+            "encoded_rows": self.encoded_rows,
         }
+        sizes = np.array([len(b) for b in self.encoded], dtype=np.int64)
         with open(path, "wb") as f:
             np.savez(
                 f,
                 inputs=self.inputs.astype(np.float32),
                 outputs=self.outputs.astype(np.float32),
                 header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
+                encoded=np.frombuffer(b"".join(self.encoded), dtype=np.uint8),
+                encoded_sizes=sizes,
             )
 
     @classmethod
@@ -48,6 +60,12 @@ class GoldenSet:
         try:
             with np.load(path, allow_pickle=False) as data:
                 header = json.loads(data["header"].tobytes().decode())
+                encoded: list[bytes] = []
+                if "encoded" in data.files:
+                    blob, offset = data["encoded"].tobytes(), 0
+                    for size in data["encoded_sizes"].tolist():
+                        encoded.append(blob[offset : offset + size])
+                        offset += size
                 return cls(
                     architecture=header["architecture"],
                     inputs=data["inputs"],
@@ -55,6 +73,8 @@ class GoldenSet:
                     case_names=list(header["case_names"]),
                     tolerances=header["tolerances"],
                     meta=header.get("meta", {}),
+                    encoded=encoded,
+                    encoded_rows=list(header.get("encoded_rows", [])),
                 )
         except FileNotFoundError:
             raise CnnDeployError(f"golden set not found: {path}") from None

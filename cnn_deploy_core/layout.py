@@ -15,4 +15,6 @@ VERSION_FILES = (MODEL_FILE, FP16_FILE, GOLDEN_FILE, REPORT_FILE, LABELS_FILE)
 
 PARAM_PREFIX = "cnn_deploy."  # export metadata in ONNX metadata_props and Triton config parameters
 TRT_SUFFIX = "_trt"  # <name>_trt: the native TensorRT-plan variant of <name>
+IMAGE_SUFFIX = "_image"  # <name>_image: encoded images in (an ensemble with server-side preprocessing)
+IMAGE_INPUT = "image"  # BYTES [batch, 1]: one encoded image per batch item
 IDENTITY_MODEL = "identity"  # a no-compute model with a classifier's wire format: measures the client

@@ -71,3 +71,51 @@ def compare(reference: np.ndarray, candidate: np.ndarray, *, atol: float, rtol: 
         atol=atol,
         rtol=rtol,
     )
+
+
+# A verification is only as good as its reference's ability to tell inputs apart: a model whose
+# output ignores its input (GoogLeNet with torchvision's init) passes any comparison. These bounds
+# reject that; trained weights and our data-dependent random init clear them easily.
+MIN_DISTINCT_TOP1 = 4
+MIN_VARIATION = 0.1
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    """Can these reference outputs (rows = inputs) tell inputs apart?"""
+
+    inputs: int
+    distinct_top1: int  # how many different top-1 classes the inputs get
+    variation: float  # per-class std across inputs ÷ per-input std across classes (means)
+    logit_scale: float  # mean over inputs of the largest |logit|
+    min_distinct_top1: int = MIN_DISTINCT_TOP1
+    min_variation: float = MIN_VARIATION
+
+    @property
+    def passed(self) -> bool:
+        return self.distinct_top1 >= self.min_distinct_top1 and self.variation >= self.min_variation
+
+    def describe(self) -> str:
+        return (
+            f"{self.distinct_top1} distinct top-1 over {self.inputs} inputs (need {self.min_distinct_top1}), "
+            f"across-input variation {self.variation:.2g} of the within-output spread "
+            f"(need {self.min_variation:g}), logit scale {self.logit_scale:.3g}"
+        )
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "passed": self.passed}
+
+
+def sensitivity(outputs: np.ndarray) -> Sensitivity:
+    """How much the outputs depend on the inputs; see :class:`Sensitivity`."""
+    y = np.asarray(outputs, dtype=np.float64)
+    if y.ndim != 2 or len(y) < 2:
+        raise ValueError(f"need a batch of at least 2 outputs, got shape {list(y.shape)}")
+    within = float(y.std(axis=1).mean())
+    across = float(y.std(axis=0).mean())
+    return Sensitivity(
+        inputs=len(y),
+        distinct_top1=len(set(y.argmax(axis=1).tolist())),
+        variation=across / within if within > 0 else 0.0,
+        logit_scale=float(np.abs(y).max(axis=1).mean()),
+    )

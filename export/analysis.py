@@ -86,7 +86,7 @@ def _is_listed(module: nn.Module) -> bool:
 def analyze(arch: Architecture, *, input_size: int = 224) -> Analysis:
     """Run one image of ``input_size``² through ``arch`` and tabulate its layers."""
     # Random weights: shapes, parameter counts and multiply-adds do not depend on the values.
-    model = load_model(arch, "random").model
+    model = load_model(arch, "random", calibrate=False).model
     return analyze_module(model, name=arch.name, input_size=input_size)
 
 

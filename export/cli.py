@@ -69,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--models", type=Path, default=None, help="export directory, for ONNX sizes (default build/models)"
     )
 
+    sens = sub.add_parser(
+        "sensitivity",
+        parents=[_archs_parent(), _json_parent()],
+        help="can verification fail? how much the outputs depend on the golden inputs",
+    )
+    sens.add_argument("--weights", default="random", help="random (default), imagenet or a checkpoint path")
+    sens.add_argument("--seed", type=int, default=0, help="seed for --weights random")
+
     bench = sub.add_parser(
         "benchmark",
         parents=[_archs_parent(), _json_parent()],
@@ -205,7 +213,54 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"build": cmd_build, "analyze": cmd_analyze, "compare": cmd_compare, "benchmark": cmd_benchmark}
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    from export.verify import measure_sensitivity
+
+    rows = []
+    for arch in registry.resolve(args.architectures, all_=args.all):
+        inits = (False, True) if args.weights == "random" else (True,)
+        for calibrate in inits:
+            result = measure_sensitivity(arch, args.weights, seed=args.seed, calibrate=calibrate)
+            init = (
+                ("data-dependent" if calibrate else "torchvision")
+                if args.weights == "random"
+                else "as loaded"
+            )
+            rows.append(
+                {"architecture": arch.name, "weights": args.weights, "init": init, **result.to_dict()}
+            )
+            stderr.print(f"{arch.name} ({init}): {result.describe()}", highlight=False)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        table = Table(title=f"can verification fail? outputs on the golden inputs ({args.weights} weights)")
+        for col in ("model", "init", "inputs", "distinct top-1", "variation", "logit scale", "guard"):
+            table.add_column(col, justify="left" if col in ("model", "init", "guard") else "right")
+        for r in rows:
+            table.add_row(
+                r["architecture"],
+                r["init"],
+                str(r["inputs"]),
+                str(r["distinct_top1"]),
+                f"{r['variation']:.2g}",
+                f"{r['logit_scale']:.3g}",
+                "[green]pass[/]" if r["passed"] else "[red]fail[/]",
+            )
+        table.caption = (
+            "variation: per-class std across inputs ÷ per-input std across classes; "
+            "the guard needs >= 4 distinct top-1 and variation >= 0.1"
+        )
+        stdout.print(table)
+    return 0
+
+
+COMMANDS = {
+    "sensitivity": cmd_sensitivity,
+    "build": cmd_build,
+    "analyze": cmd_analyze,
+    "compare": cmd_compare,
+    "benchmark": cmd_benchmark,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from dataclasses import dataclass, field
@@ -85,6 +86,14 @@ def _build_random(arch: Architecture, seed: int) -> tuple[torch.nn.Module, str]:
     return model, f"random(seed={seed})"
 
 
+def _calibrate_random(model: torch.nn.Module, arch: Architecture, seed: int) -> dict[str, str]:
+    """torchvision's init alone gives outputs that (nearly) ignore the input; see random_init."""
+    from export.random_init import data_dependent_init
+
+    info = data_dependent_init(model, preprocessing_for(arch), seed)
+    return {"random_init": json.dumps(info, sort_keys=True)}
+
+
 def _read_state_dict(path: Path) -> dict:
     if not path.is_file():
         raise WeightsError(f"checkpoint not found: {path}")
@@ -121,16 +130,23 @@ def _build_checkpoint(arch: Architecture, path: Path) -> tuple[torch.nn.Module, 
     return model, f"checkpoint:{path.name}:sha256={sha256_file(path)[:16]}"
 
 
-def load_model(arch: Architecture, weights: str = "random", *, seed: int = DEFAULT_SEED) -> LoadedModel:
-    """Build ``arch`` in eval mode. ``weights`` is "imagenet", "random" or a checkpoint path."""
+def load_model(
+    arch: Architecture, weights: str = "random", *, seed: int = DEFAULT_SEED, calibrate: bool = True
+) -> LoadedModel:
+    """Build ``arch`` in eval mode. ``weights`` is "imagenet", "random" or a checkpoint path.
+
+    Random weights get the data-dependent init (``calibrate``) unless only shapes matter (analysis).
+    """
+    meta = {}
     if weights == "imagenet":
         model, source = _build_imagenet(arch)
     elif weights == "random":
         model, source = _build_random(arch, seed)
+        if calibrate:
+            meta.update(_calibrate_random(model, arch, seed))
     else:
         model, source = _build_checkpoint(arch, Path(weights))
     model.eval()
-    meta = {}
     if arch.family == "googlenet":
         meta["transform_input"] = str(bool(getattr(model, "transform_input", False)))
     return LoadedModel(

@@ -8,20 +8,30 @@ import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import onnx
 import onnxruntime
 import torch
 
 from cnn_deploy_core.fsutil import atomic_write_text, discard, make_staging_dir, publish_dir
 from cnn_deploy_core.golden import GoldenSet
+from cnn_deploy_core.images import all_photos
 from cnn_deploy_core.layout import FP16_FILE, GOLDEN_FILE, LABELS_FILE, MODEL_FILE, RAW_FILE, REPORT_FILE
+from cnn_deploy_core.metrics import Sensitivity
 from cnn_deploy_core.registry import Architecture
 from cnn_deploy_core.steps import SkipStep, Status, Step, StepResult, run_steps, succeeded
 from export import ExportError, __version__
 from export.convert import GraphStats, optimize, stamp_metadata, to_fp16, to_onnx
 from export.models import LoadedModel, load_model
-from export.verify import Case, CaseResult, failures, reference_cases, summarize, verify
+from export.verify import (
+    Case,
+    CaseResult,
+    check_sensitivity,
+    failures,
+    golden_rows,
+    reference_cases,
+    summarize,
+    verify,
+)
 
 
 @dataclass
@@ -39,6 +49,7 @@ class ExportJob:
     raw_stats: GraphStats | None = None
     optimized_stats: GraphStats | None = None
     cases: list[Case] = field(default_factory=list)
+    sensitivity: Sensitivity | None = None
     verification: dict[str, list[CaseResult]] = field(default_factory=dict)
     results: list[StepResult] = field(default_factory=list)
 
@@ -113,6 +124,7 @@ def step_optimize(job: ExportJob) -> str:
 def _verify(job: ExportJob, filename: str, precision: str) -> str:
     if not job.cases:
         job.cases = reference_cases(job.loaded.model, job.arch, job.loaded.preprocessing)
+        job.sensitivity = check_sensitivity(job.cases)  # before any comparison
     tolerance = job.arch.fp32 if precision == "fp32" else job.arch.fp16
     results = verify(job.staging / filename, job.cases, tolerance)
     job.verification[precision] = results
@@ -123,7 +135,11 @@ def _verify(job: ExportJob, filename: str, precision: str) -> str:
 
 
 def step_verify(job: ExportJob) -> str:
-    return _verify(job, MODEL_FILE, "fp32")
+    detail = _verify(job, MODEL_FILE, "fp32")
+    s = job.sensitivity
+    return (
+        f"{detail}; inputs told apart: {s.distinct_top1} top-1 over {s.inputs}, variation {s.variation:.2f}"
+    )
 
 
 def step_fp16(job: ExportJob) -> str:
@@ -136,13 +152,17 @@ def step_fp16(job: ExportJob) -> str:
 
 
 def golden_set(job: ExportJob) -> GoldenSet:
-    """The photos and the batch-2 random case: small, and covers real and synthetic inputs."""
-    chosen = [c for c in job.cases if c.name.startswith("photos/") or c.name == "random/batch=2"]
+    """Every photo and a few seeded inputs: real and synthetic, and enough to tell models apart."""
+    inputs, outputs, names = golden_rows(job.cases)
+    photos = {p.name: p for p in all_photos()}
+    rows = [i for i, n in enumerate(names) if n.startswith("photo:")]
     return GoldenSet(
         architecture=job.arch.name,
-        inputs=np.concatenate([c.inputs for c in chosen]),
-        outputs=np.concatenate([c.reference for c in chosen]),
-        case_names=[n for c in chosen for n in c.row_names],
+        inputs=inputs,
+        outputs=outputs,
+        case_names=names,
+        encoded=[photos[names[i].removeprefix("photo:")].read_bytes() for i in rows],
+        encoded_rows=rows,
         tolerances={
             "fp32": {"atol": job.arch.fp32.atol, "rtol": job.arch.fp32.rtol},
             "fp16": {"atol": job.arch.fp16.atol, "rtol": job.arch.fp16.rtol},
@@ -177,6 +197,7 @@ def report(job: ExportJob, results: list[StepResult]) -> dict:
             "after": job.optimized_stats.__dict__ if job.optimized_stats else None,
         },
         "verification": {p: [r.to_dict() for r in rs] for p, rs in job.verification.items()},
+        "sensitivity": job.sensitivity.to_dict() if job.sensitivity else None,
         "steps": [r.to_dict() for r in results],
         "versions": {
             "torch": torch.__version__,
@@ -205,8 +226,13 @@ EXPORT_STEPS: list[Step[ExportJob]] = [
 ]
 
 
-def run_export(job: ExportJob, *, on_start=lambda step: None, debug: bool = False) -> list[StepResult]:
-    """Run the pipeline; on any failure nothing is left in the output directory for this model."""
+def run_export(
+    job: ExportJob, *, on_start=lambda step: None, debug: bool = False, keep_cases: bool = False
+) -> list[StepResult]:
+    """Run the pipeline; on any failure nothing is left in the output directory for this model.
+
+    `keep_cases` keeps the verification inputs and PyTorch's outputs on the job (tests reuse them).
+    """
     try:
         return run_steps(EXPORT_STEPS, job, on_start=on_start, on_finish=job.results.append, debug=debug)
     finally:
@@ -216,4 +242,5 @@ def run_export(job: ExportJob, *, on_start=lambda step: None, debug: bool = Fals
         if job.loaded is not None:
             job.loaded.model = None
         job.raw = None
-        job.cases = []
+        if not keep_cases:
+            job.cases = []

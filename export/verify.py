@@ -1,4 +1,8 @@
-"""Verify an ONNX file against PyTorch: several batch sizes, random inputs and real photos."""
+"""Verify an ONNX file against PyTorch: several batch sizes, random inputs and real photos.
+
+Before any comparison, the reference must be able to tell inputs apart (see
+cnn_deploy_core.metrics.sensitivity): otherwise a wrong export would pass too.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,15 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from cnn_deploy_core.images import sample_photos
+from cnn_deploy_core.images import all_photos
 from cnn_deploy_core.layout import INPUT_NAME
-from cnn_deploy_core.metrics import Comparison, compare
+from cnn_deploy_core.metrics import Comparison, Sensitivity, compare, sensitivity
 from cnn_deploy_core.preprocess import Preprocessing, preprocess_files
 from cnn_deploy_core.registry import Architecture, Tolerance
+from export import ExportError
 
 INPUT_SEED = 1234
+GOLDEN_SEEDED_ROWS = 5  # seeded random inputs kept in the golden set, beside every photo
 
 
 @dataclass
@@ -43,7 +49,7 @@ def batch_sizes(arch: Architecture) -> list[int]:
 def reference_cases(
     model: torch.nn.Module, arch: Architecture, preprocessing: Preprocessing, *, seed: int = INPUT_SEED
 ) -> list[Case]:
-    """Seeded random inputs at batch 1, 2 and max, plus the sample photos as one batch."""
+    """Seeded random inputs at batch 1, 2 and max, plus every sample photo as one batch."""
     rng = np.random.default_rng(seed)
     cases = []
     with torch.no_grad():
@@ -51,11 +57,33 @@ def reference_cases(
             x = rng.standard_normal((bs, *arch.input_shape), dtype=np.float32)
             y = model(torch.from_numpy(x)).numpy()
             cases.append(Case(f"random/batch={bs}", x, y, [f"random-{i}" for i in range(bs)]))
-        photos = sample_photos()
+        photos = all_photos()
         x = preprocess_files(photos, preprocessing)
         y = model(torch.from_numpy(x)).numpy()
         cases.append(Case(f"photos/batch={len(photos)}", x, y, [f"photo:{p.name}" for p in photos]))
     return cases
+
+
+def golden_rows(cases: list[Case]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(inputs, reference outputs, row names) of the golden set: every photo, and the first
+    seeded rows of the largest random batch."""
+    photos = next(c for c in cases if c.name.startswith("photos/"))
+    largest = max((c for c in cases if c.name.startswith("random/")), key=lambda c: len(c.inputs))
+    n = min(GOLDEN_SEEDED_ROWS, len(largest.inputs))
+    return (
+        np.concatenate([photos.inputs, largest.inputs[:n]]),
+        np.concatenate([photos.reference, largest.reference[:n]]),
+        photos.row_names + largest.row_names[:n],
+    )
+
+
+def check_sensitivity(cases: list[Case]) -> Sensitivity:
+    """The guard: the golden inputs' reference outputs must differ enough to catch a wrong model."""
+    _, outputs, _ = golden_rows(cases)
+    result = sensitivity(outputs)
+    if not result.passed:
+        raise ExportError(f"verification cannot detect errors for this model: {result.describe()}")
+    return result
 
 
 def session(path: str | Path, *, threads: int = 0) -> ort.InferenceSession:
@@ -95,3 +123,14 @@ def failures(results: list[CaseResult]) -> list[str]:
         if not c.top5_consistent:
             out.append(f"{r.case}: top-5 labels differ ({c.top5_agreement:.0%} agreement)")
     return out
+
+
+def measure_sensitivity(
+    arch: Architecture, weights: str, *, seed: int = 0, calibrate: bool = True
+) -> Sensitivity:
+    """The guard's figures for one architecture and weights, on the golden inputs (no export)."""
+    from export.models import load_model
+
+    loaded = load_model(arch, weights, seed=seed, calibrate=calibrate)
+    _, outputs, _ = golden_rows(reference_cases(loaded.model, arch, loaded.preprocessing))
+    return sensitivity(outputs)

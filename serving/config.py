@@ -52,6 +52,24 @@ class TensorRTAccelerator:
 
 
 @dataclass(frozen=True)
+class EnsembleStep:
+    """One model of an ensemble: its inputs and outputs mapped to the ensemble's tensors."""
+
+    model: str
+    input_map: dict[str, str]  # the step model's input name -> ensemble tensor
+    output_map: dict[str, str]  # the step model's output name -> ensemble tensor
+
+    def to_dict(self) -> dict:
+        # version -1: the step model's default version, so a rollback of the model carries over.
+        return {
+            "model_name": self.model,
+            "model_version": -1,
+            "input_map": dict(self.input_map),
+            "output_map": dict(self.output_map),
+        }
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: str
     inputs: tuple[Tensor, ...]
@@ -68,8 +86,10 @@ class ModelConfig:
     # Empty: Triton's default, the latest one.
     versions: tuple[int, ...] = ()
     warmup_batch_sizes: tuple[int, ...] = (1,)
+    preferred_batch_sizes: tuple[int, ...] = ()
     accelerator: TensorRTAccelerator | None = None
     parameters: dict[str, str] = field(default_factory=dict)
+    ensemble_steps: tuple[EnsembleStep, ...] = ()  # with platform "ensemble"
 
     def __post_init__(self) -> None:
         if (self.backend is None) == (self.platform is None):
@@ -78,9 +98,16 @@ class ModelConfig:
             raise ServingError(f"{self.name}: max_batch_size must be >= 1")
         if self.instance_count < 1:
             raise ServingError(f"{self.name}: instance count must be >= 1")
-        bad = [b for b in self.warmup_batch_sizes if not 1 <= b <= self.max_batch_size]
-        if bad:
-            raise ServingError(f"{self.name}: warmup batch sizes {bad} outside 1..{self.max_batch_size}")
+        for label, sizes in (("warmup", self.warmup_batch_sizes), ("preferred", self.preferred_batch_sizes)):
+            bad = [b for b in sizes if not 1 <= b <= self.max_batch_size]
+            if bad:
+                raise ServingError(f"{self.name}: {label} batch sizes {bad} outside 1..{self.max_batch_size}")
+        if (self.platform == "ensemble") != bool(self.ensemble_steps):
+            raise ServingError(f"{self.name}: an ensemble needs steps, and only an ensemble has them")
+
+    @property
+    def is_ensemble(self) -> bool:
+        return self.platform == "ensemble"
 
     def to_dict(self) -> dict:
         """Built section by section, as pytriton does, in Triton's JSON field names."""
@@ -93,14 +120,23 @@ class ModelConfig:
             out["version_policy"] = {"specific": {"versions": sorted(self.versions)}}
         out["input"] = [t.to_dict() for t in self.inputs]
         out["output"] = [t.to_dict() for t in self.outputs]
+        if self.is_ensemble:  # the scheduler runs the steps; they batch, instance and warm up
+            out["ensemble_scheduling"] = {"step": [step.to_dict() for step in self.ensemble_steps]}
+            if self.parameters:
+                out["parameters"] = {k: {"string_value": v} for k, v in sorted(self.parameters.items())}
+            return out
         out["instance_group"] = [{"kind": self.instance_kind, "count": self.instance_count}]
-        # A queue delay rather than preferred_batch_size: it adapts to the load (DESIGN.md).
+        # A queue delay rather than preferred_batch_size by default: it adapts to the load
+        # (DESIGN.md); the tuner may add preferred sizes where it measured them to help.
         out["dynamic_batching"] = {"max_queue_delay_microseconds": self.queue_delay_us}
+        if self.preferred_batch_sizes:
+            out["dynamic_batching"]["preferred_batch_size"] = list(self.preferred_batch_sizes)
         if self.default_model_filename:
             out["default_model_filename"] = self.default_model_filename
         if self.accelerator:
             out["optimization"] = {"execution_accelerators": self.accelerator.to_dict()}
-        out["model_warmup"] = [self._warmup(b) for b in self.warmup_batch_sizes]
+        if self.warmup_batch_sizes:
+            out["model_warmup"] = [self._warmup(b) for b in self.warmup_batch_sizes]
         if self.parameters:
             out["parameters"] = {k: {"string_value": v} for k, v in sorted(self.parameters.items())}
         return out

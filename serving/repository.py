@@ -9,6 +9,8 @@ Layout, per model (Triton's `--model-config-name` picks the config):
     <repo>/<name>/<v>/                model.onnx, model.fp16.onnx, golden.npz, export.json, labels.txt
     <repo>/<name>_trt/...             with tensorrt=True: a tensorrt_plan model whose
                                       plans serving/engines.py builds in the Triton image
+    <repo>/<name>_image/              an ensemble: encoded image bytes -> preprocessing -> <name>
+    <repo>/preprocess_<spec>/         the preprocessing model (Python backend) for one spec
 
 Every version directory describes itself (its export.json and labels.txt). Triton keeps one config
 and one label file per model, so a config serves several versions only when they agree on labels,
@@ -26,11 +28,15 @@ from pathlib import Path
 
 from rich.console import Console
 
+import cnn_deploy_core as core_package
+from cnn_deploy_core import preprocess as core_preprocess
 from cnn_deploy_core.fsutil import atomic_write_bytes, atomic_write_text, discard, sha256_file
 from cnn_deploy_core.layout import (
     FP16_FILE,
     GOLDEN_FILE,
     IDENTITY_MODEL,
+    IMAGE_INPUT,
+    IMAGE_SUFFIX,
     INPUT_NAME,
     LABELS_FILE,
     MODEL_FILE,
@@ -40,11 +46,16 @@ from cnn_deploy_core.layout import (
     TRT_SUFFIX,
     VERSION_FILES,
 )
+from cnn_deploy_core.preprocess import MAX_PIXELS, Preprocessing
 from cnn_deploy_core.registry import Architecture
 from serving import ServingError
-from serving.config import CPU, GPU, ModelConfig, Tensor, TensorRTAccelerator, export_parameters
+from serving.config import CPU, GPU, EnsembleStep, ModelConfig, Tensor, TensorRTAccelerator, export_parameters
 
 TRT_CACHE_ROOT = "/trt-cache"  # a writable volume in docker-compose.yml
+PREPROCESS_TEMPLATE = Path(__file__).parent / "models" / "preprocess.py"
+PREPROCESS_MAX_BATCH = 64  # the registry's largest max_batch_size: one preprocessing model serves all
+PREPROCESS_INSTANCES = 1  # CPU processes decoding images (in the gpu config too: no GPU decoder here)
+
 SERVED_VERSIONS = 2  # the latest and, when compatible, the one before it (for rollback by version)
 DEFAULT_KEEP = 3  # version directories kept on disk by `serving repo` (served ones always stay)
 STATE_FILE = "serving.json"
@@ -319,7 +330,83 @@ def write_configs(arch: Architecture, model_dir: Path, state: ModelState) -> lis
         gpu_path.unlink(missing_ok=True)
     if state.tensorrt:
         _place_trt(arch, served, model_dir.parent)
+    _place_image_pipeline(arch, served[0], model_dir.parent)
     return served
+
+
+def preprocess_model_name(preprocessing: dict) -> str:
+    """One preprocessing model per distinct spec, named after it: preprocess_256_224_bilinear."""
+    spec = Preprocessing.from_dict(preprocessing)
+    name = f"preprocess_{spec.resize}_{spec.crop}_{spec.interpolation}"
+    if (spec.mean, spec.std) != (Preprocessing().mean, Preprocessing().std):
+        digest = hashlib.sha256(json.dumps([spec.mean, spec.std]).encode()).hexdigest()[:8]
+        name += f"_{digest}"
+    return name
+
+
+def preprocess_config(name: str, preprocessing: dict, input_shape: tuple[int, ...]) -> ModelConfig:
+    return ModelConfig(
+        name=name,
+        backend="python",
+        inputs=(Tensor(IMAGE_INPUT, (1,), data_type="TYPE_STRING"),),
+        outputs=(Tensor(INPUT_NAME, input_shape),),
+        max_batch_size=PREPROCESS_MAX_BATCH,
+        instance_kind="KIND_CPU",
+        instance_count=PREPROCESS_INSTANCES,
+        queue_delay_us=500,
+        warmup_batch_sizes=(),  # Triton's random warmup bytes are not an image
+        parameters=export_parameters(
+            {"preprocessing": preprocessing, "max_pixels": str(MAX_PIXELS), "role": "preprocessing"}
+        ),
+    )
+
+
+def image_config(arch: Architecture, preprocess: str, default: Version) -> ModelConfig:
+    """`<name>_image`: encoded image bytes -> the preprocessing model -> the model's logits."""
+    return ModelConfig(
+        name=arch.name + IMAGE_SUFFIX,
+        platform="ensemble",
+        inputs=(Tensor(IMAGE_INPUT, (1,), data_type="TYPE_STRING"),),
+        outputs=(Tensor(OUTPUT_NAME, (arch.num_classes,), label_filename=LABELS_FILE),),
+        max_batch_size=arch.max_batch_size,
+        warmup_batch_sizes=(),
+        ensemble_steps=(
+            EnsembleStep(preprocess, {IMAGE_INPUT: IMAGE_INPUT}, {INPUT_NAME: "preprocessed"}),
+            EnsembleStep(arch.name, {INPUT_NAME: "preprocessed"}, {OUTPUT_NAME: OUTPUT_NAME}),
+        ),
+        parameters=export_parameters(
+            {
+                "architecture": arch.name,
+                "preprocessing": default.report["preprocessing"],
+                "tensor_model": arch.name,
+                "preprocess_model": preprocess,
+            }
+        ),
+    )
+
+
+def _place_image_pipeline(arch: Architecture, default: Version, repository: Path) -> None:
+    """The preprocessing model of this export's spec (shared by every model with that spec) and
+    the `<name>_image` ensemble in front of the tensor model; the same in the cpu and gpu configs."""
+    preprocessing = default.report["preprocessing"]
+    name = preprocess_model_name(preprocessing)
+    pre_dir = repository / name
+    pre_text = preprocess_config(name, preprocessing, arch.input_shape).to_pbtxt()
+    code = {
+        "model.py": PREPROCESS_TEMPLATE.read_bytes(),
+        # The clients' own preprocessing code, vendored: bit-identical tensors on any server.
+        "cnn_deploy_core/__init__.py": Path(core_package.__file__).read_bytes(),
+        "cnn_deploy_core/preprocess.py": Path(core_preprocess.__file__).read_bytes(),
+    }
+    for relative, data in code.items():
+        atomic_write_bytes(pre_dir / "1" / relative, data)
+    ens_dir = repository / (arch.name + IMAGE_SUFFIX)
+    ens_text = image_config(arch, name, default).to_pbtxt()
+    (ens_dir / "1").mkdir(parents=True, exist_ok=True)  # Triton wants a version directory, even empty
+    atomic_write_bytes(ens_dir / LABELS_FILE, (repository / arch.name / LABELS_FILE).read_bytes())
+    for config in (CPU, GPU):
+        atomic_write_text(pre_dir / "configs" / f"{config}.pbtxt", pre_text)
+        atomic_write_text(ens_dir / "configs" / f"{config}.pbtxt", ens_text)
 
 
 def place_model(

@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 # Small architectures the CI exports and serves; `-m slow` covers the whole registry.
-CI_ARCHS = ("alexnet", "resnet18")
+CI_ARCHS = ("alexnet", "resnet18", "googlenet")
 CORRUPT_MODEL = "broken_resnet18"
 
 

@@ -11,10 +11,14 @@ import pytest
 import torch
 
 from cnn_deploy_core.golden import GoldenSet
+from cnn_deploy_core.images import all_photos
+from cnn_deploy_core.metrics import sensitivity
 from cnn_deploy_core.registry import Tolerance, get
 from cnn_deploy_core.steps import Status
+from export.models import load_model, preprocessing_for
 from export.pipeline import ExportJob, run_export
-from export.verify import session
+from export.random_init import data_dependent_init
+from export.verify import GOLDEN_SEEDED_ROWS, session
 from tests.conftest import CI_ARCHS, run_cli
 
 
@@ -67,8 +71,6 @@ def test_export_records_weights_source_in_model_metadata(models_dir):
 
 def test_onnx_matches_pytorch_at_an_unverified_batch_size(models_dir):
     """Dynamic batch for real: batch 5 was never an example or a verified size."""
-    from export.models import load_model
-
     model = load_model(get("resnet18"), "random").model
     x = np.random.default_rng(5).standard_normal((5, 3, 224, 224), dtype=np.float32)
     with torch.no_grad():
@@ -77,12 +79,45 @@ def test_onnx_matches_pytorch_at_an_unverified_batch_size(models_dir):
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
-def test_golden_set_holds_photos_and_random_inputs_with_tolerances(models_dir):
+def test_golden_set_holds_every_photo_and_seeded_inputs_with_tolerances(models_dir):
     golden = GoldenSet.load(models_dir / "alexnet" / "golden.npz")
-    assert golden.inputs.shape == (6, 3, 224, 224) and golden.outputs.shape == (6, 1000)
-    assert sum(n.startswith("photo:") for n in golden.case_names) == 4
+    photos = [n for n in golden.case_names if n.startswith("photo:")]
+    assert len(photos) == len(all_photos()) and len(golden.case_names) == len(photos) + GOLDEN_SEEDED_ROWS
+    assert golden.inputs.shape == (len(golden.case_names), 3, 224, 224)
     assert set(golden.tolerances) == {"fp32", "fp16"}
     assert golden.meta["weights_source"] == "random(seed=0)"
+
+
+@pytest.mark.parametrize("name", CI_ARCHS)
+def test_random_weights_tell_the_golden_inputs_apart(models_dir, name):
+    """The guard's figures, recomputed from the golden set the clients verify against."""
+    golden = GoldenSet.load(models_dir / name / "golden.npz")
+    guard = sensitivity(golden.outputs)
+    assert guard.passed, guard.describe()
+    report = json.loads((models_dir / name / "export.json").read_text())
+    assert report["sensitivity"]["distinct_top1"] == guard.distinct_top1
+    init = json.loads(report["metadata"]["random_init"])
+    assert init["seed"] == 0 and "centred-unit-logits" in init["steps"]
+    assert report["weights_source"] == "random(seed=0)"  # still clearly random
+
+
+def test_guard_fails_an_export_whose_output_ignores_its_input(tmp_path):
+    """torchvision's own GoogLeNet init as a checkpoint: its output does not depend on the input."""
+    import torchvision
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "googlenet-torchvision-init.pth"
+    torch.save(
+        torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=True).state_dict(), ckpt
+    )
+    job = ExportJob(get("googlenet"), tmp_path / "out", weights=str(ckpt), fp16=False)
+    (tmp_path / "out").mkdir()
+    run_export(job)
+    assert not job.succeeded and job.error.startswith(
+        "verify: verification cannot detect errors for this model"
+    )
+    assert "distinct top-1" in job.error and "variation" in job.error
+    assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_failed_verification_leaves_no_model_behind(tmp_path):
@@ -96,11 +131,8 @@ def test_failed_verification_leaves_no_model_behind(tmp_path):
 
 
 def test_checkpoint_export_records_its_source(tmp_path):
-    import torchvision
-
-    torch.manual_seed(7)
-    ckpt = tmp_path / "resnet18-finetuned.pth"
-    torch.save({"state_dict": torchvision.models.resnet18().state_dict()}, ckpt)
+    ckpt = tmp_path / "resnet18-finetuned.pth"  # weights that respond to their input, like trained ones
+    torch.save({"state_dict": load_model(get("resnet18"), "random", seed=7).model.state_dict()}, ckpt)
     job = ExportJob(get("resnet18"), tmp_path / "out", weights=str(ckpt), fp16=False)
     (tmp_path / "out").mkdir()
     run_export(job)
@@ -218,7 +250,8 @@ def test_imagenet_weights_from_the_torch_hub_cache_export_googlenet_without_aux_
     cache = tmp_path / "torch" / "hub" / "checkpoints"
     cache.mkdir(parents=True)
     torch.manual_seed(3)
-    published = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=False)
+    published = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True)
+    data_dependent_init(published, preprocessing_for(get("googlenet")), seed=3)  # so the guard passes
     torch.save(published.state_dict(), cache / weights.url.rsplit("/", 1)[-1])
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
 

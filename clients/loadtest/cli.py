@@ -20,7 +20,7 @@ from rich.text import Text
 
 from clients import ClientError
 from clients.client import DEFAULT_URL
-from clients.loadtest.config import ARRIVALS, LoadTestConfig, Slo, default
+from clients.loadtest.config import ARRIVALS, INPUTS, SHARED_MEMORY, LoadTestConfig, Slo, default
 from clients.loadtest.report import summary_lines, summary_table, to_json, write_reports
 from clients.loadtest.runner import Progress, run_loadtest
 from cnn_deploy_core import CnnDeployError, paths
@@ -147,6 +147,31 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         default=default("seed"),
         help="seed for Poisson arrivals, sampling and random inputs",
     )
+    p.add_argument(
+        "--input",
+        choices=INPUTS,
+        default=default("input"),
+        help="tensor: preprocessed float tensors to MODEL; image: the encoded photos (JPEG/PNG) to "
+        "MODEL_image, preprocessed by the server (default %(default)s)",
+    )
+    p.add_argument(
+        "--shared-memory",
+        choices=SHARED_MEMORY,
+        default=default("shared_memory"),
+        help="system: tensors through system shared memory, for a server on this host (gRPC; needs the "
+        "admin key) (default %(default)s)",
+    )
+    p.add_argument(
+        "--admin-key",
+        default=None,
+        help="Triton's admin key, for --shared-memory (default: $TRITON_ADMIN_KEY, else the local server's)",
+    )
+    p.add_argument(
+        "--min-samples",
+        type=int,
+        default=default("min_samples"),
+        help="answers each step's percentiles rest on, at least, time allowing (default %(default)s)",
+    )
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -185,6 +210,10 @@ def config_from_args(args: argparse.Namespace) -> tuple[LoadTestConfig, Slo]:
         golden=args.golden,
         timeout=args.timeout,
         seed=args.seed,
+        input=args.input,
+        shared_memory=args.shared_memory,
+        admin_key=args.admin_key,
+        min_samples=args.min_samples,
     )
     slo = Slo(p99_ms=args.p99_ms, max_error_rate=args.max_error_rate, max_wrong=args.max_wrong)
     return config, slo

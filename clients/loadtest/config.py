@@ -13,6 +13,8 @@ from clients.client import parse_url
 
 MODES = ("concurrency", "rate")
 ARRIVALS = ("constant", "poisson")
+INPUTS = ("tensor", "image")  # image: encoded photos to <model>_image, preprocessed by the server
+SHARED_MEMORY = ("none", "system")
 STABLE_WINDOWS = 3  # perf_analyzer's rule: the last 3 windows must agree
 
 
@@ -35,6 +37,10 @@ class LoadTestConfig:
     golden: Path | None = None  # overrides <repository>/<model>/<version>/golden.npz
     timeout: float = 30.0  # per request, seconds
     seed: int = 0
+    input: str = "tensor"
+    shared_memory: str = "none"  # system: inputs and outputs through system shared memory (gRPC)
+    admin_key: str | None = None  # registering shared memory is an admin API
+    min_samples: int = 200  # latency samples a step's percentiles rest on, at least (time allowing)
 
     def __post_init__(self) -> None:
         parse_url(self.url)  # raises ClientError for a bad URL
@@ -67,6 +73,14 @@ class LoadTestConfig:
             raise LoadTestError(f"--max-outstanding must be >= 1, got {self.max_outstanding}")
         if not 0 <= self.verify_fraction <= 1:
             raise LoadTestError(f"--verify-fraction must be in [0, 1], got {self.verify_fraction}")
+        if self.input not in INPUTS:
+            raise LoadTestError(f"--input must be one of {', '.join(INPUTS)}, got {self.input!r}")
+        if self.shared_memory not in SHARED_MEMORY:
+            raise LoadTestError(f"--shared-memory must be one of {', '.join(SHARED_MEMORY)}")
+        if self.shared_memory == "system" and self.protocol != "grpc":
+            raise LoadTestError("--shared-memory system needs a grpc:// URL")
+        if self.min_samples < 1:
+            raise LoadTestError(f"--min-samples must be >= 1, got {self.min_samples}")
 
     @property
     def protocol(self) -> str:

@@ -142,12 +142,16 @@ class StepResult:
     inferences: int  # responses × batch size
     inferences_per_s: float
     requests_per_s: float
-    latency_ms: Latency | None
+    latency_ms: Latency | None  # response time: from the scheduled send in rate mode
+    service_ms: Latency | None  # service time: from the actual send (the same in concurrency mode)
+    samples: int  # answers the percentiles rest on
     errors: dict[str, int]
     error_rate: float
     verified: int
     wrong: int
     server: ServerBreakdown | None
+    generator_cpu_ms_per_request: float | None  # the generator process's CPU time, the whole step
+    verifier_cpu_ms_per_request: float | None  # the verifier process's, per checked answer
     window_log: list[dict]  # every window's throughput and p99, to see how it settled
     offered_rate: float | None = None  # rate mode
     achieved_rate: float | None = None  # rate mode: requests sent per second
@@ -204,6 +208,7 @@ CSV_COLUMNS = (
     "label",
     "stable",
     "windows",
+    "samples",
     "requests",
     "inferences_per_s",
     "requests_per_s",
@@ -226,6 +231,10 @@ CSV_COLUMNS = (
     "achieved_rate",
     "schedule_lag_p99_ms",
     "capped",
+    "service_p50_ms",
+    "service_p99_ms",
+    "generator_cpu_ms_per_request",
+    "verifier_cpu_ms_per_request",
 )
 
 
@@ -258,6 +267,8 @@ def csv_row(step: dict) -> dict:
     row["errors"] = sum(step["errors"].values())
     row["error_kinds"] = ";".join(f"{k}={v}" for k, v in sorted(step["errors"].items()))
     row["schedule_lag_p99_ms"] = lag.get("p99")
+    service = step.get("service_ms") or {}
+    row["service_p50_ms"], row["service_p99_ms"] = service.get("p50"), service.get("p99")
     return row
 
 
@@ -331,8 +342,8 @@ def summary_table(report: dict) -> Table:
     table = Table(
         title=f"load test: {report['model']} v{report['version']} ({report['protocol']}, "
         f"batch {report['batch_size']})",
-        caption="latency: ms at the client; srv: Triton's statistics, ms per request and "
-        "inferences per execution",
+        caption="latency: ms at the client, from the scheduled send in rate mode (svc: from the actual "
+        "send); srv: Triton's statistics, ms per request and inferences per execution",
     )
     columns = [
         "load",
@@ -344,6 +355,8 @@ def summary_table(report: dict) -> Table:
         "p90",
         "p99",
         "max",
+        *(["svc\np50", "svc\np99"] if rate else []),
+        "sam-\nples",
         "errors",
         "veri-\nfied",
         "wrong",
@@ -361,8 +374,11 @@ def summary_table(report: dict) -> Table:
             cells.append(f"{s['requests_per_s']:.1f}")
         if rate:
             cells += [f"{s['achieved_rate']:.1f}", _ms((s["schedule_lag_ms"] or {}).get("p99"))]
+        service = s.get("service_ms") or {}
         cells += [
             *(_ms(lat.get(k)) for k in ("p50", "p90", "p99", "max")),
+            *([_ms(service.get("p50")), _ms(service.get("p99"))] if rate else []),
+            str(s.get("samples", "-")),
             f"[red]{errors}[/]" if errors else "0",
             str(s["verified"]),
             f"[red]{s['wrong']}[/]" if s["wrong"] else "0",
@@ -404,6 +420,13 @@ def summary_lines(report: dict) -> list[str]:
             lines.append(f"errors at {s['label']}: {error_kinds(s['errors'])}")
         if s.get("kept_up") is False:
             lines.append(_behind(s, report["settings"]["max_outstanding"]))
+    generator = report.get("generator") or {}
+    if generator.get("cpu_ms_per_request") is not None:
+        request_kb = (generator.get("request_bytes") or 0) / 1024
+        lines.append(
+            f"generator: {generator.get('transport')}; "
+            f"{generator['cpu_ms_per_request']:.3f} ms CPU and {request_kb:,.1f} KB per request"
+        )
     capacity = report.get("generator_capacity")
     if capacity:
         line = (

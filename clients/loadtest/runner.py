@@ -1,10 +1,19 @@
-"""Load generator for a served model: concurrency sweeps (closed loop) and request rates (open loop).
+"""The load generator's measurement: concurrency sweeps (closed loop) and request rates (open loop).
 
-Modelled on Triton's perf_analyzer: a warm-up, then measurement windows repeated until the last
-three agree (throughput and p99 within `stability` of their mean); a step's result is those three
-windows merged. One asyncio loop and one shared AsyncTritonClient keep every request in flight, so
-the generator is cheap; `self_test` measures its capacity against the `identity` model. Answers
-are checked against the golden set and wrong answers are counted apart from errors.
+Modelled on Triton's perf_analyzer, with its known pitfalls avoided:
+- **No coordinated omission.** In rate mode every request has a scheduled send time; its
+  *response time* runs from that schedule, its *service time* from the moment it really left,
+  and the difference (the schedule slip) is reported. When the server falls behind, requests wait
+  for a free slot (`max_outstanding`) and the response times grow with the backlog, as a user's
+  would. SLOs are judged on response time.
+- **Stable, well-founded percentiles.** After a warm-up, measurement windows repeat until the
+  last three agree on throughput and median latency (robust, unlike p99); the result merges the
+  trailing windows that agree, and keeps measuring until the percentiles rest on `min_samples`
+  answers (time allowing). Each step reports how many samples its percentiles rest on.
+- **Every answer checked, off the timing path.** The loop hands each answer's bytes to a verifier
+  process (see verifier.py); its counts are read when the step is over.
+- **A cheap generator.** Prebuilt requests (transport.py), optionally through shared memory; the
+  generator's and the verifier's CPU time per request are measured and reported.
 
     report = run_loadtest(LoadTestConfig(url="grpc://localhost:8001", model="resnet18"))
 """
@@ -12,12 +21,11 @@ are checked against the golden set and wrong answers are counted apart from erro
 from __future__ import annotations
 
 import asyncio
-import itertools
 import math
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from clients import BadInputError, ClientError, LoadTestError
-from clients.client import AsyncTritonClient
+from clients.client import AsyncTritonClient, parse_url
 from clients.loadtest.config import STABLE_WINDOWS, LoadTestConfig, Slo
 from clients.loadtest.report import (
     Latency,
@@ -37,15 +45,14 @@ from clients.loadtest.report import (
     evaluate,
     flatten_statistics,
 )
-from clients.loadtest.workload import Workload, build_workload
+from clients.loadtest.transport import GrpcTransport, HttpTransport, Payloads
+from clients.loadtest.verifier import InlineVerifier, ProcessVerifier
+from clients.loadtest.workload import Workload, build_workload, image_model
+from cnn_deploy_core import paths
 from cnn_deploy_core.layout import IDENTITY_MODEL
 
 TICK_S = 0.25  # progress refresh while a window runs
 SELF_TEST_CONCURRENCY = (1, 4, 16)  # for --self-test after a rate sweep
-
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None  # JSON has no inf
 
 
 @dataclass
@@ -54,13 +61,12 @@ class _Window:
 
     start: float
     end: float = 0.0
-    latencies: list[float] = field(default_factory=list)  # seconds, successful requests
+    response: list[float] = field(default_factory=list)  # seconds: from scheduled (or actual) send
+    service: list[float] = field(default_factory=list)  # seconds: from the actual send
     errors: Counter = field(default_factory=Counter)
-    verified: int = 0
-    wrong: int = 0
     sent: int = 0
     lags: list[float] = field(default_factory=list)  # rate mode: actual send - scheduled send
-    capped: int = 0  # rate mode: sends that waited for the outstanding cap
+    capped: int = 0  # rate mode: sends that waited for a free slot
     stats_start: dict[str, int] | None = None
     stats_end: dict[str, int] | None = None
 
@@ -68,8 +74,15 @@ class _Window:
     def duration(self) -> float:
         return self.end - self.start
 
+    @property
+    def throughput(self) -> float:
+        return len(self.response) / self.duration if self.duration > 0 else 0.0
+
+    def p50(self) -> float:
+        return float(np.median(self.response)) if self.response else math.inf
+
     def p99(self) -> float:
-        return float(np.percentile(self.latencies, 99)) * 1e3 if self.latencies else math.inf
+        return float(np.percentile(self.response, 99)) * 1e3 if self.response else math.inf
 
 
 @dataclass(frozen=True)
@@ -87,28 +100,50 @@ class Progress:
 
 
 ProgressFn = Callable[[Progress], None]
+StatsFn = Callable[[], Awaitable[dict[str, int] | None]]
+
+
+def agreeing_suffix(windows: list[_Window], stability: float) -> int:
+    """How many trailing windows agree (throughput and median latency within `stability` of their
+    means): 0 when fewer than STABLE_WINDOWS do."""
+    best = 0
+    for k in range(STABLE_WINDOWS, len(windows) + 1):
+        tail = windows[-k:]
+        for values in ([w.throughput for w in tail], [w.p50() for w in tail]):
+            mean = sum(values) / len(values)
+            if not 0 < mean < math.inf or any(abs(v - mean) > stability * mean for v in values):
+                return best
+        best = k
+    return best
 
 
 class _Sweep:
-    """Runs the steps of one sweep against one model with one shared client."""
+    """Runs the steps of one sweep against one model through one transport."""
 
     def __init__(
         self,
-        client: AsyncTritonClient,
+        transport,
+        verifier,
         config: LoadTestConfig,
         workload: Workload,
-        version: str,
+        stats: StatsFn,
         progress: ProgressFn | None,
+        *,
+        version: str,
+        request_bytes: list[int],
     ):
-        self.client, self.config, self.workload, self.version = client, config, workload, version
-        self.progress = progress or (lambda _: None)
+        self.transport, self.verifier, self.config, self.workload = transport, verifier, config, workload
+        self.stats, self.progress = stats, progress or (lambda _: None)
+        self.version, self.request_bytes = version, request_bytes
+        self.verifier_cpu = 0.0
         self.totals = Totals()
         self.window = _Window(start=time.perf_counter())
-        self.counter = itertools.count()
+        self.next_item = 0
         self.sample = random.Random(config.seed)
         self.stopping = False
         self.aborted: str | None = None
         self.steps: list[StepResult] = []
+        self.step_id = 0
 
     async def run(self) -> None:
         for number, level in enumerate(self.config.levels, 1):
@@ -116,69 +151,53 @@ class _Sweep:
             if self.aborted:
                 break
 
-    async def _one(self, index: int) -> None:
-        batch = self.workload.batch(index)
-        verify = self.workload.enabled and self.sample.random() < self.config.verify_fraction
-        start = time.perf_counter()
+    def _item(self) -> int:
+        item, self.next_item = self.next_item, self.next_item + 1
+        return item
+
+    async def _one(self, item: int, slot: int, scheduled: float | None = None) -> None:
+        sent = time.perf_counter()
         try:
-            output = await self.client.infer(self.config.model, batch, version=self.version, retry=False)
+            kind, data = await self.transport.send(item, slot)
         except ClientError as e:  # counted, not hidden: measurement runs without retries
             kind = type(e).__name__
             self.window.errors[kind] += 1
             self.totals.errors[kind] = self.totals.errors.get(kind, 0) + 1
             self.totals.requests += 1
             return
-        self.totals.requests += 1
+        done = time.perf_counter()
         window = self.window  # the window it completed in
-        window.latencies.append(time.perf_counter() - start)
-        if verify:
-            ok, max_abs_err = self.workload.verify(index, output)
-            window.verified += 1
-            self.totals.verified += 1
-            if not ok:
-                window.wrong += 1
-                self.totals.wrong += 1
-                if len(self.totals.wrong_examples) < 5:
-                    self.totals.wrong_examples.append(
-                        {
-                            "request": index,
-                            "rows": self.workload.rows(index),
-                            "max_abs_err": _finite(max_abs_err),
-                        }
-                    )
+        window.service.append(done - sent)
+        window.response.append(done - (sent if scheduled is None else scheduled))
+        self.totals.requests += 1
+        if self.verifier.enabled and self.sample.random() < self.config.verify_fraction:
+            self.verifier.submit(self.step_id, item, kind, data)
 
-    async def _closed_loop(self) -> None:
+    async def _closed_loop(self, slot: int) -> None:
         while not self.stopping:
             self.window.sent += 1
-            await self._one(next(self.counter))
+            await self._one(self._item(), slot)
 
     async def _open_loop(self, rate: float, in_flight: set[asyncio.Task]) -> None:
         rng = random.Random(self.config.seed)
-        slots = asyncio.Semaphore(self.config.max_outstanding)
+        free = asyncio.Queue()
+        for slot in range(self.config.max_outstanding):
+            free.put_nowait(slot)
         due = time.perf_counter()
         while not self.stopping:
             delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            else:
-                await asyncio.sleep(0)  # behind schedule: still let responses be handled
-            if slots.locked():
+            await asyncio.sleep(max(delay, 0))  # behind schedule: still let answers be handled
+            if free.empty():
                 self.window.capped += 1
-            await slots.acquire()
+            slot = await free.get()
             if self.stopping:
                 break
             self.window.lags.append(time.perf_counter() - due)
             self.window.sent += 1
-            task = asyncio.create_task(self._one(next(self.counter)))
+            task = asyncio.create_task(self._one(self._item(), slot, scheduled=due))
             in_flight.add(task)
-            task.add_done_callback(lambda t: (in_flight.discard(t), slots.release()))
+            task.add_done_callback(lambda t, s=slot: (in_flight.discard(t), free.put_nowait(s)))
             due += rng.expovariate(rate) if self.config.arrival == "poisson" else 1 / rate
-
-    async def _statistics(self) -> dict[str, int] | None:
-        try:
-            return flatten_statistics(await self.client.statistics(self.config.model, self.version))
-        except ClientError:
-            return None  # the breakdown is then missing; the client-side numbers still stand
 
     @staticmethod
     async def _wait(until: float, report: Callable[[str, int], None], phase: str, window: int) -> None:
@@ -189,13 +208,15 @@ class _Sweep:
     async def _step(self, number: int, level: float) -> StepResult:
         cfg = self.config
         label = cfg.label(level)
+        self.step_id = number
         started = time.perf_counter()
+        cpu_started = time.process_time()
+        requests_before = self.totals.requests
         self.stopping = False
         self.window = _Window(start=started)
-        drivers: set[asyncio.Task] = set()
         in_flight: set[asyncio.Task] = set()
         if cfg.mode == "concurrency":
-            drivers = {asyncio.create_task(self._closed_loop()) for _ in range(int(level))}
+            drivers = {asyncio.create_task(self._closed_loop(slot)) for slot in range(int(level))}
         else:
             drivers = {asyncio.create_task(self._open_loop(level, in_flight))}
 
@@ -212,32 +233,30 @@ class _Sweep:
                     phase,
                     window,
                     cfg.max_windows,
-                    len(w.latencies) * cfg.batch_size / elapsed,
+                    len(w.response) * cfg.batch_size / elapsed,
                     None if math.isinf(p99) else p99,
                 )
             )
 
         windows: list[_Window] = []
-        stable = False
+        used = 0
         try:
             await self._wait(started + cfg.warmup_s, report, "warm-up", 0)
-            stats = await self._statistics()
-            self.window = _Window(start=time.perf_counter(), stats_start=stats)
+            self.window = _Window(start=time.perf_counter(), stats_start=await self.stats())
             while len(windows) < cfg.max_windows:
                 current = self.window
                 await self._wait(current.start + cfg.window_s, report, "measure", len(windows) + 1)
                 # Windows are contiguous: the next one opens before the statistics call returns.
                 current.end = time.perf_counter()
                 self.window = _Window(start=current.end)
-                current.stats_end = self.window.stats_start = await self._statistics()
+                current.stats_end = self.window.stats_start = await self.stats()
                 windows.append(current)
                 self._check_drivers(drivers)
-                stable = self._stable(windows)
-                if (
-                    stable
-                    or self._hopeless(current, label)
-                    or time.perf_counter() + cfg.window_s > started + cfg.max_step_s
-                ):
+                used = agreeing_suffix(windows, cfg.stability)
+                enough = sum(len(w.response) for w in windows[-used:]) >= cfg.min_samples if used else False
+                if (used and enough) or self._hopeless(current, label):
+                    break
+                if time.perf_counter() + cfg.window_s > started + cfg.max_step_s:
                     break
         finally:
             self.stopping = True
@@ -245,8 +264,11 @@ class _Sweep:
                 for task in drivers:
                     task.cancel()
             await self._drain(drivers | in_flight)
-        result = self._result(level, label, windows, stable)
-        p99 = result.latency_ms.p99 if result.latency_ms else None
+        cpu = time.process_time() - cpu_started
+        counts = self.verifier.take(number)
+        result = self._result(
+            level, label, windows, used, counts, cpu, self.totals.requests - requests_before
+        )
         self.progress(
             Progress(
                 cfg.model,
@@ -257,7 +279,7 @@ class _Sweep:
                 len(windows),
                 cfg.max_windows,
                 result.inferences_per_s,
-                p99,
+                result.latency_ms.p99 if result.latency_ms else None,
                 result,
             )
         )
@@ -266,7 +288,7 @@ class _Sweep:
     def _hopeless(self, window: _Window, label: str) -> bool:
         """A window of nothing but errors ends the sweep: the next load level would only repeat them
         (a server shutting down answers "not ready", then nothing at all)."""
-        if window.latencies or not window.errors:
+        if window.response or not window.errors:
             return False
         self.aborted = (
             f"{label}: a whole window of errors and no answer ({error_kinds(window.errors)}); "
@@ -289,32 +311,28 @@ class _Sweep:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
-    def _stable(self, windows: list[_Window]) -> bool:
-        if len(windows) < STABLE_WINDOWS:
-            return False
-        last = windows[-STABLE_WINDOWS:]
-        for values in ([len(w.latencies) / w.duration for w in last], [w.p99() for w in last]):
-            mean = sum(values) / len(values)
-            if not 0 < mean < math.inf or any(abs(v - mean) > self.config.stability * mean for v in values):
-                return False
-        return True
-
-    def _result(self, level: float, label: str, windows: list[_Window], stable: bool) -> StepResult:
+    def _result(self, level, label, windows, used, counts, cpu_s, requests) -> StepResult:
         cfg = self.config
-        used = windows[-STABLE_WINDOWS:]
-        duration = sum(w.duration for w in used)
-        latencies = [x for w in used for x in w.latencies]
-        errors = sum((w.errors for w in used), Counter())
-        responses, failed = len(latencies), sum(errors.values())
+        stable = used >= STABLE_WINDOWS
+        chosen = windows[-used:] if stable else windows[-STABLE_WINDOWS:]
+        duration = sum(w.duration for w in chosen)
+        response = [x for w in chosen for x in w.response]
+        service = [x for w in chosen for x in w.service]
+        errors = sum((w.errors for w in chosen), Counter())
+        responses, failed = len(response), sum(errors.values())
         server = None
-        if used[0].stats_start is not None and used[-1].stats_end is not None:
-            server = ServerBreakdown.between(used[0].stats_start, used[-1].stats_end)
+        if chosen and chosen[0].stats_start is not None and chosen[-1].stats_end is not None:
+            server = ServerBreakdown.between(chosen[0].stats_start, chosen[-1].stats_end)
+        self.totals.verified += counts.verified
+        self.totals.wrong += counts.wrong
+        for example in counts.examples:
+            if len(self.totals.wrong_examples) < 5:
+                self.totals.wrong_examples.append(example)
         rate_fields = {}
         if cfg.mode == "rate":
-            lags = [x for w in used for x in w.lags]
-            lag = Latency.of(lags)
-            capped = sum(w.capped for w in used)
-            achieved = sum(w.sent for w in used) / duration
+            lag = Latency.of([x for w in chosen for x in w.lags])
+            capped = sum(w.capped for w in chosen)
+            achieved = sum(w.sent for w in chosen) / duration if duration else 0.0
             # Kept up when sends slipped by less than one mean arrival interval (5 ms at least: a
             # busy shared machine delays timers by that much without changing the offered load).
             kept_up = capped == 0 and lag is not None and lag.p99 <= max(5.0, 1e3 / level)
@@ -325,30 +343,38 @@ class _Sweep:
                 kept_up=kept_up,
                 schedule_lag_ms=None if lag is None else {"p50": lag.p50, "p99": lag.p99, "max": lag.max},
             )
+        verifier_cpu = counts.cpu_s - self.verifier_cpu if counts.cpu_s else 0.0
+        self.verifier_cpu = counts.cpu_s or self.verifier_cpu
         return StepResult(
             mode=cfg.mode,
             level=level,
             label=label,
             stable=stable,
-            windows=len(used),
+            windows=len(chosen),
             windows_run=len(windows),
             duration_s=duration,
             requests=responses + failed,
             responses=responses,
             inferences=responses * cfg.batch_size,
-            inferences_per_s=responses * cfg.batch_size / duration,
-            requests_per_s=responses / duration,
-            latency_ms=Latency.of(latencies),
+            inferences_per_s=responses * cfg.batch_size / duration if duration else 0.0,
+            requests_per_s=responses / duration if duration else 0.0,
+            latency_ms=Latency.of(response),
+            service_ms=Latency.of(service),
+            samples=responses,
             errors=dict(errors),
             error_rate=failed / (responses + failed) if responses + failed else 0.0,
-            verified=sum(w.verified for w in used),
-            wrong=sum(w.wrong for w in used),
+            verified=counts.verified,
+            wrong=counts.wrong,
             server=server,
+            generator_cpu_ms_per_request=cpu_s / requests * 1e3 if requests else None,
+            verifier_cpu_ms_per_request=verifier_cpu / counts.verified * 1e3 if counts.verified else None,
             window_log=[
                 {
                     "duration_s": w.duration,
-                    "inferences_per_s": len(w.latencies) * cfg.batch_size / w.duration,
+                    "inferences_per_s": w.throughput * cfg.batch_size,
+                    "p50_ms": None if math.isinf(w.p50()) else w.p50() * 1e3,
                     "p99_ms": None if math.isinf(w.p99()) else w.p99(),
+                    "samples": len(w.response),
                     "errors": sum(w.errors.values()),
                 }
                 for w in windows
@@ -357,7 +383,51 @@ class _Sweep:
         )
 
 
-async def _prepare(client: AsyncTritonClient, config: LoadTestConfig) -> tuple[Workload, str]:
+def _payloads(model: str, version: str, info, workload: Workload) -> Payloads:
+    return Payloads(
+        model=model,
+        version=version,
+        input_name=info.input_name,
+        datatype=info.input_datatype,
+        output_name=info.output_name,
+        output_shape=info.output_dims,
+        batches=workload.batches,
+    )
+
+
+def _admin_key(config: LoadTestConfig) -> str | None:
+    """--admin-key, else $TRITON_ADMIN_KEY, else the key of the local server at this URL."""
+    import json
+    import os
+
+    if config.admin_key or os.environ.get("TRITON_ADMIN_KEY"):
+        return config.admin_key or os.environ["TRITON_ADMIN_KEY"]
+    try:
+        state = json.loads((paths.state_dir() / "server.json").read_text())
+    except (OSError, ValueError):
+        return None
+    endpoint = parse_url(config.url)
+    mine = {parse_url(state.get("grpc_url", "grpc://x:1")), parse_url(state.get("http_url", "http://x:1"))}
+    return state.get("admin_key") if endpoint in mine else None
+
+
+def make_transport(config: LoadTestConfig, payloads: Payloads, slots: int):
+    endpoint = parse_url(config.url)
+    if endpoint.protocol == "grpc":
+        return GrpcTransport(
+            endpoint.address,
+            payloads,
+            slots=slots,
+            timeout=config.timeout,
+            shared_memory=config.shared_memory == "system",
+            admin_key=_admin_key(config) if config.shared_memory == "system" else None,
+            ssl=endpoint.ssl,
+        )
+    scheme = "https" if endpoint.ssl else "http"
+    return HttpTransport(f"{scheme}://{endpoint.address}", payloads, slots=slots, timeout=config.timeout)
+
+
+async def _prepare(client: AsyncTritonClient, config: LoadTestConfig) -> tuple[Workload, str, Payloads]:
     info = await client.model_info(config.model)  # ModelNotFoundError / ServerUnavailableError
     if info.max_batch_size < 1:
         raise LoadTestError(
@@ -371,28 +441,61 @@ async def _prepare(client: AsyncTritonClient, config: LoadTestConfig) -> tuple[W
         )
     if info.latest_version is None:
         raise LoadTestError(f"{config.model}: the server reports no version for it")
-    return build_workload(
+    tensor = None
+    if info.input_datatype == "BYTES":  # an image ensemble: the tensor model's golden set applies
+        tensor = await client.model_info(config.model.removesuffix("_image"))
+    workload = build_workload(
         info,
         batch_size=config.batch_size,
         seed=config.seed,
         golden=config.golden,
         repository=config.repository,
-    ), info.latest_version
+        tensor=tensor,
+    )
+    # An ensemble has one version and follows its model's default version: ask for the default.
+    version = "" if tensor is not None else info.latest_version
+    return workload, info.latest_version, _payloads(config.model, version, info, workload)
 
 
-async def _sweep(client: AsyncTritonClient, config: LoadTestConfig, progress: ProgressFn | None) -> _Sweep:
-    workload, version = await _prepare(client, config)
-    sweep = _Sweep(client, config, workload, version, progress)
-    await sweep.run()
+async def _sweep(
+    client: AsyncTritonClient, config: LoadTestConfig, progress: ProgressFn | None, in_process: bool = False
+) -> _Sweep:
+    workload, version, payloads = await _prepare(client, config)
+    slots = int(max(config.levels)) if config.mode == "concurrency" else config.max_outstanding
+    transport = make_transport(config, payloads, slots)
+    verifier = (InlineVerifier if in_process else ProcessVerifier)(workload, payloads.output_shape)
+
+    async def stats() -> dict[str, int] | None:
+        try:
+            return flatten_statistics(await client.statistics(config.model, version))
+        except ClientError:
+            return None  # the breakdown is then missing; the client-side numbers still stand
+
+    sizes = [len(payloads.raw(i)) for i in range(len(payloads.batches))]
+    sweep = _Sweep(
+        transport, verifier, config, workload, stats, progress, version=version, request_bytes=sizes
+    )
+    try:
+        await transport.open()
+        await sweep.run()
+    finally:
+        await transport.close()
+        verifier.close()
     return sweep
 
 
 def _generator(config: LoadTestConfig, main: _Sweep, self_test: _Sweep | None) -> dict:
     """How the load was generated and, with a self-test, how much the generator can generate."""
+    steps = [s for s in main.steps if s.generator_cpu_ms_per_request is not None]
     info: dict = {
-        "engine": "asyncio, one event loop",
-        "client": f"AsyncTritonClient ({config.protocol})",
+        "engine": "asyncio, one event loop; answers checked in a separate verifier process",
+        "transport": main.transport.description,
+        "shared_memory": config.shared_memory,
         "retry_during_measurement": False,
+        "request_bytes": float(np.mean(main.request_bytes)) if main.request_bytes else None,
+        "cpu_ms_per_request": float(np.mean([s.generator_cpu_ms_per_request for s in steps]))
+        if steps
+        else None,
         "capacity": None,
         "self_test": None,
     }
@@ -442,9 +545,12 @@ async def run_loadtest_async(
 ) -> LoadTestReport:
     """Run the sweep (and with `self_test`, the same sweep against `identity`); never raises on SLO misses."""
     slo = slo or Slo()
+    if config.input == "image":
+        config = replace(config, model=image_model(config.model))
     started_at, t0 = datetime.now(UTC).isoformat(timespec="seconds"), time.perf_counter()
     # Created inside the running loop: grpc.aio channels and aiohttp sessions bind to it.
     client = AsyncTritonClient(config.url, timeout=config.timeout)
+    calibration = None
     try:
         main = await _sweep(client, config, progress)
         calibration = main if config.model == IDENTITY_MODEL and config.mode == "concurrency" else None
@@ -458,6 +564,7 @@ async def run_loadtest_async(
                 mode="concurrency",
                 levels=levels,
                 arrival="constant",
+                input="tensor",
             )
             calibration = await _sweep(client, calibration_config, progress)
     finally:
@@ -486,7 +593,7 @@ async def run_loadtest_async(
         settings={
             k: (str(v) if isinstance(v, Path) else v)
             for k, v in asdict(config).items()
-            if k not in ("url", "model", "mode", "arrival", "batch_size")
+            if k not in ("url", "model", "mode", "arrival", "batch_size", "admin_key")
         },
         verification=main.workload.describe(config.verify_fraction),
         steps=steps,

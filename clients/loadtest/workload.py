@@ -1,4 +1,8 @@
-"""What a load test sends and how it checks each answer: golden rows (or seeded random ones)."""
+"""What a load test sends and how it checks each answer: golden rows (or seeded random ones).
+
+Tensor models get the golden set's preprocessed rows; image ensembles (`<name>_image`) get its
+photos as encoded files, and must answer what the tensor model answers for them.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,8 @@ from clients.model_info import ModelInfo
 from cnn_deploy_core import CnnDeployError, paths
 from cnn_deploy_core.dtypes import kserve_to_numpy
 from cnn_deploy_core.golden import GoldenSet
-from cnn_deploy_core.layout import GOLDEN_FILE, IDENTITY_MODEL, PARAM_PREFIX, TRT_SUFFIX
+from cnn_deploy_core.images import all_photos
+from cnn_deploy_core.layout import GOLDEN_FILE, IDENTITY_MODEL, IMAGE_SUFFIX, PARAM_PREFIX, TRT_SUFFIX
 from cnn_deploy_core.metrics import compare
 
 _SENDABLE = ("FP32", "FP16", "UINT8")  # what a workload of image tensors can be sent as
@@ -59,6 +64,11 @@ class Workload:
     def batch(self, index: int) -> np.ndarray:
         return self._batches[index % len(self._batches)]
 
+    @property
+    def batches(self) -> list[np.ndarray]:
+        """The distinct batches, in the order `batch(index)` cycles through them."""
+        return self._batches
+
     def verify(self, index: int, output: np.ndarray) -> tuple[bool, float]:
         """(correct, max |error|) of one answer."""
         want = self._expected[index % len(self._expected)]
@@ -99,10 +109,66 @@ def _is_identity(info: ModelInfo) -> bool:
     return IDENTITY_MODEL in (info.name, info.parameters.get(PARAM_PREFIX + "architecture"))
 
 
-def build_workload(
-    info: ModelInfo, *, batch_size: int, seed: int, golden: Path | None, repository: Path | None
+def _encoded_rows(blobs: list[bytes]) -> np.ndarray:
+    rows = np.empty((len(blobs), 1), dtype=np.object_)
+    rows[:, 0] = blobs
+    return rows
+
+
+def _image_workload(
+    info: ModelInfo,
+    tensor: ModelInfo | None,
+    *,
+    batch_size: int,
+    golden: Path | None,
+    repository: Path | None,
 ) -> Workload:
-    """Golden rows and their check, or seeded random rows when the model has no golden set."""
+    """Encoded photos for `<name>_image`, checked against the tensor model's golden outputs."""
+    if tensor is None:
+        raise LoadTestError(f"{info.name} takes encoded images but its tensor model is not known")
+    repository = repository or paths.repository()
+    path = Path(golden or repository / tensor.name / str(tensor.latest_version) / GOLDEN_FILE)
+    if golden is None and not path.is_file():
+        photos = [p.read_bytes() for p in all_photos()]
+        return Workload(_encoded_rows(photos), None, batch_size, "none", reason=f"no golden set at {path}")
+    try:
+        golden_set = GoldenSet.load(path)
+    except CnnDeployError as e:
+        raise LoadTestError(str(e)) from None
+    if not golden_set.encoded:
+        raise LoadTestError(f"golden set {path} has no encoded photos (exported before images were served)")
+    tolerance = golden_set.tolerances.get(tensor.precision)
+    if tolerance is None:
+        raise LoadTestError(f"golden set {path} has no tolerance for precision {tensor.precision!r}")
+    return Workload(
+        _encoded_rows(golden_set.encoded),
+        golden_set.outputs[golden_set.encoded_rows],
+        batch_size,
+        "golden",
+        source=str(path),
+        precision=tensor.precision,
+        atol=float(tolerance["atol"]),
+        rtol=float(tolerance["rtol"]),
+    )
+
+
+def image_model(model: str) -> str:
+    return model if model.endswith(IMAGE_SUFFIX) else model + IMAGE_SUFFIX
+
+
+def build_workload(
+    info: ModelInfo,
+    *,
+    batch_size: int,
+    seed: int,
+    golden: Path | None,
+    repository: Path | None,
+    tensor: ModelInfo | None = None,
+) -> Workload:
+    """Golden rows and their check, or seeded random rows when the model has no golden set.
+    `tensor`: for an image ensemble, the tensor model whose golden set and precision apply."""
+    if info.input_datatype == "BYTES":
+        return _image_workload(info, tensor, batch_size=batch_size, golden=golden, repository=repository)
     if info.input_datatype not in _SENDABLE:
         raise LoadTestError(
             f"{info.name}: input datatype {info.input_datatype} is not supported "
