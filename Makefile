@@ -8,7 +8,7 @@ URL    ?= grpc://127.0.0.1:8001
 # What `make venv` installs: everything for one CPU machine, plus the test tools.
 EXTRAS ?= export,serving,cpu,dev
 
-.PHONY: help venv test test-slow lint demo export repo serve loadtest bench-export bench-serving gpu-check clean
+.PHONY: help venv test test-slow lint demo export repo serve loadtest bench-export bench-serving bench-loadgen gpu-check clean
 
 help:
 	@echo "make demo          export $(MODELS) ($(WEIGHTS) weights), serve them with Triton on CPU, classify,"
@@ -20,6 +20,7 @@ help:
 	@echo "make serve         python -m serving up (foreground, Ctrl-C stops)"
 	@echo "make bench-export  PyTorch eager vs ONNX Runtime, JSON in reports/"
 	@echo "make bench-serving Triton vs in-process ONNX Runtime on ResNet-50, JSON in reports/"
+	@echo "make bench-loadgen our load generator vs perf_analyzer (fetched into build/cache), JSON+PNG in reports/"
 	@echo "make gpu-check     every GPU check in one run, JSON in reports/ (exit 2 without a GPU)"
 
 # The venv is rebuilt from nothing when the project's dependency files change.
@@ -63,6 +64,10 @@ bench-export: venv
 
 bench-serving: venv
 	$(PY) -m cnn_deploy bench-serving
+
+bench-loadgen: venv
+	$(PY) -m export build resnet18
+	$(PY) -m cnn_deploy bench-loadgen
 
 gpu-check: venv
 	$(PY) -m cnn_deploy gpu-check

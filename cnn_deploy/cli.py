@@ -49,6 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
 
+    lg = sub.add_parser("bench-loadgen", help="our load generator vs NVIDIA's perf_analyzer, side by side")
+    lg.add_argument(
+        "--models", default="identity,resnet18", help="comma-separated (default identity,resnet18)"
+    )
+    lg.add_argument("--concurrency", default="1,4,16", help="comma-separated (default 1,4,16)")
+    lg.add_argument("--shared-memory", choices=("none", "system"), default="none", help="for both tools")
+    lg.add_argument(
+        "--window-s", type=float, default=3.0, help="measurement interval, both tools (default 3)"
+    )
+    lg.add_argument("--output", type=Path, default=None, help="JSON (default reports/bench-loadgen.json)")
+
     g = sub.add_parser("gpu-check", help="every GPU check in one run (exit 2 without a GPU)")
     g.add_argument(
         "--repository", type=Path, default=None, help="model repository (default model_repository)"
@@ -96,13 +107,30 @@ def cmd_bench_serving(args) -> int:
     return 0
 
 
+def cmd_bench_loadgen(args) -> int:
+    from cnn_deploy.bench_loadgen import run_bench
+
+    return run_bench(
+        models=[m.strip() for m in args.models.split(",") if m.strip()],
+        concurrencies=_ints(args.concurrency, "--concurrency"),
+        shared_memory=args.shared_memory,
+        window_s=args.window_s,
+        output=args.output or paths.reports_dir() / "bench-loadgen.json",
+    )
+
+
 def cmd_gpu_check(args) -> int:
     from cnn_deploy.gpu_check import main_args
 
     return main_args(args.repository, args.models, args.output)
 
 
-COMMANDS = {"demo": cmd_demo, "bench-serving": cmd_bench_serving, "gpu-check": cmd_gpu_check}
+COMMANDS = {
+    "demo": cmd_demo,
+    "bench-serving": cmd_bench_serving,
+    "bench-loadgen": cmd_bench_loadgen,
+    "gpu-check": cmd_gpu_check,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

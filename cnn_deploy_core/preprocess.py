@@ -80,7 +80,11 @@ def decode(data: bytes, *, max_pixels: int = MAX_PIXELS, name: str = "image") ->
             f"unrecognised data starting {data[:8]!r}"
         ) from None
     except Image.DecompressionBombError as e:  # Pillow's own guard, at twice its limit
-        raise ImageError(f"{name} is too large to decode: {e}") from None
+        raise ImageError(
+            f"{name} is too large ({e}); the limit is {max_pixels / 1e6:.0f} megapixels"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as e:  # a header cut short, or corrupt
+        raise ImageError(f"{name} is a damaged image file: {e}") from None
     with img:
         if img.format not in FORMATS:
             raise ImageError(f"{name} is {img.format}, which is not supported ({', '.join(FORMATS)})")

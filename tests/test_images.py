@@ -62,7 +62,7 @@ def _variants() -> dict[str, bytes]:
         ("cmyk-jpeg", photo.convert("CMYK"), "JPEG"),
         (
             "16bit-png",
-            Image.fromarray((np.asarray(photo.convert("L"), dtype=np.uint16) * 257), "I;16"),
+            Image.fromarray(np.asarray(photo.convert("L"), dtype=np.uint16) * 257),
             "PNG",
         ),
     ):
@@ -131,7 +131,8 @@ def _bad_images() -> dict[str, tuple[bytes, str]]:
         "random bytes": (np.random.default_rng(0).bytes(5000), "not an image in a supported format"),
         "empty": (b"", "is empty"),
         "1x1": (tiny.getvalue(), "1x1 pixels"),
-        "bomb": (_bomb_png(), "declares 30000x30000 pixels; the limit is"),
+        "bomb": (_bomb_png(), "900000000 pixels"),
+        "over the limit": (_bomb_png(8000, 6000), "declares 8000x6000 pixels; the limit is 40 megapixels"),
         "gif": (gif.getvalue(), "GIF, which is not supported"),
     }
 

@@ -31,10 +31,18 @@ def test_preprocess_files_stacks_a_batch():
     assert batch.shape == (2, 3, 224, 224)
 
 
-def test_malformed_image_gives_a_clear_error(tmp_path):
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"\xff\xd8 not really a jpeg", "is not an image in a supported format"),
+        (b"\xff\xd8\xff\xe0 cut short", "is a damaged image file"),
+        (b"", "is empty"),
+    ],
+)
+def test_malformed_image_gives_a_clear_error(tmp_path, data, message):
     bad = tmp_path / "cat.jpg"
-    bad.write_bytes(b"\xff\xd8 not really a jpeg")
-    with pytest.raises(ImageError, match="is not a readable image"):
+    bad.write_bytes(data)
+    with pytest.raises(ImageError, match=message):
         load_image(bad)
 
 

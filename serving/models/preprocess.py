@@ -25,6 +25,13 @@ from cnn_deploy_core.preprocess import ImageError, Preprocessing, preprocess_byt
 PARAM_PREFIX = "cnn_deploy."
 
 
+def _error(message, bad_input=False):
+    """A bad image is the caller's mistake: INVALID_ARG (HTTP 400) where this Triton has codes.
+    (Looked up per call: the stub defines TritonError only after this module is imported.)"""
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None) if bad_input else None
+    return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -50,8 +57,8 @@ class TritonPythonModel:
             try:
                 responses.append(self._one(request))
             except ImageError as e:
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e))))
+                responses.append(pb_utils.InferenceResponse(error=_error(str(e), bad_input=True)))
             except Exception as e:  # a bug must not fail the other requests of the batch either
                 message = f"preprocessing failed: {e.__class__.__name__}: {e}"
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(message)))
+                responses.append(pb_utils.InferenceResponse(error=_error(message)))
         return responses
