@@ -343,8 +343,8 @@ class _Sweep:
                 kept_up=kept_up,
                 schedule_lag_ms=None if lag is None else {"p50": lag.p50, "p99": lag.p99, "max": lag.max},
             )
-        verifier_cpu = counts.cpu_s - self.verifier_cpu if counts.cpu_s else 0.0
-        self.verifier_cpu = counts.cpu_s or self.verifier_cpu
+        verifier_cpu = max(0.0, counts.cpu_s - self.verifier_cpu)  # process-wide: this step's share
+        self.verifier_cpu = max(counts.cpu_s, self.verifier_cpu)
         return StepResult(
             mode=cfg.mode,
             level=level,
