@@ -8,7 +8,7 @@ URL    ?= grpc://127.0.0.1:8001
 # What `make venv` installs: everything for one CPU machine, plus the test tools.
 EXTRAS ?= export,serving,cpu,dev
 
-.PHONY: help venv test test-slow lint demo export repo serve loadtest bench-export bench-serving bench-loadgen gpu-check clean
+.PHONY: help venv test test-slow lint demo export repo serve loadtest bench-export bench-serving bench-loadgen bench-int8 tune report gpu-check clean
 
 help:
 	@echo "make demo          export $(MODELS) ($(WEIGHTS) weights), serve them with Triton on CPU, classify,"
@@ -21,6 +21,9 @@ help:
 	@echo "make bench-export  PyTorch eager vs ONNX Runtime, JSON in reports/"
 	@echo "make bench-serving Triton vs in-process ONNX Runtime on ResNet-50, JSON in reports/"
 	@echo "make bench-loadgen our load generator vs perf_analyzer (fetched into build/cache), JSON+PNG in reports/"
+	@echo "make bench-int8    INT8 / fp32 on ResNet-50, in process and served (exports it with --int8 first)"
+	@echo "make tune          the fastest ResNet-50 serving config under P99_MS (default 300), answers verified"
+	@echo "make report        the lecture's costs beside measured serving costs for MODELS: HTML in reports/"
 	@echo "make gpu-check     every GPU check in one run, JSON in reports/ (exit 2 without a GPU)"
 
 # The venv is rebuilt from nothing when the project's dependency files change.
@@ -68,6 +71,21 @@ bench-serving: venv
 bench-loadgen: venv
 	$(PY) -m export build resnet18
 	$(PY) -m cnn_deploy bench-loadgen
+
+bench-int8: venv
+	$(PY) -m export build resnet50 --int8
+	$(PY) -m serving repo resnet50
+	$(PY) -m cnn_deploy bench-int8 --model resnet50
+
+report: venv
+	$(PY) -m export build $(MODELS) --int8
+	$(PY) -m cnn_deploy report $(MODELS)
+
+P99_MS ?= 300
+tune: venv
+	$(PY) -m export build resnet50 --int8
+	$(PY) -m serving repo resnet50
+	$(PY) -m serving tune resnet50 --p99-ms $(P99_MS)
 
 gpu-check: venv
 	$(PY) -m cnn_deploy gpu-check

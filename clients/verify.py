@@ -9,7 +9,7 @@ from clients import ClientError
 from clients.client import TritonClient
 from cnn_deploy_core import CnnDeployError
 from cnn_deploy_core.golden import GoldenSet
-from cnn_deploy_core.layout import GOLDEN_FILE, IMAGE_SUFFIX, TRT_SUFFIX
+from cnn_deploy_core.layout import GOLDEN_FILE, IMAGE_SUFFIX, INT8_SUFFIX, TRT_SUFFIX
 from cnn_deploy_core.metrics import Comparison, compare, sensitivity
 from cnn_deploy_core.registry import names
 
@@ -44,9 +44,10 @@ def golden_path(repository: Path, model: str, version: str) -> Path:
 
 
 def served_models(client: TritonClient) -> list[str]:
-    """The registry's architectures and their variants (TensorRT plans, image ensembles) that the
-    server has ready."""
-    candidates = [n for name in names() for n in (name, name + TRT_SUFFIX, name + IMAGE_SUFFIX)]
+    """The registry's architectures and their variants (TensorRT plans, INT8, image ensembles) that
+    the server has ready."""
+    suffixes = ("", TRT_SUFFIX, INT8_SUFFIX, IMAGE_SUFFIX)
+    candidates = [name + suffix for name in names() for suffix in suffixes]
     return client.ready_models(candidates)
 
 

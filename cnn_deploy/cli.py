@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from rich.table import Table
+
 from cnn_deploy_core import CnnDeployError, paths, registry
 from cnn_deploy_core.console import dispatch
 
@@ -59,6 +61,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--window-s", type=float, default=3.0, help="measurement interval, both tools (default 3)"
     )
     lg.add_argument("--output", type=Path, default=None, help="JSON (default reports/bench-loadgen.json)")
+
+    i8 = sub.add_parser("bench-int8", help="INT8 / fp32, in process and served, at batch 1 and 8")
+    i8.add_argument("--model", default="resnet50")
+    i8.add_argument(
+        "--seconds", type=float, default=6.0, help="in-process time per configuration (default 6)"
+    )
+    i8.add_argument("--output", type=Path, default=None, help="JSON (default reports/bench-int8-MODEL.json)")
+
+    r = sub.add_parser("report", help="the lecture's costs beside measured serving costs: HTML + JSON + PNG")
+    r.add_argument("architectures", nargs="*", metavar="ARCH", help=f"one of: {', '.join(registry.names())}")
+    r.add_argument("--all", action="store_true", help="every registered architecture (exported first)")
+    r.add_argument("--models", type=Path, default=None, help="export output (default build/models)")
+    r.add_argument(
+        "--url", default=None, help="measure this server instead of a local one (grpc://HOST:PORT)"
+    )
+    r.add_argument("--seconds", type=float, default=3.0, help="in-process time per configuration (default 3)")
+    r.add_argument("--window-s", type=float, default=1.5, help="load test window (default 1.5)")
+    r.add_argument("--output", type=Path, default=None, help="report stem (default reports/lecture-report)")
 
     g = sub.add_parser("gpu-check", help="every GPU check in one run (exit 2 without a GPU)")
     g.add_argument(
@@ -119,6 +139,62 @@ def cmd_bench_loadgen(args) -> int:
     )
 
 
+def cmd_bench_int8(args) -> int:
+    from cnn_deploy import bench_int8
+
+    model = registry.get(args.model).name
+    return bench_int8.run(
+        model,
+        repository=paths.repository(),
+        models_dir=paths.models_dir(),
+        seconds=args.seconds,
+        output=args.output or bench_int8.default_output(model),
+    )
+
+
+def cmd_report(args) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from cnn_deploy import report_html
+    from cnn_deploy.report import build_report
+    from cnn_deploy_core.console import stderr, stdout
+    from cnn_deploy_core.fsutil import ensure_writable_dir
+
+    archs = registry.resolve(args.architectures, all_=args.all)
+    output = args.output or paths.reports_dir() / "lecture-report"
+    ensure_writable_dir(output.parent)
+    steps = 1 + 3 * len(archs)
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"))
+    with Progress(*columns, TimeElapsedColumn(), console=stderr, transient=False) as progress:
+        task = progress.add_task("report", total=steps)
+
+        def step(message: str) -> None:
+            if progress.tasks[0].description != "report":
+                progress.advance(task)
+            progress.update(task, description=message)
+
+        report = build_report(
+            archs,
+            models_dir=args.models or paths.models_dir(),
+            seconds=args.seconds,
+            window_s=args.window_s,
+            url=args.url,
+            progress=step,
+        )
+        progress.update(task, completed=steps, description="done")
+    written = report_html.write(report, output)
+    table = Table(title="the lecture, measured (fp32, ONNX Runtime and Triton on this machine)")
+    for col in report_html.HEADLINE:
+        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=col == "model")
+    for row in report_html.headline_rows(report):
+        table.add_row(*row)
+    stdout.print(table)
+    for line in report["findings"]:
+        stdout.print(f"- {line}", highlight=False)
+    stdout.print(f"HTML: {written['html']}  JSON: {written['json']}", highlight=False)
+    return 0
+
+
 def cmd_gpu_check(args) -> int:
     from cnn_deploy.gpu_check import main_args
 
@@ -129,6 +205,8 @@ COMMANDS = {
     "demo": cmd_demo,
     "bench-serving": cmd_bench_serving,
     "bench-loadgen": cmd_bench_loadgen,
+    "bench-int8": cmd_bench_int8,
+    "report": cmd_report,
     "gpu-check": cmd_gpu_check,
 }
 

@@ -6,15 +6,18 @@ OUTPUT_NAME = "logits"  # float32 [batch, 1000]
 # Files of one export (build/models/<name>/) and of one repository version (<repo>/<name>/<v>/)
 MODEL_FILE = "model.onnx"
 FP16_FILE = "model.fp16.onnx"
+INT8_FILE = "model.int8.onnx"
+INT8_GOLDEN_FILE = "golden.int8.npz"  # the INT8 graph's own answers on the golden inputs
 RAW_FILE = "model.raw.onnx"
 GOLDEN_FILE = "golden.npz"
 LABELS_FILE = "labels.txt"
 REPORT_FILE = "export.json"
 # Files a repository version is made of; all of them are compared when a re-export is placed.
-VERSION_FILES = (MODEL_FILE, FP16_FILE, GOLDEN_FILE, REPORT_FILE, LABELS_FILE)
+VERSION_FILES = (MODEL_FILE, FP16_FILE, GOLDEN_FILE, REPORT_FILE, LABELS_FILE, INT8_FILE, INT8_GOLDEN_FILE)
 
 PARAM_PREFIX = "cnn_deploy."  # export metadata in ONNX metadata_props and Triton config parameters
 TRT_SUFFIX = "_trt"  # <name>_trt: the native TensorRT-plan variant of <name>
+INT8_SUFFIX = "_int8"  # <name>_int8: the INT8 (QDQ) variant of <name>
 IMAGE_SUFFIX = "_image"  # <name>_image: encoded images in (an ensemble with server-side preprocessing)
 IMAGE_INPUT = "image"  # BYTES [batch, 1]: one encoded image per batch item
 IDENTITY_MODEL = "identity"  # a no-compute model with a classifier's wire format: measures the client

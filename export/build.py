@@ -27,13 +27,16 @@ def build_all(
     output: Path,
     fp16: bool = True,
     keep_raw: bool = False,
+    int8: bool = False,
+    calibration: Path | None = None,
     console: Console | None = None,
     debug: bool = False,
 ) -> list[ExportJob]:
     """Export each architecture in turn; one failing does not stop the others."""
     ensure_writable_dir(output)
     console = console or Console(stderr=True)
-    jobs = [ExportJob(a, output, weights=weights, seed=seed, fp16=fp16, keep_raw=keep_raw) for a in archs]
+    options = {"weights": weights, "seed": seed, "fp16": fp16, "keep_raw": keep_raw, "int8": int8}
+    jobs = [ExportJob(a, output, calibration=calibration, **options) for a in archs]
     columns = (
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -52,6 +55,8 @@ def build_all(
             run_export(job, on_start=lambda s: (on_start(s), progress.advance(task)), debug=debug)
             progress.update(task, completed=before + len(EXPORT_STEPS))
             mark = "[green]ok[/]" if job.succeeded else "[red]FAILED[/]"
+            if not job.succeeded and job.published:
+                mark = "[yellow]published without INT8[/]"
             progress.console.print(f"{job.arch.name}: {mark}", highlight=False)
         progress.update(task, description="done")
     return jobs

@@ -49,6 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--no-fp16", dest="fp16", action="store_false", help="skip the FP16 variant")
     b.add_argument("--keep-raw", action="store_true", help="also keep the unoptimized graph (model.raw.onnx)")
+    b.add_argument(
+        "--int8",
+        action="store_true",
+        help="also an INT8 model (static QDQ quantization), kept only if it passes the accuracy guard",
+    )
+    b.add_argument(
+        "--calibration",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="with --int8: more calibration images (JPEG/PNG/WebP/BMP), beside the seeded sample photos",
+    )
 
     a = sub.add_parser("analyze", parents=[_json_parent()], help="the lecture's per-layer table")
     a.add_argument("architecture", metavar="ARCH")
@@ -112,6 +124,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         output=args.output or paths.models_dir(),
         fp16=args.fp16,
         keep_raw=args.keep_raw,
+        int8=args.int8,
+        calibration=args.calibration,
         console=stderr,
         debug=args.debug,
     )
@@ -135,7 +149,9 @@ def _summary_table(jobs) -> Table:
         caption="rel err: max |ONNX Runtime - PyTorch| / logit scale, "
         "over random batches of 1, 2 and max and the sample photos; top5: label agreement",
     )
-    for col in ("model", "result", "graph (nodes, size)", "fp32 vs PyTorch", "fp16 vs PyTorch", "time"):
+    int8 = any(j.int8 for j in jobs)
+    columns = ["model", "result", "graph (nodes, size)", "fp32 vs PyTorch", "fp16 vs PyTorch"]
+    for col in (*columns, *(["int8 vs PyTorch (held out)"] if int8 else []), "time"):
         table.add_column(col)
     for j in jobs:
         result = "[green]OK[/]" if j.succeeded else f"[bold red]FAIL[/] at {j.error.split(':')[0]}"
@@ -158,7 +174,17 @@ def _summary_table(jobs) -> Table:
         if j.status_of("fp16") is Status.SKIPPED and j.succeeded:
             fp16 = "skipped"
         seconds = sum(r.seconds for r in j.results)
-        table.add_row(j.arch.name, result, graph, fp32, fp16, f"{seconds:.0f}s")
+        cells = [j.arch.name, result, graph, fp32, fp16]
+        if int8:
+            acc = j.int8_accuracy
+            text = "" if acc is None else f"top-1 {acc.top1_agreement:.0%} cos {acc.min_cosine:.3f}"
+            ok = j.status_of("int8") is Status.OK
+            cells.append(
+                f"{'[green]pass[/]' if ok else '[red]fail[/]'} {text}"
+                if acc
+                else str(j.status_of("int8") or "")
+            )
+        table.add_row(*cells, f"{seconds:.0f}s")
     return table
 
 

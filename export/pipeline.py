@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import platform
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxruntime
 import torch
@@ -15,12 +16,23 @@ import torch
 from cnn_deploy_core.fsutil import atomic_write_text, discard, make_staging_dir, publish_dir
 from cnn_deploy_core.golden import GoldenSet
 from cnn_deploy_core.images import all_photos
-from cnn_deploy_core.layout import FP16_FILE, GOLDEN_FILE, LABELS_FILE, MODEL_FILE, RAW_FILE, REPORT_FILE
+from cnn_deploy_core.layout import (
+    FP16_FILE,
+    GOLDEN_FILE,
+    INPUT_NAME,
+    INT8_FILE,
+    INT8_GOLDEN_FILE,
+    LABELS_FILE,
+    MODEL_FILE,
+    RAW_FILE,
+    REPORT_FILE,
+)
 from cnn_deploy_core.metrics import Sensitivity
 from cnn_deploy_core.registry import Architecture
 from cnn_deploy_core.steps import SkipStep, Status, Step, StepResult, run_steps, succeeded
 from export import ExportError, __version__
 from export.convert import GraphStats, optimize, stamp_metadata, to_fp16, to_onnx
+from export.int8 import Int8Accuracy
 from export.models import LoadedModel, load_model
 from export.verify import (
     Case,
@@ -29,6 +41,7 @@ from export.verify import (
     failures,
     golden_rows,
     reference_cases,
+    session,
     summarize,
     verify,
 )
@@ -42,6 +55,8 @@ class ExportJob:
     seed: int = 0
     fp16: bool = True
     keep_raw: bool = False
+    int8: bool = False
+    calibration: Path | None = None  # extra calibration images for --int8
     # filled in by the steps
     staging: Path | None = None
     loaded: LoadedModel | None = None
@@ -50,6 +65,9 @@ class ExportJob:
     optimized_stats: GraphStats | None = None
     cases: list[Case] = field(default_factory=list)
     sensitivity: Sensitivity | None = None
+    int8_accuracy: Int8Accuracy | None = None
+    int8_outputs: np.ndarray | None = None  # the INT8 graph's answers on the golden inputs
+    int8_calibration: dict | None = None
     verification: dict[str, list[CaseResult]] = field(default_factory=dict)
     results: list[StepResult] = field(default_factory=list)
 
@@ -60,6 +78,10 @@ class ExportJob:
     @property
     def succeeded(self) -> bool:
         return bool(self.results) and succeeded(self.results)
+
+    @property
+    def published(self) -> bool:
+        return self.status_of("publish") is Status.OK
 
     @property
     def error(self) -> str | None:
@@ -74,7 +96,7 @@ class ExportJob:
         outcome = {
             "succeeded": self.succeeded,
             "error": self.error,
-            "output": str(self.final_dir) if self.succeeded else None,
+            "output": str(self.final_dir) if self.published else None,
         }
         return {**report(self, self.results), **outcome}
 
@@ -151,6 +173,40 @@ def step_fp16(job: ExportJob) -> str:
     return f"{_mb(half.ByteSize())}; " + _verify(job, FP16_FILE, "fp16")
 
 
+def step_int8(job: ExportJob) -> str:
+    """Static INT8 quantization, kept only if it passes the architecture's accuracy guard."""
+    if not job.int8:
+        raise SkipStep("not asked for (--int8)")
+    from export.int8 import accuracy, calibration_set, held_out_inputs, quantize, reference_outputs
+
+    target = job.staging / INT8_FILE
+    try:
+        calibration = calibration_set(job.loaded.preprocessing, folder=job.calibration)
+        job.int8_calibration = calibration.described
+        quantize(job.staging / MODEL_FILE, target, calibration)
+        sess = session(target)
+        held_out, _ = held_out_inputs(job.loaded.preprocessing)
+        result = accuracy(
+            reference_outputs(job.loaded.model, held_out), sess.run(None, {INPUT_NAME: held_out})[0]
+        )
+        job.int8_accuracy = result
+        problems = result.failures(job.arch.int8_guard)
+        if problems:
+            raise ExportError(f"INT8 below the accuracy guard: {'; '.join(problems)} ({result.describe()})")
+        inputs, _, _ = golden_rows(job.cases)
+        job.int8_outputs = sess.run(None, {INPUT_NAME: inputs})[0]
+        quantized = onnx.load(str(target))
+        stamp_metadata(
+            quantized, job.arch, {**job.metadata("int8"), "int8_calibration": calibration.described}
+        )
+        onnx.save(quantized, str(target))
+    except BaseException:
+        target.unlink(missing_ok=True)  # nothing INT8 is left behind; fp32 and fp16 still publish
+        raise
+    size_mb, images = target.stat().st_size / 1e6, calibration.inputs.shape[0]
+    return f"{size_mb:.1f} MB, {images} calibration images; {result.describe()}"
+
+
 def golden_set(job: ExportJob) -> GoldenSet:
     """Every photo and a few seeded inputs: real and synthetic, and enough to tell models apart."""
     inputs, outputs, names = golden_rows(job.cases)
@@ -177,6 +233,11 @@ def golden_set(job: ExportJob) -> GoldenSet:
 def step_golden(job: ExportJob) -> str:
     golden = golden_set(job)
     golden.save(job.staging / GOLDEN_FILE)
+    if job.int8_outputs is not None:  # the INT8 graph's own answers, with its own tolerance
+        tol = job.arch.int8
+        replace(
+            golden, outputs=job.int8_outputs, tolerances={"int8": {"atol": tol.atol, "rtol": tol.rtol}}
+        ).save(job.staging / INT8_GOLDEN_FILE)
     atomic_write_text(job.staging / LABELS_FILE, "\n".join(job.loaded.categories) + "\n")
     photos = sum(n.startswith("photo:") for n in golden.case_names)
     return f"{len(golden.inputs)} samples ({photos} photos, {len(golden.inputs) - photos} random)"
@@ -198,6 +259,13 @@ def report(job: ExportJob, results: list[StepResult]) -> dict:
         },
         "verification": {p: [r.to_dict() for r in rs] for p, rs in job.verification.items()},
         "sensitivity": job.sensitivity.to_dict() if job.sensitivity else None,
+        "int8": {
+            "accuracy": job.int8_accuracy.to_dict(),
+            "guard": asdict(job.arch.int8_guard),
+            "calibration": job.int8_calibration,
+        }
+        if job.int8_accuracy
+        else None,
         "steps": [r.to_dict() for r in results],
         "versions": {
             "torch": torch.__version__,
@@ -221,6 +289,7 @@ EXPORT_STEPS: list[Step[ExportJob]] = [
     Step("optimize", step_optimize),
     Step("verify", step_verify),
     Step("fp16", step_fp16),
+    Step("int8", step_int8, required=False),  # a failed guard drops INT8, not the export
     Step("golden", step_golden),
     Step("publish", step_publish),
 ]

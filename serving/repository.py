@@ -9,6 +9,7 @@ Layout, per model (Triton's `--model-config-name` picks the config):
     <repo>/<name>/<v>/                model.onnx, model.fp16.onnx, golden.npz, export.json, labels.txt
     <repo>/<name>_trt/...             with tensorrt=True: a tensorrt_plan model whose
                                       plans serving/engines.py builds in the Triton image
+    <repo>/<name>_int8/<v>/           with an INT8 export: model.int8.onnx and its own golden set
     <repo>/<name>_image/              an ensemble: encoded image bytes -> preprocessing -> <name>
     <repo>/preprocess_<spec>/         the preprocessing model (Python backend) for one spec
 
@@ -23,7 +24,7 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -38,6 +39,9 @@ from cnn_deploy_core.layout import (
     IMAGE_INPUT,
     IMAGE_SUFFIX,
     INPUT_NAME,
+    INT8_FILE,
+    INT8_GOLDEN_FILE,
+    INT8_SUFFIX,
     LABELS_FILE,
     MODEL_FILE,
     OUTPUT_NAME,
@@ -59,6 +63,7 @@ PREPROCESS_INSTANCES = 1  # CPU processes decoding images (in the gpu config too
 SERVED_VERSIONS = 2  # the latest and, when compatible, the one before it (for rollback by version)
 DEFAULT_KEEP = 3  # version directories kept on disk by `serving repo` (served ones always stay)
 STATE_FILE = "serving.json"
+DEFAULT_CONFIG = "config.pbtxt"
 REQUIRED_FILES = (MODEL_FILE, GOLDEN_FILE, LABELS_FILE, REPORT_FILE)
 
 
@@ -81,6 +86,7 @@ class ModelState:
     cpu: CpuPlan = field(default_factory=CpuPlan)
     tensorrt: bool = False
     pinned: int | None = None  # set by rollback: serve only this version
+    tuned: dict | None = None  # set by `serving tune`: the winner, regenerated with every placement
 
     @classmethod
     def load(cls, model_dir: Path) -> ModelState:
@@ -89,7 +95,12 @@ class ModelState:
             return cls()
         try:
             data = json.loads(path.read_text())
-            return cls(cpu=CpuPlan(**data["cpu"]), tensorrt=bool(data["tensorrt"]), pinned=data["pinned"])
+            return cls(
+                cpu=CpuPlan(**data["cpu"]),
+                tensorrt=bool(data["tensorrt"]),
+                pinned=data["pinned"],
+                tuned=data.get("tuned"),
+            )
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ServingError(f"{path} is unreadable ({e}); delete it to start from the defaults") from e
 
@@ -253,6 +264,38 @@ def gpu_config(arch: Architecture, served: list[Version]) -> ModelConfig:
     )
 
 
+def _int8(config: ModelConfig, accelerator: TensorRTAccelerator | None = None) -> ModelConfig:
+    """`<name>_int8`: the same signature and batching, the INT8 file, its precision recorded."""
+    parameters = {**config.parameters, PARAM_PREFIX + "precision": "int8"}
+    return replace(
+        config,
+        name=config.name + INT8_SUFFIX,
+        default_model_filename=INT8_FILE,
+        parameters=parameters,
+        accelerator=accelerator if config.accelerator else None,
+    )
+
+
+def int8_cpu_config(arch: Architecture, served: list[Version], plan: CpuPlan) -> ModelConfig:
+    return _int8(cpu_config(arch, served, plan))
+
+
+def int8_gpu_config(arch: Architecture, served: list[Version]) -> ModelConfig:
+    # TensorRT reads the QDQ graph as explicit quantization: INT8 kernels where the graph says so.
+    # Untested: these machines have no GPU.
+    cache = f"{TRT_CACHE_ROOT}/{arch.name}{INT8_SUFFIX}"
+    return _int8(gpu_config(arch, served), TensorRTAccelerator(precision="INT8", cache_path=cache))
+
+
+def candidate_config(arch: Architecture, served: list[Version], tuned: dict) -> ModelConfig:
+    """A CPU config with a tuner's settings: precision, instances x threads, batching."""
+    arch = replace(arch, max_batch_size=tuned["max_batch_size"], queue_delay_us=tuned["queue_delay_us"])
+    plan = CpuPlan(tuned["instances"], tuned["threads"])
+    config = (int8_cpu_config if tuned["precision"] == "int8" else cpu_config)(arch, served, plan)
+    preferred = tuple(b for b in tuned.get("preferred", ()) if b <= arch.max_batch_size)
+    return replace(config, preferred_batch_sizes=preferred, warmup_batch_sizes=(1, arch.max_batch_size))
+
+
 def trt_config(arch: Architecture, served: list[Version]) -> ModelConfig:
     shared = _shared(arch, served[:1], "fp16")  # engines.py builds the plan of one export only
     shared["versions"] = ()  # the plan's own version directory: Triton's default, the latest
@@ -322,7 +365,11 @@ def write_configs(arch: Architecture, model_dir: Path, state: ModelState) -> lis
     if not labels.is_file():
         raise ServingError(f"{model_dir}: no {LABELS_FILE} in version {served[0].number}")
     atomic_write_bytes(model_dir / LABELS_FILE, labels.read_bytes())
-    atomic_write_text(model_dir / "configs" / f"{CPU}.pbtxt", cpu_config(arch, served, state.cpu).to_pbtxt())
+    cpu_text = cpu_config(arch, served, state.cpu).to_pbtxt()
+    atomic_write_text(model_dir / "configs" / f"{CPU}.pbtxt", cpu_text)
+    # Triton falls back to config.pbtxt when --model-config-name names a config a model lacks
+    # (a `tuned` config exists for the tuned model only); plain tritonserver reads it too.
+    atomic_write_text(model_dir / DEFAULT_CONFIG, cpu_text)
     gpu_path = model_dir / "configs" / f"{GPU}.pbtxt"
     if all(FP16_FILE in v.files for v in served):
         atomic_write_text(gpu_path, gpu_config(arch, served).to_pbtxt())
@@ -330,8 +377,47 @@ def write_configs(arch: Architecture, model_dir: Path, state: ModelState) -> lis
         gpu_path.unlink(missing_ok=True)
     if state.tensorrt:
         _place_trt(arch, served, model_dir.parent)
+    int8_served = [v for v in served if INT8_FILE in v.files]
+    _place_int8(arch, int8_served, model_dir.parent, state)
     _place_image_pipeline(arch, served[0], model_dir.parent)
+    if state.tuned:
+        int8 = state.tuned["precision"] == "int8"
+        if int8 and not int8_served:
+            state.tuned = None  # the tuned precision is gone with this export: back to the cpu config
+        else:
+            target = model_dir.parent / (arch.name + (INT8_SUFFIX if int8 else "")) / "configs"
+            text = candidate_config(arch, int8_served if int8 else served, state.tuned).to_pbtxt()
+            atomic_write_text(target / f"{state.tuned['config_name']}.pbtxt", text)
     return served
+
+
+def _place_int8(arch: Architecture, served: list[Version], repository: Path, state: ModelState) -> None:
+    """`<name>_int8` mirrors the served versions that have an INT8 file; none: no INT8 model."""
+    int8_dir = repository / (arch.name + INT8_SUFFIX)
+    if not served:
+        discard(int8_dir)  # an export without --int8 is served alone: no stale INT8 model beside it
+        return
+    wanted = {v.number for v in served}
+    for old in versions(int8_dir):
+        if old not in wanted:
+            discard(int8_dir / str(old))
+    for v in served:
+        target = int8_dir / str(v.number)
+        copies = {
+            INT8_FILE: INT8_FILE,
+            INT8_GOLDEN_FILE: GOLDEN_FILE,
+            REPORT_FILE: REPORT_FILE,
+            LABELS_FILE: LABELS_FILE,
+        }
+        for src_name, dst_name in copies.items():
+            src, dst = v.path / src_name, target / dst_name
+            if src.is_file() and (not dst.is_file() or sha256_file(dst) != sha256_file(src)):
+                atomic_write_bytes(dst, src.read_bytes())
+    atomic_write_bytes(int8_dir / LABELS_FILE, (repository / arch.name / LABELS_FILE).read_bytes())
+    atomic_write_text(
+        int8_dir / "configs" / f"{CPU}.pbtxt", int8_cpu_config(arch, served, state.cpu).to_pbtxt()
+    )
+    atomic_write_text(int8_dir / "configs" / f"{GPU}.pbtxt", int8_gpu_config(arch, served).to_pbtxt())
 
 
 def preprocess_model_name(preprocessing: dict) -> str:
@@ -407,6 +493,8 @@ def _place_image_pipeline(arch: Architecture, default: Version, repository: Path
     for config in (CPU, GPU):
         atomic_write_text(pre_dir / "configs" / f"{config}.pbtxt", pre_text)
         atomic_write_text(ens_dir / "configs" / f"{config}.pbtxt", ens_text)
+    atomic_write_text(pre_dir / DEFAULT_CONFIG, pre_text)
+    atomic_write_text(ens_dir / DEFAULT_CONFIG, ens_text)
 
 
 def place_model(
@@ -577,6 +665,7 @@ def place_identity(repository: Path, *, max_batch_size: int = 64) -> Path:
         atomic_write_bytes(model_dir / "1" / MODEL_FILE, identity_onnx().SerializeToString())
         for name in (CPU, GPU):
             atomic_write_text(model_dir / "configs" / f"{name}.pbtxt", config.to_pbtxt())
+        atomic_write_text(model_dir / DEFAULT_CONFIG, config.to_pbtxt())
     except OSError as e:
         raise ServingError(f"cannot write {model_dir}: {e.strerror or e}") from e
     return model_dir

@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Small architectures the CI exports and serves; `-m slow` covers the whole registry.
 CI_ARCHS = ("alexnet", "resnet18", "googlenet")
 CORRUPT_MODEL = "broken_resnet18"
+INT8_ARCH = "resnet18"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -68,7 +69,9 @@ def models_dir(tmp_path_factory) -> Path:
     from export.build import build_all
 
     out = tmp_path_factory.mktemp("models")
-    jobs = build_all([get(a) for a in CI_ARCHS], output=out, weights="random")
+    # resnet18 with its INT8 variant too: the session server then serves resnet18_int8.
+    jobs = build_all([get(a) for a in CI_ARCHS if a != INT8_ARCH], output=out, weights="random")
+    jobs += build_all([get(INT8_ARCH)], output=out, weights="random", int8=True)
     failed = [f"{j.arch.name}: {j.error}" for j in jobs if not j.succeeded]
     assert not failed, failed
     return out

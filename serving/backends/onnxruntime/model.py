@@ -39,7 +39,9 @@ def _tensorrt_options(config: dict, model_name: str) -> dict | None:
         if acc.get("name") != "tensorrt":
             continue
         params = acc.get("parameters", {})
-        options = {"trt_fp16_enable": params.get("precision_mode", "FP32").upper() == "FP16"}
+        precision = params.get("precision_mode", "FP32").upper()
+        # INT8: a QDQ graph, explicit quantization (no calibration table); FP16 where it is not INT8.
+        options = {"trt_fp16_enable": precision in ("FP16", "INT8"), "trt_int8_enable": precision == "INT8"}
         if "max_workspace_size_bytes" in params:
             options["trt_max_workspace_size"] = int(params["max_workspace_size_bytes"])
         if params.get("trt_engine_cache_enable") in ("1", "true", "True"):

@@ -1,0 +1,130 @@
+"""`python -m cnn_deploy bench-int8 [--model resnet50]`: INT8 / fp32, in process and served, one run.
+
+In process: ONNX Runtime on the exported `model.onnx` and `model.int8.onnx`, at batch 1 and 8,
+in interleaved rounds (the median round counts), with every core. Served: the local Triton with
+`<model>` and `<model>_int8`, one client, requests of batch 1 and 8, every answer verified. The
+CPU's instruction sets are printed with the figures: INT8's edge depends on VNNI/AMX.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cnn_deploy.bench_loadgen import cpu_flags
+from cnn_deploy_core import CnnDeployError, paths
+from cnn_deploy_core.console import stderr, stdout
+from cnn_deploy_core.fsutil import atomic_write_text
+from cnn_deploy_core.layout import INPUT_NAME, INT8_FILE, INT8_SUFFIX, MODEL_FILE
+
+ROUNDS = 3
+
+
+def in_process(model_dir: Path, batch_sizes: list[int], seconds: float) -> dict:
+    import onnxruntime as ort
+
+    def session(path: Path):
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = os.cpu_count() or 1
+        opts.log_severity_level = 3
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    sessions = {"fp32": session(model_dir / MODEL_FILE), "int8": session(model_dir / INT8_FILE)}
+    out: dict = {}
+    for bs in batch_sizes:
+        x = np.random.default_rng(0).standard_normal((bs, 3, 224, 224), dtype=np.float32)
+        samples: dict[str, list[float]] = {k: [] for k in sessions}
+        for s in sessions.values():
+            s.run(None, {INPUT_NAME: x})
+        for _ in range(ROUNDS):
+            for name, s in sessions.items():
+                n, start = 0, time.perf_counter()
+                while n < 2 or time.perf_counter() - start < seconds / ROUNDS:
+                    s.run(None, {INPUT_NAME: x})
+                    n += 1
+                samples[name].append(bs * n / (time.perf_counter() - start))
+        ips = {k: float(np.median(v)) for k, v in samples.items()}
+        out[bs] = {"fp32_img_s": ips["fp32"], "int8_img_s": ips["int8"], "ratio": ips["int8"] / ips["fp32"]}
+        stderr.print(f"in process, batch {bs}: fp32 {ips['fp32']:.1f} img/s, int8 {ips['int8']:.1f} img/s")
+    return out
+
+
+def served(model: str, repository: Path, batch_sizes: list[int], window_s: float) -> dict:
+    from clients.loadtest import LoadTestConfig, run_loadtest
+    from serving.triton import ServerOptions, TritonProcess
+
+    out: dict = {}
+    with tempfile.TemporaryDirectory(prefix="bench-int8-") as tmp:
+        opts = ServerOptions.on_free_ports(repository, backend_dir=Path(tmp) / "backends")
+        with TritonProcess(opts, log_path=Path(tmp) / "triton.log").start() as server:
+            server.wait_ready(600)
+            for bs in batch_sizes:
+                rates = {}
+                for variant in (model, model + INT8_SUFFIX):
+                    config = LoadTestConfig(
+                        url=opts.grpc_url,
+                        model=variant,
+                        levels=(2,),
+                        batch_size=bs,
+                        warmup_s=window_s,
+                        window_s=window_s,
+                        max_windows=6,
+                        min_samples=20,
+                        repository=repository,
+                    )
+                    (step,) = run_loadtest(config).steps
+                    if step.wrong or not step.responses:
+                        raise CnnDeployError(
+                            f"{variant}: {step.wrong} wrong answers, {step.responses} answers"
+                        )
+                    rates[variant] = step.inferences_per_s
+                ratio = rates[model + INT8_SUFFIX] / rates[model]
+                out[bs] = {
+                    "fp32_img_s": rates[model],
+                    "int8_img_s": rates[model + INT8_SUFFIX],
+                    "ratio": ratio,
+                }
+                int8 = out[bs]["int8_img_s"]
+                stderr.print(
+                    f"served, batch {bs} per request: fp32 {rates[model]:.1f}, int8 {int8:.1f} img/s"
+                )
+    return out
+
+
+def run(model: str, *, repository: Path, models_dir: Path, seconds: float, output: Path) -> int:
+    model_dir = models_dir / model
+    if not (model_dir / INT8_FILE).is_file():
+        raise CnnDeployError(
+            f"no INT8 export of {model} in {models_dir}: python -m export build {model} --int8"
+        )
+    if not (repository / (model + INT8_SUFFIX)).is_dir():
+        raise CnnDeployError(f"{model}{INT8_SUFFIX} is not in {repository}: python -m serving repo {model}")
+    flags = cpu_flags()
+    stderr.print(f"CPU instruction sets: {', '.join(flags) or 'none of avx2/avx512/vnni/amx'}")
+    report = {
+        "command": f"python -m cnn_deploy bench-int8 --model {model}",
+        "cpu_flags": flags,
+        "cores": os.cpu_count(),
+        "in_process": in_process(model_dir, [1, 8], seconds),
+        "served": served(model, repository, [1, 8], window_s=2.0),
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output, json.dumps(report, indent=2) + "\n")
+    for where in ("in_process", "served"):
+        for bs, r in report[where].items():
+            stdout.print(
+                f"{where.replace('_', '-'):10s} batch {bs}: int8/fp32 = {r['ratio']:.2f}x "
+                f"({r['int8_img_s']:.1f} vs {r['fp32_img_s']:.1f} img/s)",
+                highlight=False,
+            )
+    stdout.print(f"CPU: {', '.join(flags)}; JSON: {output}", highlight=False)
+    return 0
+
+
+def default_output(model: str) -> Path:
+    return paths.reports_dir() / f"bench-int8-{model}.json"

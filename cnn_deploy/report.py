@@ -1,0 +1,398 @@
+"""`python -m cnn_deploy report [ARCH...|--all]`: the lecture's costs beside what serving really costs.
+
+For each architecture, measured in one run on this machine:
+- in-process ONNX Runtime throughput at batch 1 and 8 (fp32, and fp16/int8 where exported), the
+  achieved GFLOP/s, and that as a share of this machine's fp32 GEMM peak, measured in the same run
+  through the same runtime (and its memory bandwidth, for the roofline);
+- served through the real Triton: p50/p99 at concurrency 1, the peak of a short concurrency sweep
+  (our load test, every answer verified), and the memory the loaded model takes (the RSS of the
+  backend process that holds its ONNX Runtime session);
+- per layer, with ONNX Runtime's profiler: the time of each row of the lecture's table (`export
+  analyze`), profiler nodes mapped back through the module paths the exporter records (a
+  convolution with its folded BatchNorm, ReLU and residual Add is one row), so each row gains ms
+  and achieved GFLOP/s beside its FLOPs and parameters.
+
+Charts (PNG, embedded in one self-contained HTML file, and JSON beside it): the lecture's chart
+next to top-1 against measured latency and served throughput per core; a roofline per
+architecture; per-layer FLOP share against time share.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from cnn_deploy.bench_loadgen import cpu_flags
+from cnn_deploy_core import CnnDeployError, __version__
+from cnn_deploy_core.layout import FP16_FILE, INPUT_NAME, INT8_FILE, MODEL_FILE
+from cnn_deploy_core.registry import Architecture
+
+ROUNDS = 3
+PROFILE_RUNS = 10
+GEMM_N = 1024
+BANDWIDTH_FLOATS = 16 << 20  # 64 MB per operand: far beyond the caches
+
+
+@dataclass
+class Machine:
+    cpu: str
+    flags: list[str]
+    cores: int
+    threads: int
+    gemm_gflops: float  # fp32 MatMul through ONNX Runtime, measured in this run
+    bandwidth_gbs: float  # an element-wise Add over 3 x 64 MB, same runtime
+    versions: dict[str, str]
+
+
+@dataclass
+class LayerTime:
+    name: str
+    type: str
+    macs: int
+    params: int
+    activation_kb: float
+    ms: float  # per image, batch 1
+    gflops: float | None  # achieved, counting 2 FLOPs per multiply-add
+
+
+@dataclass
+class ArchReport:
+    architecture: str
+    family: str
+    params: int
+    gmacs: float
+    top1: float
+    activation_mb: float
+    in_process: dict = field(default_factory=dict)  # precision -> {batch: img/s}
+    ms_b1: float | None = None
+    gflops_b8: float | None = None
+    peak_share_b8: float | None = None
+    intensity_b8: float | None = None  # FLOPs per byte moved (weights + activations), batch 8
+    served: dict | None = None
+    layers: list[LayerTime] = field(default_factory=list)
+    unmapped_share: float = 0.0
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _session(path: Path, threads: int, profile_prefix: str | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _rate(run, work: float, seconds: float) -> float:
+    """Units of `work` per second, the median of interleaving-friendly rounds."""
+    run()
+    rates = []
+    for _ in range(ROUNDS):
+        n, start = 0, time.perf_counter()
+        while n < 2 or time.perf_counter() - start < seconds / ROUNDS:
+            run()
+            n += 1
+        rates.append(work * n / (time.perf_counter() - start))
+    return float(np.median(rates))
+
+
+def _tiny_model(op: str, shapes: list[tuple[int, ...]]):
+    from onnx import TensorProto, helper
+
+    names = [f"x{i}" for i in range(len(shapes))]
+    out_shape = (shapes[0][0], shapes[1][1]) if op == "MatMul" else shapes[0]
+    graph = helper.make_graph(
+        [helper.make_node(op, names, ["y"])],
+        op.lower(),
+        [
+            helper.make_tensor_value_info(n, TensorProto.FLOAT, list(s))
+            for n, s in zip(names, shapes, strict=True)
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(out_shape))],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def measure_machine(threads: int, seconds: float) -> Machine:
+    """The fp32 GEMM peak and the memory bandwidth, through ONNX Runtime with `threads`."""
+    import onnxruntime as ort
+    import torch
+
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        results = {}
+        for op, shapes, work in (
+            ("MatMul", [(GEMM_N, GEMM_N), (GEMM_N, GEMM_N)], 2 * GEMM_N**3 / 1e9),  # GFLOP per run
+            ("Add", [(BANDWIDTH_FLOATS,), (BANDWIDTH_FLOATS,)], 3 * 4 * BANDWIDTH_FLOATS / 1e9),  # GB per run
+        ):
+            path = Path(tmp) / f"{op}.onnx"
+            onnx.save(_tiny_model(op, shapes), str(path))
+            session = _session(path, threads)
+            feeds = {f"x{i}": rng.standard_normal(s, dtype=np.float32) for i, s in enumerate(shapes)}
+            results[op] = _rate(lambda s=session, f=feeds: s.run(None, f), work, seconds)
+    return Machine(
+        cpu=_cpu_name(),
+        flags=cpu_flags(),
+        cores=os.cpu_count() or 1,
+        threads=threads,
+        gemm_gflops=results["MatMul"],
+        bandwidth_gbs=results["Add"],
+        versions={
+            "cnn-deploy": __version__,
+            "python": platform.python_version(),
+            "onnxruntime": ort.__version__,
+            "torch": torch.__version__,
+        },
+    )
+
+
+def in_process(export_dir: Path, threads: int, seconds: float) -> dict[str, dict[int, float]]:
+    """img/s at batch 1 and 8 for each precision exported (fp32, fp16, int8)."""
+    files = {"fp32": MODEL_FILE, "fp16": FP16_FILE, "int8": INT8_FILE}
+    sessions = {p: _session(export_dir / f, threads) for p, f in files.items() if (export_dir / f).is_file()}
+    out: dict[str, dict[int, float]] = defaultdict(dict)
+    for bs in (1, 8):
+        x = np.random.default_rng(bs).standard_normal((bs, 3, 224, 224), dtype=np.float32)
+        for precision, session in sessions.items():
+            out[precision][bs] = _rate(lambda s=session, x=x: s.run(None, {INPUT_NAME: x}), bs, seconds)
+    return dict(out)
+
+
+# --- per layer -----------------------------------------------------------------------------------
+
+
+def _scope(node: onnx.NodeProto) -> list[str]:
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                return [s for s in json.loads(prop.value.replace("'", '"')) if s]
+            except ValueError:
+                return []
+    return []
+
+
+def node_rows(model: onnx.ModelProto, rows: list) -> dict[str, str]:
+    """Graph node (by its name and by each output's name) -> the analyze row its time belongs to.
+
+    A node inside a lecture layer's module is that row; a BatchNorm folded into the convolution
+    before it is the convolution's row; what the lecture does not list (ReLU, residual Add,
+    flatten) runs right after a listed layer in the graph and joins it."""
+    names = [r.name for r in rows]
+    index = {name: i for i, name in enumerate(names)}
+    types = {r.name: r.type for r in rows}
+    mapping: dict[str, str] = {}
+    current: str | None = None
+    for node in model.graph.node:
+        row = next((s for s in reversed(_scope(node)) if s in index), None)
+        if row is not None and types[row].startswith("BatchNorm") and index[row] > 0:
+            before = names[index[row] - 1]
+            row = before if types[before] == "Conv2d" else row
+        current = row or current
+        if current is not None:
+            for key in (node.name, *node.output):
+                mapping[key] = current
+    return mapping
+
+
+def profile_layers(model_path: Path, analysis, threads: int) -> tuple[list[LayerTime], float]:
+    """ms per analyze row at batch 1 (mean of PROFILE_RUNS), and the share of time left unmapped."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    mapping = node_rows(model, analysis.layers)
+    warmup = 2
+    with tempfile.TemporaryDirectory() as tmp:
+        session = _session(model_path, threads, profile_prefix=str(Path(tmp) / "profile"))
+        x = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
+        for _ in range(warmup + PROFILE_RUNS):
+            session.run(None, {INPUT_NAME: x})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    runs = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    measured_from = runs[warmup] if len(runs) > warmup else 0  # the first runs allocate: left out
+    per_row: dict[str, float] = defaultdict(float)
+    unmapped = total = 0.0
+    for event in events:
+        if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time"):
+            continue
+        if event.get("ts", 0) < measured_from:
+            continue
+        name = event["name"].removesuffix("_kernel_time")
+        key = name.removesuffix("_nchwc")
+        row = mapping.get(name) or mapping.get(key)
+        duration = float(event.get("dur", 0)) / 1e3 / PROFILE_RUNS  # ms per run
+        total += duration
+        if row is None:
+            unmapped += duration
+        else:
+            per_row[row] += duration
+    layers = []
+    for r in analysis.layers:
+        ms = per_row.get(r.name, 0.0)
+        gflops = r.macs * 2 / (ms / 1e3) / 1e9 if ms > 0 and r.macs else None
+        layers.append(LayerTime(r.name, r.type, r.macs, r.params, r.activation_kb, ms, gflops))
+    return layers, (unmapped / total if total else 0.0)
+
+
+# --- served --------------------------------------------------------------------------------------
+
+
+def _stub_rss_mb(server_pid: int, model_dir: Path) -> float | None:
+    """RSS of the backend processes serving one model (Triton's Python stubs, one per instance)."""
+    total, found = 0, False
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            status = (proc / "status").read_text()
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        ppid = next((int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("PPid:")), None)
+        if ppid == server_pid and f"{model_dir}/" in cmdline and "stub" in cmdline:
+            total += next((int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("VmRSS:")), 0)
+            found = True
+    return total / 1024 if found else None
+
+
+def served(arch: Architecture, models_dir: Path, window_s: float, url: str | None = None) -> dict:
+    """p50/p99 at c=1 and the peak of a short sweep, every answer verified; the model's memory."""
+    from clients.loadtest import LoadTestConfig, run_loadtest
+    from serving.repository import CpuPlan, place_models
+    from serving.triton import ServerOptions, TritonProcess
+
+    def sweep(target_url: str, repository: Path | None) -> dict:
+        config = LoadTestConfig(
+            url=target_url,
+            model=arch.name,
+            levels=(1, 2, 4),
+            warmup_s=window_s,
+            window_s=window_s,
+            max_windows=5,
+            min_samples=30,
+            repository=repository,
+        )
+        report = run_loadtest(config)
+        steps = report.steps
+        if not steps or not steps[0].responses:
+            raise CnnDeployError(f"{arch.name}: no answer from the server: {report.failures}")
+        best = max(steps, key=lambda s: s.inferences_per_s)
+        return {
+            "p50_ms_c1": steps[0].latency_ms.p50,
+            "p99_ms_c1": steps[0].latency_ms.p99,
+            "peak_img_s": best.inferences_per_s,
+            "peak_at": best.label,
+            "verified": sum(s.verified for s in steps),
+            "wrong": sum(s.wrong for s in steps),
+        }
+
+    if url:
+        return {**sweep(url, None), "memory_mb": None, "url": url}
+    with tempfile.TemporaryDirectory(prefix="report-") as tmp:
+        repo = Path(tmp) / "repo"
+        cores = os.cpu_count() or 1
+        place_models([arch], models_dir=models_dir, repository=repo, cpu=CpuPlan(1, cores), identity=False)
+        opts = ServerOptions.on_free_ports(repo, backend_dir=Path(tmp) / "backends")
+        with TritonProcess(opts, log_path=Path(tmp) / "triton.log").start() as server:
+            server.wait_ready(600)
+            memory = _stub_rss_mb(server.process.pid, repo / arch.name)
+            result = sweep(opts.grpc_url, repo)
+    return {**result, "memory_mb": memory, "url": "local, 1 instance x every core"}
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+def build_report(
+    archs: list[Architecture],
+    *,
+    models_dir: Path,
+    seconds: float,
+    window_s: float,
+    url: str | None,
+    progress,
+) -> dict:
+    from export.analysis import analyze
+    from export.models import weights_enum
+
+    threads = os.cpu_count() or 1
+    progress("machine: fp32 GEMM peak and memory bandwidth through ONNX Runtime")
+    machine = measure_machine(threads, seconds)
+    reports = []
+    for arch in archs:
+        export_dir = models_dir / arch.name
+        if not (export_dir / MODEL_FILE).is_file():
+            raise CnnDeployError(
+                f"no export of {arch.name} in {models_dir}: python -m export build {arch.name}"
+            )
+        meta = weights_enum(arch).meta
+        analysis = analyze(arch)
+        r = ArchReport(
+            architecture=arch.name,
+            family=arch.family,
+            params=analysis.total_params,
+            gmacs=analysis.gflops,
+            top1=float(meta["_metrics"]["ImageNet-1K"]["acc@1"]),
+            activation_mb=analysis.total_activation_kb / 1024,
+        )
+        progress(f"{arch.name}: in-process ONNX Runtime at batch 1 and 8")
+        r.in_process = in_process(export_dir, threads, seconds)
+        fp32 = r.in_process["fp32"]
+        r.ms_b1 = 1e3 / fp32[1]
+        r.gflops_b8 = fp32[8] * r.gmacs * 2
+        r.peak_share_b8 = r.gflops_b8 / machine.gemm_gflops
+        # Bytes a batch of 8 moves at least once: the weights, and every layer's output.
+        moved = r.params * 4 + 8 * analysis.total_activation_kb * 1024
+        r.intensity_b8 = 8 * r.gmacs * 2e9 / moved
+        progress(f"{arch.name}: per-layer profile")
+        r.layers, r.unmapped_share = profile_layers(export_dir / MODEL_FILE, analysis, threads)
+        progress(f"{arch.name}: served by Triton, c=1 and a short sweep")
+        r.served = served(arch, models_dir, window_s, url)
+        reports.append(r)
+    return {
+        "command": shlex.join(["python", "-m", "cnn_deploy", *sys.argv[2:]]) if len(sys.argv) > 1 else "",
+        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "machine": asdict(machine),
+        "architectures": [asdict(r) for r in reports],
+        "findings": findings([asdict(r) for r in reports]),
+    }
+
+
+def findings(rows: list[dict]) -> list[str]:
+    """One line per architecture: its FLOPs as a multiple of the cheapest's, against its measured
+    latency as a multiple (where the cost the lecture counts and the cost you pay part ways)."""
+    if len(rows) < 2:
+        return []
+    base = next((r for r in rows if r["architecture"] == "resnet18"), min(rows, key=lambda r: r["gmacs"]))
+    out = []
+    for r in rows:
+        if r is base:
+            continue
+        flops, latency = r["gmacs"] / base["gmacs"], r["ms_b1"] / base["ms_b1"]
+        share = r["peak_share_b8"] or 0.0
+        out.append(
+            f"{r['architecture']}: {flops:.2f}x {base['architecture']}'s FLOPs, {latency:.2f}x its latency "
+            f"at batch 1 ({r['ms_b1']:.1f} vs {base['ms_b1']:.1f} ms); {share:.0%} of the GEMM peak at b8"
+        )
+    return out

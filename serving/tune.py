@@ -1,0 +1,303 @@
+"""`python -m serving tune MODEL --p99-ms X`: the fastest serving setup under a latency SLO, with
+every answer checked.
+
+Like NVIDIA's Model Analyzer it searches the serving configuration on the real server (precision,
+instances x intra-op threads, max batch size, preferred batch sizes, queue delay, and the client
+concurrency that gives the best throughput); unlike it, every answer of every candidate is
+verified against that precision's golden set, and a candidate with one wrong answer or error is
+rejected whatever its speed.
+
+A quick search, not the grid: it starts from the model's current configuration and changes one
+dimension at a time, keeping what helps; concurrency doubles until throughput stops growing (by
+5 %) or p99 leaves the SLO; it stops at the time budget. Each candidate runs in a scratch
+repository on its own server, measured by our load test (`python -m clients loadtest`, whose JSON
+report it reads: the serving stage does not import the clients). The user's repository is written
+once, at the end, atomically: Ctrl-C at any point leaves it as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from cnn_deploy_core import registry
+from cnn_deploy_core.fsutil import atomic_write_bytes, atomic_write_text
+from cnn_deploy_core.layout import INT8_FILE, INT8_SUFFIX
+from serving import ServingError
+from serving.repository import ModelState, candidate_config, served_versions, write_configs
+from serving.triton import ServerOptions, TritonProcess
+
+SATURATION = 1.05  # more concurrency must add 5 % throughput to be worth its latency
+TUNED = "tuned"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    precision: str = "fp32"
+    instances: int = 1
+    threads: int = 2
+    max_batch_size: int = 32
+    preferred: tuple[int, ...] = ()
+    queue_delay_us: int = 2000
+
+    def label(self) -> str:
+        pref = ",".join(map(str, self.preferred)) or "-"
+        return (
+            f"{self.precision} {self.instances}x{self.threads} max{self.max_batch_size} "
+            f"pref {pref} delay {self.queue_delay_us}us"
+        )
+
+
+@dataclass
+class Measured:
+    candidate: Candidate
+    points: list[dict] = field(default_factory=list)  # per concurrency: infer/s, p50, p99, verified
+    best: dict | None = None  # the fastest point within the SLO
+    rejected: str | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "candidate": {**asdict(self.candidate), "label": self.candidate.label()}}
+
+
+@dataclass(frozen=True)
+class Space:
+    precisions: tuple[str, ...]
+    plans: tuple[tuple[int, int], ...]
+    max_batch_sizes: tuple[int, ...]
+    preferred: tuple[tuple[int, ...], ...]
+    delays: tuple[int, ...]
+    concurrency: tuple[int, ...]
+
+
+def default_space(max_batch: int, cores: int, has_int8: bool) -> Space:
+    plans = {(1, cores), (cores, 1)} | ({(2, cores // 2)} if cores >= 4 else set())
+    return Space(
+        precisions=("fp32", "int8") if has_int8 else ("fp32",),
+        plans=tuple(sorted(plans)),
+        max_batch_sizes=tuple(sorted({max_batch, max(2, max_batch // 4)}, reverse=True)),
+        preferred=((), (4, 8)),
+        delays=(2000, 500, 8000),
+        concurrency=(1, 2, 4, 8, 16, 32),
+    )
+
+
+def _config(name: str, candidate: Candidate, model_dir: Path):
+    state = ModelState.load(model_dir)
+    served = served_versions(model_dir, state.pinned)
+    if candidate.precision == "int8":
+        served = [v for v in served if INT8_FILE in v.files]
+    return candidate_config(registry.get(name), served, asdict(candidate))
+
+
+def _loadtest(url: str, model: str, c: int, scratch: Path, window_s: float) -> dict:
+    """One concurrency level through our load test; its JSON report."""
+    cmd = [
+        sys.executable, "-m", "clients", "loadtest", "--url", url, "--model", model,
+        "--concurrency", str(c), "--warmup-s", str(window_s), "--window-s", str(window_s),
+        "--max-windows", "6", "--min-samples", "50", "--repository", str(scratch / "repo"),
+        "--output", str(scratch / "reports"), "--json", "--max-error-rate", "0", "--max-wrong", "0",
+    ]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    try:
+        return json.loads(result.stdout)
+    except ValueError:
+        raise ServingError(
+            f"the load test failed on {model} at c={c}: {result.stderr.strip()[-300:]}"
+        ) from None
+
+
+def measure(
+    name: str, candidate: Candidate, repository: Path, space: Space, slo_ms: float, window_s: float, progress
+) -> Measured:
+    started = time.monotonic()
+    measured = Measured(candidate)
+    model = name + (INT8_SUFFIX if candidate.precision == "int8" else "")
+    with tempfile.TemporaryDirectory(prefix="tune-") as tmp:
+        scratch = Path(tmp)
+        # Only the model under test: the scratch server spends the cores on nothing else.
+        shutil.copytree(
+            repository / model, scratch / "repo" / model, ignore=shutil.ignore_patterns("configs")
+        )
+        config = _config(name, candidate, repository / name)
+        atomic_write_text(scratch / "repo" / model / "configs" / "cpu.pbtxt", config.to_pbtxt())
+        opts = ServerOptions.on_free_ports(scratch / "repo", backend_dir=scratch / "backends")
+        with TritonProcess(opts, log_path=scratch / "triton.log").start() as server:
+            try:
+                server.wait_ready(300)
+            except ServingError as e:
+                measured.rejected = f"the server did not start: {e}"
+                return measured
+            previous = 0.0
+            for c in space.concurrency:
+                report = _loadtest(opts.grpc_url, model, c, scratch, window_s)
+                (step,) = report["steps"] or [None]
+                if step is None or not step["responses"]:
+                    measured.rejected = f"no answer at c={c}: {'; '.join(report.get('failures', []))}"
+                    break
+                point = {
+                    "concurrency": c,
+                    "infer_per_s": step["inferences_per_s"],
+                    "p50_ms": step["latency_ms"]["p50"],
+                    "p99_ms": step["latency_ms"]["p99"],
+                    "verified": step["verified"],
+                    "wrong": step["wrong"],
+                    "errors": sum(step["errors"].values()),
+                }
+                measured.points.append(point)
+                progress(f"  c={c}: {point['infer_per_s']:.1f} infer/s, p99 {point['p99_ms']:.1f} ms")
+                if point["wrong"] or point["errors"]:
+                    measured.rejected = (
+                        f"{point['wrong']} wrong answers and {point['errors']} errors at c={c} "
+                        f"({point['verified']} checked)"
+                    )
+                    break
+                within = point["p99_ms"] <= slo_ms
+                if within and (measured.best is None or point["infer_per_s"] > measured.best["infer_per_s"]):
+                    measured.best = point
+                if not within or point["infer_per_s"] < previous * SATURATION:
+                    break  # more concurrency only adds latency now
+                previous = point["infer_per_s"]
+    if measured.best is None and measured.rejected is None:
+        measured.rejected = f"p99 above {slo_ms:g} ms at every concurrency"
+    measured.seconds = time.monotonic() - started
+    return measured
+
+
+def _score(m: Measured) -> float:
+    return m.best["infer_per_s"] if m.best and not m.rejected else -1.0
+
+
+def search(
+    name: str,
+    repository: Path,
+    *,
+    slo_ms: float,
+    budget_s: float,
+    space: Space,
+    window_s: float,
+    progress=lambda message: None,
+) -> list[Measured]:
+    """Coordinate descent from the current configuration, within the budget."""
+    deadline = time.monotonic() + budget_s
+    state = ModelState.load(repository / name)
+    arch = registry.get(name)
+    current = Candidate(
+        precision="fp32",
+        instances=state.cpu.instances,
+        threads=state.cpu.threads,
+        max_batch_size=arch.max_batch_size,
+        queue_delay_us=arch.queue_delay_us,
+    )
+    results: dict[Candidate, Measured] = {}
+    dimensions = (
+        ("precision", [(p,) for p in space.precisions], ("precision",)),
+        ("plan", list(space.plans), ("instances", "threads")),
+        ("queue delay", [(d,) for d in space.delays], ("queue_delay_us",)),
+        ("max batch", [(b,) for b in space.max_batch_sizes], ("max_batch_size",)),
+        ("preferred batch", [(p,) for p in space.preferred], ("preferred",)),
+    )
+
+    def run(candidate: Candidate) -> Measured:
+        if candidate not in results:
+            progress(f"candidate {len(results) + 1}: {candidate.label()}")
+            results[candidate] = measure(name, candidate, repository, space, slo_ms, window_s, progress)
+            m = results[candidate]
+            verdict = m.rejected or f"best {m.best['infer_per_s']:.1f} infer/s at c={m.best['concurrency']}"
+            progress(f"  -> {verdict}")
+        return results[candidate]
+
+    best = run(current)
+    for label, values, fields in dimensions:
+        for value in values:
+            if time.monotonic() > deadline:
+                progress(f"budget of {budget_s:.0f}s spent: stopping at {label}")
+                return list(results.values())
+            candidate = dataclasses.replace(best.candidate, **dict(zip(fields, value, strict=True)))
+            measured = run(candidate)
+            if _score(measured) > _score(best):
+                best = measured
+    return list(results.values())
+
+
+def winner(results: list[Measured]) -> Measured | None:
+    ranked = [m for m in results if _score(m) > 0]
+    return max(ranked, key=_score) if ranked else None
+
+
+def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(p99, throughput) points no other point beats on both."""
+    front, best = [], -1.0
+    for p99, tput in sorted(points, key=lambda p: (p[0], -p[1])):
+        if tput > best:
+            front.append((p99, tput))
+            best = tput
+    return front
+
+
+def plot(results: list[Measured], slo_ms: float, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 5), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    every = []
+    for m in results:
+        xs = [p["p99_ms"] for p in m.points]
+        ys = [p["infer_per_s"] for p in m.points]
+        every += list(zip(xs, ys, strict=True))
+        ax.plot(xs, ys, "o-", alpha=0.5 if m.rejected else 0.9, label=m.candidate.label()[:48])
+    front = pareto(every)
+    if front:
+        ax.plot(*zip(*front, strict=True), "k--", linewidth=2, label="Pareto front")
+    ax.axvline(slo_ms, color="red", linestyle=":", label=f"SLO p99 {slo_ms:g} ms")
+    ax.set_xlabel("p99 latency (ms)")
+    ax.set_ylabel("inferences / s (every answer verified)")
+    ax.set_title("serving configurations: throughput vs p99")
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def write_tuned(
+    name: str, repository: Path, best: Candidate, config_name: str = TUNED, force: bool = False
+) -> Path:
+    """The winner as `configs/<config_name>.pbtxt` (models without one fall back to their
+    config.pbtxt, the cpu config), recorded in serving.json so that every later placement
+    regenerates it for the versions then served."""
+    if config_name in ("cpu", "gpu") and not force:
+        raise ServingError(f"--config-name {config_name} would overwrite a generated config; add --force")
+    model_dir = repository / name
+    state = ModelState.load(model_dir)
+    state.tuned = {**asdict(best), "config_name": config_name}
+    write_configs(registry.get(name), model_dir, state)
+    state.save(model_dir)
+    model = name + (INT8_SUFFIX if best.precision == "int8" else "")
+    return repository / model / "configs" / f"{config_name}.pbtxt"
+
+
+def has_int8(repository: Path, name: str) -> bool:
+    int8_dir = repository / (name + INT8_SUFFIX)
+    return (
+        any((p / INT8_FILE).is_file() for p in int8_dir.iterdir() if p.is_dir())
+        if int8_dir.is_dir()
+        else False
+    )
+
+
+def cores() -> int:
+    return max(1, os.cpu_count() or 1)
