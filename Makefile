@@ -8,12 +8,12 @@ URL    ?= grpc://127.0.0.1:8001
 # What `make venv` installs: everything for one CPU machine, plus the test tools.
 EXTRAS ?= export,serving,cpu,dev
 
-.PHONY: help venv test test-slow lint demo export repo serve loadtest bench-export bench-serving bench-loadgen bench-int8 tune report gpu-check clean
+.PHONY: help venv test test-slow lint demo export repo serve loadtest bench-export bench-serving bench-loadgen bench-int8 bench-images tune report compose-test gpu-check clean
 
 help:
 	@echo "make demo          export $(MODELS) ($(WEIGHTS) weights), serve them with Triton on CPU, classify,"
 	@echo "                   verify, load-test, stop (WEIGHTS=imagenet needs the network)"
-	@echo "make test          set up $(VENV) and run the tests (not slow, not gpu), import contracts included"
+	@echo "make test          set up $(VENV) and run the tests (not slow, gpu or docker), import contracts included"
 	@echo "make test-slow     every architecture, long load tests"
 	@echo "make lint          ruff and the import contracts (lint-imports)"
 	@echo "make export        python -m export build MODELS, then python -m serving repo MODELS"
@@ -21,9 +21,11 @@ help:
 	@echo "make bench-export  PyTorch eager vs ONNX Runtime, JSON in reports/"
 	@echo "make bench-serving Triton vs in-process ONNX Runtime on ResNet-50, JSON in reports/"
 	@echo "make bench-loadgen our load generator vs perf_analyzer (fetched into build/cache), JSON+PNG in reports/"
+	@echo "make bench-images  image input vs tensor input on ResNet-50, one server (exports it first)"
 	@echo "make bench-int8    INT8 / fp32 on ResNet-50, in process and served (exports it with --int8 first)"
 	@echo "make tune          the fastest ResNet-50 serving config under P99_MS (default 300), answers verified"
 	@echo "make report        the lecture's costs beside measured serving costs for MODELS: HTML in reports/"
+	@echo "make compose-test  the CPU compose deployment run for real: build, up, verify, load test, down"
 	@echo "make gpu-check     every GPU check in one run, JSON in reports/ (exit 2 without a GPU)"
 
 # The venv is rebuilt from nothing when the project's dependency files change.
@@ -37,7 +39,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 venv: $(VENV)/.installed
 
 test: venv
-	$(PY) -m pytest -m "not slow and not gpu"
+	$(PY) -m pytest -m "not slow and not gpu and not docker"
 
 test-slow: venv
 	$(PY) -m pytest -m "slow"
@@ -81,11 +83,20 @@ report: venv
 	$(PY) -m export build $(MODELS) --int8
 	$(PY) -m cnn_deploy report $(MODELS)
 
+bench-images: venv
+	$(PY) -m export build resnet50
+	$(PY) -m cnn_deploy bench-images --model resnet50
+
 P99_MS ?= 300
 tune: venv
 	$(PY) -m export build resnet50 --int8
 	$(PY) -m serving repo resnet50
 	$(PY) -m serving tune resnet50 --p99-ms $(P99_MS)
+
+compose-test: venv
+	$(PY) -m export build $(MODELS)
+	$(PY) -m serving repo $(MODELS)
+	$(PY) -m cnn_deploy compose-test
 
 gpu-check: venv
 	$(PY) -m cnn_deploy gpu-check

@@ -80,6 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--window-s", type=float, default=1.5, help="load test window (default 1.5)")
     r.add_argument("--output", type=Path, default=None, help="report stem (default reports/lecture-report)")
 
+    bi = sub.add_parser("bench-images", help="encoded images in vs tensors in, same server, one run")
+    bi.add_argument("--model", default="resnet50")
+    bi.add_argument("--concurrency", default="1,4,8", help="comma-separated (default 1,4,8)")
+    bi.add_argument("--window-s", type=float, default=2.0, help="load test window (default 2)")
+    bi.add_argument(
+        "--output", type=Path, default=None, help="JSON (default reports/bench-images-MODEL.json)"
+    )
+
+    ct = sub.add_parser("compose-test", help="the CPU compose deployment, really run, checked and taken down")
+    ct.add_argument(
+        "--output", type=Path, default=None, help="JSON record (default reports/compose-test.json)"
+    )
+
     g = sub.add_parser("gpu-check", help="every GPU check in one run (exit 2 without a GPU)")
     g.add_argument(
         "--repository", type=Path, default=None, help="model repository (default model_repository)"
@@ -195,6 +208,25 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_bench_images(args) -> int:
+    from cnn_deploy import bench_images
+
+    model = registry.get(args.model).name
+    return bench_images.run(
+        model,
+        models_dir=paths.models_dir(),
+        concurrency=_ints(args.concurrency, "--concurrency"),
+        window_s=args.window_s,
+        output=args.output or paths.reports_dir() / f"bench-images-{model}.json",
+    )
+
+
+def cmd_compose_test(args) -> int:
+    from cnn_deploy.compose_test import run_compose_test
+
+    return run_compose_test(args.output or paths.reports_dir() / "compose-test.json")
+
+
 def cmd_gpu_check(args) -> int:
     from cnn_deploy.gpu_check import main_args
 
@@ -207,6 +239,8 @@ COMMANDS = {
     "bench-loadgen": cmd_bench_loadgen,
     "bench-int8": cmd_bench_int8,
     "report": cmd_report,
+    "bench-images": cmd_bench_images,
+    "compose-test": cmd_compose_test,
     "gpu-check": cmd_gpu_check,
 }
 

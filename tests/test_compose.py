@@ -29,6 +29,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 SCHEMA_FILE = ROOT / "tests" / "data" / "compose-spec.json"
 DOC = ROOT / "docs" / "deploy-gpu.md"
+CPU_DOC = ROOT / "docs" / "deploy-cpu.md"
 ENV = {"TRITON_ADMIN_KEY": "test-admin-key"}
 REPOSITORY_SOURCE = "./model_repository"
 # NGC release -> Triton server version, from Triton's build.py TRITON_VERSION_MAP at the server's
@@ -379,15 +380,46 @@ def test_optional_services_sit_behind_profiles(services):
         "loadtest": ["loadtest"],
         "verify": ["verify"],
         "prometheus": ["monitoring"],
+        "triton-cpu": ["cpu"],
+        "verify-cpu": ["cpu"],
+        "loadtest-cpu": ["cpu"],
     }
+
+
+def test_the_cpu_profile_serves_like_the_gpu_service(services):
+    """Same admin restriction, readiness healthcheck, non-root user and ports; loopback only."""
+    from serving import cli as serving_cli
+    from serving.triton import RESTRICTED
+
+    cpu, gpu = services["triton-cpu"], services["triton"]
+    args = command_args(cpu)
+    assert args[:3] == ["python", "-m", "serving"]
+    ns = serving_cli.build_parser().parse_args(args[3:])
+    assert ns.command == "up" and ns.config_name == "cpu" and ns.host == "127.0.0.1"
+    assert (ns.http_port, ns.grpc_port, ns.metrics_port) == tuple(
+        int(flags(command_args(gpu))[f"--{k}-port"]) for k in ("http", "grpc", "metrics")
+    )
+    assert str(ns.repository) == mount_target(cpu, REPOSITORY_SOURCE) and mounts(cpu)[str(ns.repository)][1]
+    assert cpu["user"] == gpu["user"] == "1000:1000" and cpu["read_only"] is True
+    assert cpu["network_mode"] == "host" and "ports" not in cpu
+    assert "TRITON_ADMIN_KEY" in cpu["environment"]
+    restricted = flags(command_args(gpu))["--http-restricted-api"].split(":")[0]
+    assert restricted == RESTRICTED  # the local server, hence triton-cpu, restricts the same APIs
+    assert "/v2/health/ready" in " ".join(cpu["healthcheck"]["test"])
+    assert cpu["build"]["target"] == "serving-cpu" and cpu["build"]["network"] == "host"
+    for name in ("verify-cpu", "loadtest-cpu"):
+        client = services[name]
+        assert client["build"]["target"] == "client" and client["network_mode"] == "host"
+        assert client["depends_on"]["triton-cpu"]["condition"] == "service_healthy"
+        assert "grpc://127.0.0.1:8001" in " ".join(command_args(client))
 
 
 def test_client_services_use_our_image_and_reach_triton_by_service_name(services):
     grpc_port = flags(command_args(services["triton"]))["--grpc-port"]
     for name in ("loadtest", "verify"):
         service = services[name]
-        ours = services["export"]
-        assert (service["image"], service["build"]) == (ours["image"], ours["build"])
+        assert service["image"] == "cnn-deploy-client:local" and service["build"]["target"] == "client"
+        assert service["build"]["args"] == services["export"]["build"]["args"]
         args = command_args(service)
         assert args[:3] == ["python", "-m", "clients"]
         assert args[args.index("--url") + 1] == f"grpc://triton:{grpc_port}"
@@ -444,9 +476,15 @@ def _pinned(requirement_name: str) -> str:
     return next(d.split("==")[1] for d in deps if d.split("==")[0].strip() == requirement_name)
 
 
-def test_dockerfile_is_python311_slim_with_cpu_torch_pinned_like_pyproject():
+def test_dockerfile_is_python311_slim_by_default_with_cpu_torch_pinned_like_pyproject():
     lines = _dockerfile()
-    assert all(ln.split()[1] == "python:3.11-slim" for ln in lines if ln.startswith("FROM "))
+    assert "ARG BASE_IMAGE=python:3.11-slim" in lines
+    stages = {"${BASE_IMAGE}"}
+    for ln in (ln for ln in lines if ln.startswith("FROM ")):
+        parts = ln.split()
+        assert parts[1] in stages, f"{ln}: every stage starts from BASE_IMAGE or an earlier stage"
+        stages.add(parts[-1])
+    assert {"client", "serving-cpu", "export"} <= stages
     torch_install = next(ln for ln in lines if "torch==" in ln)
     assert "--index-url https://download.pytorch.org/whl/cpu" in torch_install
     assert f"torch=={_pinned('torch')}" in torch_install.split()
@@ -523,8 +561,8 @@ def test_deploy_guide_shows_the_compose_commands():
 
 def test_deploy_guide_documents_every_variable_the_compose_file_reads():
     variables = set(re.findall(r"\$\{([_A-Za-z][_A-Za-z0-9]*)", COMPOSE_FILE.read_text()))
-    assert variables >= {"TRITON_ADMIN_KEY", "CNN_DEPLOY_MODELS"}
-    doc = DOC.read_text()
+    assert variables >= {"TRITON_ADMIN_KEY", "CNN_DEPLOY_MODELS", "CNN_DEPLOY_BASE_IMAGE"}
+    doc = DOC.read_text() + CPU_DOC.read_text()
     assert sorted(v for v in variables if v not in doc) == []
 
 
