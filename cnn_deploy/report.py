@@ -239,7 +239,8 @@ def profile_layers(model_path: Path, analysis, threads: int) -> tuple[list[Layer
             continue
         if event.get("ts", 0) < measured_from:
             continue
-        name = event["name"].removesuffix("_kernel_time")
+        # ORT renames what it rewrites: "<output>_nchwc" (NCHWc layout), "fused <node>" (fusions).
+        name = event["name"].removesuffix("_kernel_time").removeprefix("fused ")
         key = name.removesuffix("_nchwc")
         row = mapping.get(name) or mapping.get(key)
         duration = float(event.get("dur", 0)) / 1e3 / PROFILE_RUNS  # ms per run

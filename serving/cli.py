@@ -87,6 +87,35 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("model", metavar="MODEL", help="a model in the repository, e.g. resnet50")
     rb.add_argument("--to", type=int, default=None, help="version to serve (default: the one before)")
 
+    t = sub.add_parser(
+        "tune",
+        parents=[repo_opt, json_opt],
+        help="the fastest serving configuration under a p99 SLO, every answer verified",
+    )
+    t.add_argument("model", metavar="MODEL", help="a model in the repository, e.g. resnet50")
+    t.add_argument("--p99-ms", type=float, required=True, help="the latency objective (client p99, ms)")
+    t.add_argument("--budget-s", type=float, default=900.0, help="search time at most (default 900)")
+    t.add_argument(
+        "--precisions", default=None, help="comma-separated: fp32,int8 (default: what is exported)"
+    )
+    t.add_argument(
+        "--plans", default=None, help="instances x threads, e.g. 1x2,2x1 (default: within the cores)"
+    )
+    t.add_argument("--delays", default=None, help="queue delays to try, us (default 2000,500,8000)")
+    t.add_argument(
+        "--max-batch-sizes", default=None, help="max_batch_size values (default: registry's, a quarter)"
+    )
+    t.add_argument("--preferred", default=None, help="preferred batch sizes to try, e.g. none,4+8 (default)")
+    t.add_argument(
+        "--concurrency", default=None, help="client concurrencies, doubled until saturated (1..32)"
+    )
+    t.add_argument("--window-s", type=float, default=2.0, help="load test window, seconds (default 2)")
+    t.add_argument(
+        "--config-name", default="tuned", help="the config the winner is written as (default tuned)"
+    )
+    t.add_argument("--force", action="store_true", help="allow --config-name cpu or gpu (overwrites it)")
+    t.add_argument("--output", type=Path, default=None, help="JSON report (default reports/tune-MODEL.json)")
+
     sub.add_parser(
         "status", parents=[json_opt, state_opt], help="is the local server up, and which models are ready"
     )
