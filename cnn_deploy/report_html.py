@@ -128,12 +128,17 @@ def _fmt(value, spec: str = ".1f", none: str = "—") -> str:
     return format(value, spec)
 
 
+def _batch(rates: dict, batch: int) -> float | None:
+    """img/s at a batch size; the keys are ints in memory and strings once through JSON."""
+    return rates.get(batch, rates.get(str(batch)))
+
+
 def headline_rows(report: dict) -> list[list[str]]:
     rows = []
     for r in report["architectures"]:
         s = r["served"] or {}
-        int8 = r["in_process"].get("int8", {}).get("8")
-        fp32 = r["in_process"]["fp32"]
+        fp32 = _batch(r["in_process"]["fp32"], 8)
+        int8 = _batch(r["in_process"].get("int8", {}), 8)
         rows.append(
             [
                 r["architecture"],
@@ -141,13 +146,13 @@ def headline_rows(report: dict) -> list[list[str]]:
                 _fmt(r["gmacs"], ".2f"),
                 _fmt(r["top1"]),
                 _fmt(r["ms_b1"]),
-                _fmt(fp32.get("8") or fp32.get(8)),
+                _fmt(fp32),
                 _fmt(s.get("peak_img_s")),
                 _fmt(s.get("p99_ms_c1")),
                 _fmt(r["gflops_b8"], ".0f"),
                 _fmt(100 * r["peak_share_b8"], ".0f") + "%",
                 _fmt(s.get("memory_mb"), ".0f"),
-                _fmt(int8 / (fp32.get("8") or fp32.get(8)), ".2f") + "x" if int8 else "—",
+                (_fmt(int8 / fp32, ".2f") + "x") if int8 and fp32 else "—",
             ]
         )
     return rows

@@ -319,9 +319,28 @@ def _export_dir(models_dir: Path, arch: Architecture) -> tuple[Path, dict]:
     return src, report
 
 
+def _without_durations(value):
+    if isinstance(value, dict):
+        return {k: _without_durations(v) for k, v in value.items() if k != "seconds"}
+    if isinstance(value, list):
+        return [_without_durations(v) for v in value]
+    return value
+
+
+def _file_digest(path: Path) -> str:
+    """sha256 of a file; of export.json without its step durations, which differ on every run."""
+    if path.name != REPORT_FILE:
+        return sha256_file(path)
+    try:
+        report = _without_durations(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return sha256_file(path)
+    return hashlib.sha256(json.dumps(report, sort_keys=True).encode()).hexdigest()
+
+
 def _fingerprint(directory: Path) -> dict[str, str]:
-    """sha256 of every version file a directory holds: two exports are the same only if all match."""
-    return {name: sha256_file(directory / name) for name in VERSION_FILES if (directory / name).is_file()}
+    """A digest of every version file a directory holds: two exports are the same only if all match."""
+    return {name: _file_digest(directory / name) for name in VERSION_FILES if (directory / name).is_file()}
 
 
 def _place_version(src: Path, model_dir: Path) -> tuple[int, bool]:

@@ -177,6 +177,16 @@ def test_reexport_adds_a_version_and_identical_export_does_not(tmp_path):
     assert not [p for p in (repo / "resnet50").iterdir() if p.name.startswith(".")]  # no staging left
 
 
+def test_a_re_export_that_differs_only_in_step_durations_is_the_same_version(tmp_path):
+    models, repo = tmp_path / "models", tmp_path / "repo"
+    _fake_export(models, "resnet50", b"model", steps=[{"step": "export", "status": "OK", "seconds": 1.5}])
+    _place(models, repo)
+    _fake_export(models, "resnet50", b"model", steps=[{"step": "export", "status": "OK", "seconds": 9.0}])
+    assert _place(models, repo).new_version is False
+    _fake_export(models, "resnet50", b"model", steps=[{"step": "export", "status": "FAIL", "seconds": 9.0}])
+    assert _place(models, repo).new_version is True
+
+
 def test_reuse_compares_every_file_not_only_the_model(tmp_path):
     models, repo = tmp_path / "models", tmp_path / "repo"
     _fake_export(models, "resnet50", b"same model")
