@@ -15,6 +15,10 @@ class ServerUnavailableError(ClientError):
     """The server cannot be reached (down, wrong address) after the bounded retries."""
 
 
+class ServerOverloadedError(ClientError):
+    """The server refused the request because its queue is full; not retried (that adds load)."""
+
+
 class RequestTimeoutError(ClientError):
     """The server took longer than the timeout; not retried (the request may still be running)."""
 

@@ -11,16 +11,14 @@ from pathlib import Path
 from rich.table import Table
 
 from clients import ClientError
-from clients.client import DEFAULT_URL, PREPROCESS_CHOICES
+from clients.client import PREPROCESS_CHOICES, add_url_argument, url_from_args
 from cnn_deploy_core import paths
 from cnn_deploy_core.console import dispatch, error, stderr, stdout
 
 
 def _common() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument(
-        "--url", default=DEFAULT_URL, help=f"grpc://HOST:PORT or http://HOST:PORT (default {DEFAULT_URL})"
-    )
+    add_url_argument(p)
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
     p.add_argument(
         "--retries", type=int, default=2, help="retries, with backoff, when the server is unreachable"
@@ -169,7 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     args.command_line = shlex.join(["python", "-m", "clients", *argv])  # recorded in reports
-    return dispatch(COMMANDS, args)
+
+    def run(args) -> int:
+        args.url = url_from_args(args.url)  # one comma-separated string; a bad URL is a user error
+        return COMMANDS[args.command](args)
+
+    return dispatch({args.command: run}, args)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,14 @@
 a background thread, so both have the same methods, options and behaviour by construction.
 Library errors are translated at the boundary into :mod:`clients` exceptions with messages a
 user can act on; an unreachable server is retried a bounded number of times with backoff, a
-request that timed out is not (it may still be running: retrying would multiply the load).
+request that timed out is not (it may still be running: retrying would multiply the load), nor
+one the server refused because its queue is full.
+
+Several endpoints (replicas serving the same repository) are taken as a list or as one
+comma-separated string: calls go round-robin; an endpoint that turns out unreachable is left out
+for `cooldown` seconds (passive health checking) and the call moves at once to the next one.
+That retry is safe because inference is idempotent: a model's answer depends on its input alone,
+and a request lost with a dying replica changed nothing on the server.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,6 +39,7 @@ from clients import (
     ModelNotFoundError,
     ModelNotReadyError,
     RequestTimeoutError,
+    ServerOverloadedError,
     ServerUnavailableError,
 )
 from clients.model_info import ModelInfo, Prediction
@@ -82,6 +90,44 @@ def parse_url(url: str) -> Endpoint:
     return Endpoint(protocol, parsed.hostname, port, ssl)
 
 
+def parse_urls(urls: str | Sequence[str]) -> list[Endpoint]:
+    """One or more URLs (a list, or comma-separated), all of one protocol, each once."""
+    items = [urls] if isinstance(urls, str) else list(urls)
+    parts = [u.strip() for item in items for u in item.split(",") if u.strip()]
+    if not parts:
+        raise ClientError("no server URL given")
+    endpoints = [parse_url(u) for u in parts]
+    if len({e.protocol for e in endpoints}) > 1:
+        raise ClientError(
+            f"all URLs must use one protocol (grpc or http), got {', '.join(map(str, endpoints))}"
+        )
+    if len(set(endpoints)) < len(endpoints):
+        raise ClientError(f"a URL is given twice: {', '.join(map(str, endpoints))}")
+    return endpoints
+
+
+def add_url_argument(parser) -> None:
+    """`--url`, repeatable (or comma-separated): the replicas a command spreads its calls over."""
+    parser.add_argument(
+        "--url",
+        action="append",
+        metavar="URL",
+        help=f"grpc://HOST:PORT or http://HOST:PORT (default {DEFAULT_URL}); repeat it, or separate "
+        "with commas, for replicas of one repository: round-robin with failover",
+    )
+
+
+def url_from_args(values: list[str] | None) -> str:
+    """What `--url` gave, as one comma-separated string (validated)."""
+    url = ",".join(values or [DEFAULT_URL])
+    parse_urls(url)
+    return url
+
+
+def describe(endpoints: Sequence[Endpoint]) -> str:
+    return ", ".join(map(str, endpoints))
+
+
 def translate(error: BaseException, endpoint: Endpoint, model: str | None = None) -> ClientError:
     """Map tritonclient / transport errors to our typed errors (pytriton's `raise ... from e`)."""
     if isinstance(error, ClientError):
@@ -96,6 +142,8 @@ def translate(error: BaseException, endpoint: Endpoint, model: str | None = None
                 f"model {model!r} is not ready at {endpoint} (it may have failed to load; "
                 "see the server log or `python -m serving status`)"
             )
+        if "exceeds maximum queue size" in lowered:  # Triton's queue policy said no (UNAVAILABLE)
+            return ServerOverloadedError(f"{model}: the server at {endpoint} is overloaded: {message}")
         if "DEADLINE_EXCEEDED" in status or "timed out" in lowered or "deadline" in lowered:
             return RequestTimeoutError(f"request to {endpoint} timed out")
         if "UNAVAILABLE" in status or "failed to connect" in lowered or "connection refused" in lowered:
@@ -176,17 +224,19 @@ class AsyncTritonClient:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         timeout: float = 30.0,
         retries: int = 2,
         backoff: float = 0.25,
+        cooldown: float = 5.0,
         headers: dict[str, str] | None = None,
     ):
-        if retries < 0 or timeout <= 0:
-            raise ClientError("timeout must be > 0 and retries >= 0")
-        self.endpoint = parse_url(url)
-        self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        if retries < 0 or timeout <= 0 or cooldown < 0:
+            raise ClientError("timeout must be > 0, retries >= 0 and cooldown >= 0")
+        self.endpoints = parse_urls(url)
+        self.endpoint = self.endpoints[0]  # where messages about "the server" point
+        self.timeout, self.retries, self.backoff, self.cooldown = timeout, retries, backoff, cooldown
         self.headers = headers or None
         self._info: dict[str, ModelInfo] = {}
         self._image_models: dict[str, bool] = {}
@@ -195,22 +245,26 @@ class AsyncTritonClient:
         else:
             import tritonclient.http.aio as module
         self._module = module
-        self._aio_client = None
+        self._aio_clients: list = [None] * len(self.endpoints)
+        self._down_until = [0.0] * len(self.endpoints)  # passive health: skipped until then
+        self._next = 0  # round-robin position
 
     @property
-    def _client(self):
+    def where(self) -> str:
+        return describe(self.endpoints)
+
+    def _client(self, i: int):
         # Created on first use, inside the running event loop: the aio clients bind to the loop
         # they are created in (aiohttp refuses to be created outside one).
-        if self._aio_client is None:
-            if self.endpoint.protocol == "grpc":
-                self._aio_client = self._module.InferenceServerClient(
-                    self.endpoint.address, ssl=self.endpoint.ssl
-                )
+        if self._aio_clients[i] is None:
+            endpoint = self.endpoints[i]
+            if endpoint.protocol == "grpc":
+                self._aio_clients[i] = self._module.InferenceServerClient(endpoint.address, ssl=endpoint.ssl)
             else:
-                self._aio_client = self._module.InferenceServerClient(
-                    self.endpoint.address, ssl=self.endpoint.ssl, conn_timeout=self.timeout, conn_limit=1000
+                self._aio_clients[i] = self._module.InferenceServerClient(
+                    endpoint.address, ssl=endpoint.ssl, conn_timeout=self.timeout, conn_limit=1000
                 )
-        return self._aio_client
+        return self._aio_clients[i]
 
     async def __aenter__(self) -> AsyncTritonClient:
         return self
@@ -219,9 +273,10 @@ class AsyncTritonClient:
         await self.close()
 
     async def close(self) -> None:
-        if self._aio_client is not None:
-            await self._aio_client.close()
-            self._aio_client = None
+        for i, client in enumerate(self._aio_clients):
+            if client is not None:
+                await client.close()
+                self._aio_clients[i] = None
 
     def _kw(self, *, as_json: bool = False) -> dict:
         """The per-call keywords one protocol takes and the other does not."""
@@ -232,40 +287,80 @@ class AsyncTritonClient:
             kw["as_json"] = True
         return kw
 
+    def _pick(self, tried: set[int]) -> int:
+        """The next endpoint round-robin, skipping those tried or down (unless all are)."""
+        n, now = len(self.endpoints), time.monotonic()
+        order = [(self._next + k) % n for k in range(n)]
+        fresh = [i for i in order if i not in tried] or order
+        healthy = [i for i in fresh if self._down_until[i] <= now]
+        # All down: the one whose cooldown ends first is the best bet (it may be back already).
+        i = healthy[0] if healthy else min(fresh, key=lambda j: self._down_until[j])
+        self._next = (i + 1) % n
+        return i
+
+    def healthy(self) -> list[Endpoint]:
+        """The endpoints not marked down by a recent failure."""
+        now = time.monotonic()
+        return [e for e, until in zip(self.endpoints, self._down_until, strict=True) if until <= now]
+
     async def _call(
-        self, fn: Callable[[], Awaitable[T]], model: str | None = None, *, retry: bool = True
+        self, fn: Callable[[Any], Awaitable[T]], model: str | None = None, *, retry: bool = True
     ) -> T:
-        """One server call: translated errors; an unreachable server retried with backoff."""
+        """One server call on the next endpoint: translated errors; an unreachable endpoint is
+        marked down and the call moves at once to another one (once), then retries with backoff.
+
+        Only "unreachable" is retried: a timeout or an overloaded server is not (the request may
+        still be running, and a retry would add load where there is too much already).
+        """
         delays = [self.backoff * 2**i for i in range(self.retries)] if retry else []
+        failover = retry and len(self.endpoints) > 1
+        tried: set[int] = set()
         while True:
+            i = self._pick(tried)
             try:
-                return await asyncio.wait_for(fn(), self.timeout)
+                result = await asyncio.wait_for(fn(self._client(i)), self.timeout)
+                self._down_until[i] = 0.0
+                return result
             except Exception as e:
-                error = translate(e, self.endpoint, model)
-                if not isinstance(error, ServerUnavailableError) or not delays:
+                error = translate(e, self.endpoints[i], model)
+                if not isinstance(error, ServerUnavailableError):
+                    raise error from e
+                self._down_until[i] = time.monotonic() + self.cooldown
+                tried.add(i)
+                if failover:  # idempotent: safe to send again, to another replica, right away
+                    failover = False
+                    continue
+                if not delays:
                     raise error from e
                 await asyncio.sleep(delays.pop(0))
+                tried.clear()
 
     async def server_ready(self) -> bool:
-        try:
-            return bool(await self._call(lambda: self._client.is_server_ready(**self._kw()), retry=False))
-        except ClientError:
-            return False
+        """Whether any endpoint is ready (each one is asked; the unreachable are marked down)."""
+
+        async def ready(i: int) -> bool:
+            try:
+                ok = await asyncio.wait_for(self._client(i).is_server_ready(**self._kw()), self.timeout)
+            except Exception:
+                self._down_until[i] = time.monotonic() + self.cooldown
+                return False
+            self._down_until[i] = 0.0 if ok else self._down_until[i]
+            return bool(ok)
+
+        return any(await asyncio.gather(*(ready(i) for i in range(len(self.endpoints)))))
 
     async def wait_until_ready(self, model: str | None = None, *, timeout: float = 60.0, poll: float = 0.5):
         deadline = time.monotonic() + timeout
         while not await self.server_ready():
             if time.monotonic() > deadline:
-                raise ServerUnavailableError(
-                    f"Triton server at {self.endpoint} not ready after {timeout:.0f}s"
-                )
+                raise ServerUnavailableError(f"Triton server at {self.where} not ready after {timeout:.0f}s")
             await asyncio.sleep(poll)
         if model is None:
             return
         while True:
             # Readiness first: Triton answers metadata requests for a model still loading with
             # "unknown model", so a NotReady here means "keep waiting", NotFound means "give up".
-            if await self._call(lambda: self._client.is_model_ready(model, **self._kw()), model):
+            if await self._call(lambda c: c.is_model_ready(model, **self._kw()), model):
                 await self.model_info(model)
                 return
             try:
@@ -273,7 +368,7 @@ class AsyncTritonClient:
             except ModelNotReadyError:
                 pass
             if time.monotonic() > deadline:
-                raise ModelNotReadyError(f"model {model!r} not ready at {self.endpoint} after {timeout:.0f}s")
+                raise ModelNotReadyError(f"model {model!r} not ready at {self.where} after {timeout:.0f}s")
             await asyncio.sleep(poll)
 
     async def model_info(self, model: str, version: str = "") -> ModelInfo:
@@ -284,13 +379,13 @@ class AsyncTritonClient:
         """
         if model not in self._info:
             kw = self._kw(as_json=True)
-            metadata = await self._call(lambda: self._client.get_model_metadata(model, **kw), model)
-            config = await self._call(lambda: self._client.get_model_config(model, **kw), model)
+            metadata = await self._call(lambda c: c.get_model_metadata(model, **kw), model)
+            config = await self._call(lambda c: c.get_model_config(model, **kw), model)
             self._info[model] = ModelInfo.from_server(metadata, config)
         info = self._info[model]
         if version and version not in info.versions:
             raise ModelNotReadyError(
-                f"model {model!r} does not serve version {version} at {self.endpoint} "
+                f"model {model!r} does not serve version {version} at {self.where} "
                 f"(serving {', '.join(info.versions) or 'none'})"
             )
         return info
@@ -312,7 +407,7 @@ class AsyncTritonClient:
             inp.set_data_from_numpy(part)
             out = self._module.InferRequestedOutput(info.output_name, class_count=class_count)
             result = await self._call(
-                lambda inp=inp, out=out: self._client.infer(
+                lambda c, inp=inp, out=out: c.infer(
                     model, [inp], model_version=version, outputs=[out], **self._kw()
                 ),
                 model,
@@ -340,7 +435,7 @@ class AsyncTritonClient:
         if name not in self._image_models:
             try:
                 self._image_models[name] = bool(
-                    await self._call(lambda: self._client.is_model_ready(name, **self._kw()), name)
+                    await self._call(lambda c: c.is_model_ready(name, **self._kw()), name)
                 )
             except ClientError:
                 self._image_models[name] = False
@@ -372,7 +467,7 @@ class AsyncTritonClient:
             if target is None and preprocess == "server":
                 raise ModelNotFoundError(
                     f"model {model + IMAGE_SUFFIX!r} (preprocessing on the server) is not served "
-                    f"at {self.endpoint}"
+                    f"at {self.where}"
                 )
         if target is not None:
             info = await self.model_info(target)
@@ -389,14 +484,14 @@ class AsyncTritonClient:
     async def statistics(self, model: str, version: str = "") -> dict:
         """Triton's statistics for one model version (the first one listed if none given)."""
         stats = await self._call(
-            lambda: self._client.get_inference_statistics(model, version, **self._kw(as_json=True)), model
+            lambda c: c.get_inference_statistics(model, version, **self._kw(as_json=True)), model
         )
         return stats["model_stats"][0] if stats.get("model_stats") else {}
 
     async def ready_models(self, candidates: list[str]) -> list[str]:
         """Which of the candidate names the server has ready (no admin key needed)."""
         ready = await asyncio.gather(
-            *[self._call(lambda m=m: self._client.is_model_ready(m, **self._kw()), m) for m in candidates]
+            *[self._call(lambda c, m=m: c.is_model_ready(m, **self._kw()), m) for m in candidates]
         )
         return [m for m, ok in zip(candidates, ready, strict=True) if ok]
 
@@ -407,9 +502,10 @@ class TritonClient:
     Usable as a context manager; `close()` stops the loop's thread.
     """
 
-    def __init__(self, url: str, **options):
+    def __init__(self, url: str | Sequence[str], **options):
         self._async = AsyncTritonClient(url, **options)  # validates the URL and options first
-        self.endpoint = self._async.endpoint
+        self.endpoint, self.endpoints = self._async.endpoint, self._async.endpoints
+        self.where = self._async.where
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="triton-client", daemon=True)
         self._thread.start()

@@ -21,3 +21,7 @@ INT8_SUFFIX = "_int8"  # <name>_int8: the INT8 (QDQ) variant of <name>
 IMAGE_SUFFIX = "_image"  # <name>_image: encoded images in (an ensemble with server-side preprocessing)
 IMAGE_INPUT = "image"  # BYTES [batch, 1]: one encoded image per batch item
 IDENTITY_MODEL = "identity"  # a no-compute model with a classifier's wire format: measures the client
+
+# How `serving up` tells the ONNX Runtime backend its share of the cores (see serving/threads.py)
+ENV_ORT_THREADS = "CNN_DEPLOY_ORT_THREADS"  # intra-op threads of a session whose config names none
+ENV_ORT_SPINNING = "CNN_DEPLOY_ORT_SPINNING"  # "0": idle ORT workers sleep instead of spinning

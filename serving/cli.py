@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--cpu-threads",
         type=int,
         default=None,
-        help="ONNX Runtime intra-op threads per instance (default: the cores / instances)",
+        help="ONNX Runtime intra-op threads per instance (default: each session's share of the "
+        "cores among all the server loads, decided at `serving up`)",
     )
     from serving.repository import DEFAULT_KEEP
 
@@ -65,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--http-port", type=int, default=8000)
     u.add_argument("--grpc-port", type=int, default=8001)
     u.add_argument("--metrics-port", type=int, default=8002)
+    u.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="servers of this repository to start, replica k on every port + 3k; the cores are "
+        "shared among them (default 1)",
+    )
     u.add_argument(
         "--config-name",
         default="cpu",
@@ -134,7 +142,7 @@ def _cpu_plan(args):
         return None  # keep what the model is served with (default: one instance on every core)
     cores = os.cpu_count() or 1
     instances = 1 if args.cpu_instances is None else args.cpu_instances
-    threads = max(1, cores // max(instances, 1)) if args.cpu_threads is None else args.cpu_threads
+    threads = args.cpu_threads or 0  # 0: a share of the cores, decided by `serving up`
     if instances * threads > cores:
         stderr.print(f"[yellow]warning:[/] {instances} instances x {threads} threads > {cores} cores")
     return CpuPlan(instances=instances, threads=threads)
@@ -201,8 +209,13 @@ def cmd_up(args) -> int:
         admin_key=admin_key(args.admin_key),
         backend_dir=(args.state_dir / "backends") if args.state_dir else None,
     )
-    with stderr.status("starting tritonserver and warming up the models..."):
-        process, state = start(opts, detach=args.detach, timeout=args.timeout, state_dir=args.state_dir)
+    what = f"{args.replicas} tritonserver replicas" if args.replicas > 1 else "tritonserver"
+    with stderr.status(f"starting {what} and warming up the models..."):
+        processes, state = start(
+            opts, detach=args.detach, timeout=args.timeout, state_dir=args.state_dir, replicas=args.replicas
+        )
+    if not args.json and processes[0].share is not None:
+        stderr.print(processes[0].share.describe(), highlight=False)
     if args.detach:
         _announce(args, state)
         stdout.print("detached; stop it with `python -m serving down`")
@@ -210,9 +223,10 @@ def cmd_up(args) -> int:
     try:  # whatever happens now, a foreground server stops with us
         _announce(args, state)
         stdout.print("serving; press Ctrl-C to stop")
-        code = serve_foreground(process)
+        code = serve_foreground(processes)
     finally:
-        process.stop()
+        for process in processes:
+            process.stop()
         state_file(args.state_dir).unlink(missing_ok=True)
     stdout.print("server stopped")
     return code
@@ -234,6 +248,7 @@ def _announce(args, state) -> None:
             "grpc": state.grpc_url,
             "metrics": state.metrics_url,
             "log": state.log,
+            "replicas": state.all(),
             "models": models,
         }
         print(json.dumps(info, indent=2))
@@ -244,6 +259,8 @@ def _announce(args, state) -> None:
         stdout.print(f"  HTTP    {state.http_url}\n  gRPC    {state.grpc_url}\n  metrics {state.metrics_url}")
         key_file = state_file(args.state_dir)
         stdout.print(f"  log     {state.log}\n  admin APIs need header 'admin-key' (key in {key_file})")
+        for k, replica in enumerate(state.replicas, 2):
+            stdout.print(f"  replica {k}: pid {replica['pid']}, {replica['http_url']}, {replica['grpc_url']}")
         stdout.print(_models_table(models))
     if not any(m.get("state") == "READY" for m in models):
         stderr.print("[yellow]warning:[/] no model is READY; see the reasons above and the log")
@@ -262,6 +279,7 @@ def cmd_status(args) -> int:
                     "http": state and state.http_url,
                     "grpc": state and state.grpc_url,
                     "pid": state and state.pid,
+                    "replicas": state and state.all(),
                     "models": models,
                 },
                 indent=2,
@@ -269,11 +287,14 @@ def cmd_status(args) -> int:
         )
     elif state is None:
         stdout.print("no local server recorded (start one with `python -m serving up --detach`)")
-    elif not ready:
-        stdout.print(f"server pid {state.pid} is not ready (log: {state.log})")
     else:
-        stdout.print(f"server pid {state.pid} ready at {state.http_url} and {state.grpc_url}")
-        stdout.print(_models_table(models))
+        from serving.local import replica_ready
+
+        for r in state.all():
+            word = "ready" if replica_ready(r) else f"NOT ready (log: {r['log']})"
+            stdout.print(f"server pid {r['pid']} {word} at {r['http_url']} and {r['grpc_url']}")
+        if ready:
+            stdout.print(_models_table(models))
     return 0 if ready else 1
 
 
@@ -296,16 +317,20 @@ def cmd_rollback(args) -> int:
     arch = registry.get(args.model)
     previous, now = rollback(arch, repository, args.to)
     result = {"model": arch.name, "previous": previous, "serving": now, "reloaded": None}
-    state, ready = status(args.state_dir)
-    if ready and Path(state.repository).resolve() == repository.resolve():
-        reload_model(state.http_url, state.admin_key, arch.name)
-        result["reloaded"] = state.http_url
+    state, _ = status(args.state_dir)
+    if state is not None and Path(state.repository).resolve() == repository.resolve():
+        from serving.local import replica_ready
+
+        live = [r["http_url"] for r in state.all() if replica_ready(r)]
+        for url in live:  # every replica, one after the other: the others keep serving meanwhile
+            reload_model(url, state.admin_key, arch.name)
+        result["reloaded"] = ", ".join(live) or None
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         stdout.print(f"{arch.name}: now serving version {now} (was {previous})")
         if result["reloaded"]:
-            stdout.print(f"reloaded on the running server at {state.http_url}")
+            stdout.print(f"reloaded on the running server(s) at {result['reloaded']}")
         else:
             stdout.print("no local server is serving this repository: the change applies at its next start")
         stdout.print(f"roll forward again with `python -m serving repo {arch.name}`")

@@ -1,4 +1,10 @@
-"""`serving up | status | down`: the local CPU server, in the foreground or detached."""
+"""`serving up | status | down`: the local CPU server, in the foreground or detached.
+
+With `--replicas N`, N servers of the same repository on consecutive blocks of ports (replica k
+adds 3k to each port: 8000-8002, 8003-8005, ...), for failure drills and for a client that
+spreads its load over them (`--url` repeated). One state file records them all; `status`,
+`down` and `rollback` act on every replica.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import os
 import secrets
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from cnn_deploy_core import paths
@@ -36,6 +42,12 @@ class ServerState:
     config_name: str
     admin_key: str
     log: str
+    replicas: list[dict] = field(default_factory=list)  # the others: pid, *_url, log (same keys)
+
+    def all(self) -> list[dict]:
+        """Every replica, this record's first: {pid, http_url, grpc_url, metrics_url, log}."""
+        first = {k: getattr(self, k) for k in ("pid", "http_url", "grpc_url", "metrics_url", "log")}
+        return [first, *self.replicas]
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,82 +125,134 @@ def reload_model(http_url: str, key: str, model: str, timeout: float = 600.0) ->
         client.close()
 
 
+def replica_options(opts: ServerOptions, replicas: int) -> list[ServerOptions]:
+    """Replica k's options: every port shifted by 3k; each knows how many share the cores."""
+    if replicas < 1:
+        raise ServingError(f"--replicas must be >= 1, got {replicas}")
+    return [
+        replace(
+            opts,
+            http_port=opts.http_port + 3 * k,
+            grpc_port=opts.grpc_port + 3 * k,
+            metrics_port=opts.metrics_port + 3 * k,
+            replicas=replicas,
+        )
+        for k in range(replicas)
+    ]
+
+
+def _log_name(k: int, opts: ServerOptions, detach: bool) -> str:
+    if not detach:
+        return f"triton-{opts.http_port}.log"
+    return LOG_NAME if k == 0 else f"triton-{k + 1}.log"
+
+
 def start(
-    opts: ServerOptions, *, detach: bool, timeout: float = 600.0, state_dir: Path | None = None
-) -> tuple[TritonProcess, ServerState]:
+    opts: ServerOptions,
+    *,
+    detach: bool,
+    timeout: float = 600.0,
+    state_dir: Path | None = None,
+    replicas: int = 1,
+) -> tuple[list[TritonProcess], ServerState]:
+    """Start `replicas` servers, wait until all are ready (or stop them all), record them."""
     state_dir = state_dir or paths.state_dir()
     existing = ServerState.load(state_file(state_dir))
-    if existing and pid_alive(existing.pid):
+    if existing and any(pid_alive(r["pid"]) for r in existing.all()):
         raise ServingError(
             f"a server is already running (pid {existing.pid}, {existing.http_url}); "
             "stop it with `python -m serving down`"
         )
-    check_ports(opts)
-    log = state_dir / (LOG_NAME if detach else f"triton-{opts.http_port}.log")
-    process = TritonProcess(opts, log_path=log).start(detach=detach)
+    every = replica_options(opts, replicas)
+    for o in every:
+        check_ports(o)
+    processes: list[TritonProcess] = []
     try:
-        process.wait_ready(timeout)
+        for k, o in enumerate(every):
+            processes.append(
+                TritonProcess(o, log_path=state_dir / _log_name(k, o, detach)).start(detach=detach)
+            )
+        for process in processes:
+            process.wait_ready(timeout)
     except BaseException:
-        process.stop()
+        for process in processes:
+            process.stop()
         raise
+    records = [
+        {
+            "pid": p.process.pid,
+            "http_url": p.opts.http_url,
+            "grpc_url": p.opts.grpc_url,
+            "metrics_url": p.opts.metrics_url,
+            "log": str(p.log_path),
+        }
+        for p in processes
+    ]
     state = ServerState(
-        pid=process.process.pid,
-        http_url=opts.http_url,
-        grpc_url=opts.grpc_url,
-        metrics_url=opts.metrics_url,
+        **records[0],
         repository=str(opts.repository),
         config_name=opts.config_name,
         admin_key=opts.admin_key or "",
-        log=str(log),
+        replicas=records[1:],
     )
     state.save(state_file(state_dir))
-    return process, state
+    return processes, state
 
 
-def serve_foreground(process: TritonProcess) -> int:
-    """Block until the server exits or Ctrl-C (or SIGTERM) stops it; the caller cleans up."""
+def serve_foreground(processes: list[TritonProcess]) -> int:
+    """Block until a server exits or Ctrl-C (or SIGTERM) stops them; the caller cleans up."""
 
     def terminate(signum, frame):
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
-        while process.process.poll() is None:
+        while all(p.process.poll() is None for p in processes):
             time.sleep(0.5)
-        return process.process.returncode or 0
+        return next(p.process.returncode for p in processes if p.process.poll() is not None) or 0
     except KeyboardInterrupt:
-        return process.stop() or 0
+        return max(p.stop() or 0 for p in processes)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
 
+def replica_ready(replica: dict) -> bool:
+    return pid_alive(replica["pid"]) and is_ready(replica["http_url"])
+
+
 def status(state_dir: Path | None = None) -> tuple[ServerState | None, bool]:
+    """The recorded server(s), and whether every replica is ready."""
     state = ServerState.load(state_file(state_dir))
     if state is None:
         return None, False
-    return state, pid_alive(state.pid) and is_ready(state.http_url)
+    return state, all(replica_ready(r) for r in state.all())
 
 
 def down(timeout: float = 30.0, state_dir: Path | None = None) -> str:
+    """SIGTERM every recorded replica (Triton drains in-flight requests), SIGKILL after `timeout`."""
     path = state_file(state_dir)
     state = ServerState.load(path)
-    if state is None or not pid_alive(state.pid):
-        path.unlink(missing_ok=True)
-        return "no server running"
-    try:
-        os.kill(state.pid, signal.SIGTERM)
-    except ProcessLookupError:
+    pids = [r["pid"] for r in state.all()] if state else []
+    pids = [pid for pid in pids if pid_alive(pid)]
+    for pid in list(pids):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pids.remove(pid)
+    if not pids:
         path.unlink(missing_ok=True)
         return "no server running"
     deadline = time.monotonic() + timeout
-    while pid_alive(state.pid) and time.monotonic() < deadline:
-        _reap(state.pid)
+    while any(pid_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        for pid in pids:
+            _reap(pid)
         time.sleep(0.2)
-    if pid_alive(state.pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(state.pid, signal.SIGKILL)
+    for pid in pids:
+        if pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     path.unlink(missing_ok=True)
-    return f"stopped server pid {state.pid}"
+    return f"stopped server pid {', '.join(map(str, pids))}"
 
 
 def _reap(pid: int) -> None:

@@ -69,14 +69,18 @@ REQUIRED_FILES = (MODEL_FILE, GOLDEN_FILE, LABELS_FILE, REPORT_FILE)
 
 @dataclass(frozen=True)
 class CpuPlan:
-    """How the CPU config spends the cores: instances x intra-op threads <= cores."""
+    """How the CPU config spends the cores: instances x intra-op threads.
+
+    threads 0 (the default): no count in the config; `serving up` gives each session its share
+    of the cores among everything the server loads (serving/threads.py).
+    """
 
     instances: int = 1
-    threads: int = max(1, os.cpu_count() or 1)
+    threads: int = 0
 
     def __post_init__(self) -> None:
-        if self.instances < 1 or self.threads < 1:
-            raise ServingError("CPU instances and threads must be >= 1")
+        if self.instances < 1 or self.threads < 0:
+            raise ServingError("CPU instances must be >= 1 and threads >= 0 (0: a share of the cores)")
 
 
 @dataclass

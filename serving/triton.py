@@ -22,6 +22,7 @@ from pathlib import Path
 
 from cnn_deploy_core import paths
 from serving import ServingError
+from serving.threads import CpuShare, cpu_share
 
 BACKEND_SOURCE = Path(__file__).parent / "backends" / "onnxruntime" / "model.py"
 RESTRICTED = "model-repository,shared-memory,trace,logging"  # admin APIs, behind a key
@@ -101,6 +102,8 @@ class ServerOptions:
     backend_dir: Path | None = None  # default: <state dir>/backends
     log_verbose: int = 0
     extra_args: tuple[str, ...] = field(default_factory=tuple)
+    replicas: int = 1  # servers on this machine sharing the cores (see serving/threads.py)
+    env: tuple[tuple[str, str], ...] = ()  # extra environment, e.g. a fixed thread count
 
     def __post_init__(self) -> None:
         for name in ("http_port", "grpc_port", "metrics_port"):
@@ -205,6 +208,7 @@ class TritonProcess:
         self.opts = opts
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
+        self.share: CpuShare | None = None
         self._log_file = None
 
     def start(self, *, detach: bool = False) -> TritonProcess:
@@ -215,6 +219,11 @@ class TritonProcess:
                 "create it with `python -m serving repo ARCH...`"
             )
         prepare_backends(backend_dir(self.opts), wheel)
+        env = environment(wheel)
+        self.share = cpu_share(self.opts.repository, self.opts.config_name, replicas=self.opts.replicas)
+        for key, value in self.share.environment().items():
+            env.setdefault(key, value)  # the user's own setting wins
+        env.update(self.opts.env)
         if self.log_path:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log_file = open(self.log_path, "ab")
@@ -222,7 +231,7 @@ class TritonProcess:
         try:
             self.process = subprocess.Popen(
                 command(self.opts, wheel),
-                env=environment(wheel),
+                env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -194,7 +194,8 @@ def search(
     current = Candidate(
         precision="fp32",
         instances=state.cpu.instances,
-        threads=state.cpu.threads,
+        # A share (0) is what the tuner's one-model server would give it: the cores / instances.
+        threads=state.cpu.threads or max(1, (os.cpu_count() or 1) // state.cpu.instances),
         max_batch_size=arch.max_batch_size,
         queue_delay_us=arch.queue_delay_us,
     )

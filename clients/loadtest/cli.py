@@ -19,7 +19,7 @@ from rich.measure import Measurement
 from rich.text import Text
 
 from clients import ClientError
-from clients.client import DEFAULT_URL
+from clients.client import add_url_argument
 from clients.loadtest.config import ARRIVALS, INPUTS, SHARED_MEMORY, LoadTestConfig, Slo, default
 from clients.loadtest.report import summary_lines, summary_table, to_json, write_reports
 from clients.loadtest.runner import Progress, run_loadtest
@@ -44,9 +44,7 @@ def _levels(number: type) -> Callable[[str], tuple]:
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     # Defaults come from LoadTestConfig (`default(...)`): one place, shown by %(default)s.
-    p.add_argument(
-        "--url", default=DEFAULT_URL, help="grpc://HOST:PORT or http://HOST:PORT (default %(default)s)"
-    )
+    add_url_argument(p)
     p.add_argument("--model", help="the served model (not needed with --self-test alone)")
     load = p.add_mutually_exclusive_group()
     levels = ",".join(str(int(v)) for v in default("levels"))
@@ -172,6 +170,12 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         default=default("min_samples"),
         help="answers each step's percentiles rest on, at least, time allowing (default %(default)s)",
     )
+    p.add_argument(
+        "--no-failover",
+        action="store_true",
+        help="with several --url: count a request to an unreachable replica as an error instead of "
+        "sending it once to another replica",
+    )
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -213,6 +217,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[LoadTestConfig, Slo]:
         input=args.input,
         shared_memory=args.shared_memory,
         admin_key=args.admin_key,
+        failover=not args.no_failover,
         min_samples=args.min_samples,
     )
     slo = Slo(p99_ms=args.p99_ms, max_error_rate=args.max_error_rate, max_wrong=args.max_wrong)

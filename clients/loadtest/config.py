@@ -9,7 +9,7 @@ from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 from clients import LoadTestError
-from clients.client import parse_url
+from clients.client import parse_urls
 
 MODES = ("concurrency", "rate")
 ARRIVALS = ("constant", "poisson")
@@ -20,7 +20,7 @@ STABLE_WINDOWS = 3  # perf_analyzer's rule: the last 3 windows must agree
 
 @dataclass(frozen=True)
 class LoadTestConfig:
-    url: str
+    url: str  # one URL, or several comma-separated: replicas of one repository
     model: str
     mode: str = "concurrency"
     levels: tuple[float, ...] = (1, 2, 4, 8)  # concurrencies, or request rates in req/s
@@ -41,9 +41,10 @@ class LoadTestConfig:
     shared_memory: str = "none"  # system: inputs and outputs through system shared memory (gRPC)
     admin_key: str | None = None  # registering shared memory is an admin API
     min_samples: int = 200  # latency samples a step's percentiles rest on, at least (time allowing)
+    failover: bool = True  # several URLs: an unreachable replica's request goes once to another
 
     def __post_init__(self) -> None:
-        parse_url(self.url)  # raises ClientError for a bad URL
+        parse_urls(self.url)  # raises ClientError for a bad URL, or mixed protocols
         if self.mode not in MODES:
             raise LoadTestError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.arrival not in ARRIVALS:
@@ -84,7 +85,7 @@ class LoadTestConfig:
 
     @property
     def protocol(self) -> str:
-        return parse_url(self.url).protocol
+        return parse_urls(self.url)[0].protocol
 
     def label(self, level: float) -> str:
         return f"c={int(level)}" if self.mode == "concurrency" else f"{level:g}/s"

@@ -191,6 +191,7 @@ class LoadTestReport:
     generator: dict
     generator_capacity: dict | None
     failures: list[str]  # run problems besides the SLO (a step without one good response)
+    replicas: list[dict] = field(default_factory=list)  # with several URLs: each one's figures
 
     @property
     def passed(self) -> bool:
@@ -439,6 +440,14 @@ def summary_lines(report: dict) -> list[str]:
             if share > 0.5:
                 line += " [yellow](the generator may be limiting: run it from another machine)[/]"
         lines.append(line)
+    for r in report.get("replicas") or []:
+        latency = r["service_ms"]
+        lines.append(
+            f"replica {r['url']}: {r['responses']} answers"
+            + (f", p50 {latency['p50']:.1f} ms, p99 {latency['p99']:.1f} ms" if latency else "")
+            + (f", errors {error_kinds(r['errors'])}" if r["errors"] else "")
+            + (f", {r['failovers']} sent on to another replica" if r["failovers"] else "")
+        )
     slo = report["slo"]
     if any(v is not None for v in slo["objectives"].values()):
         objectives = ", ".join(f"{k}={v:g}" for k, v in slo["objectives"].items() if v is not None)

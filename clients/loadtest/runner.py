@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from clients import BadInputError, ClientError, LoadTestError
-from clients.client import AsyncTritonClient, parse_url
+from clients.client import AsyncTritonClient, parse_url, parse_urls
 from clients.loadtest.config import STABLE_WINDOWS, LoadTestConfig, Slo
 from clients.loadtest.report import (
     Latency,
@@ -45,7 +45,7 @@ from clients.loadtest.report import (
     evaluate,
     flatten_statistics,
 )
-from clients.loadtest.transport import GrpcTransport, HttpTransport, Payloads
+from clients.loadtest.transport import GrpcTransport, HttpTransport, Payloads, ReplicaSet
 from clients.loadtest.verifier import InlineVerifier, ProcessVerifier
 from clients.loadtest.workload import Workload, build_workload, image_model
 from cnn_deploy_core import paths
@@ -395,8 +395,8 @@ def _payloads(model: str, version: str, info, workload: Workload) -> Payloads:
     )
 
 
-def _admin_key(config: LoadTestConfig) -> str | None:
-    """--admin-key, else $TRITON_ADMIN_KEY, else the key of the local server at this URL."""
+def _admin_key(config: LoadTestConfig, endpoint) -> str | None:
+    """--admin-key, else $TRITON_ADMIN_KEY, else the key of the local server at this endpoint."""
     import json
     import os
 
@@ -406,13 +406,21 @@ def _admin_key(config: LoadTestConfig) -> str | None:
         state = json.loads((paths.state_dir() / "server.json").read_text())
     except (OSError, ValueError):
         return None
-    endpoint = parse_url(config.url)
-    mine = {parse_url(state.get("grpc_url", "grpc://x:1")), parse_url(state.get("http_url", "http://x:1"))}
+    replicas = [state, *state.get("replicas", [])]
+    mine = {parse_url(r.get(key, "grpc://x:1")) for r in replicas for key in ("grpc_url", "http_url")}
     return state.get("admin_key") if endpoint in mine else None
 
 
 def make_transport(config: LoadTestConfig, payloads: Payloads, slots: int):
-    endpoint = parse_url(config.url)
+    """One transport, or with several URLs a ReplicaSet of one per replica."""
+    endpoints = parse_urls(config.url)
+    if len(endpoints) == 1:
+        return _transport(config, endpoints[0], payloads, slots)
+    transports = [_transport(config, e, payloads, slots) for e in endpoints]
+    return ReplicaSet(transports, [str(e) for e in endpoints], failover=config.failover)
+
+
+def _transport(config: LoadTestConfig, endpoint, payloads: Payloads, slots: int):
     if endpoint.protocol == "grpc":
         return GrpcTransport(
             endpoint.address,
@@ -420,7 +428,7 @@ def make_transport(config: LoadTestConfig, payloads: Payloads, slots: int):
             slots=slots,
             timeout=config.timeout,
             shared_memory=config.shared_memory == "system",
-            admin_key=_admin_key(config) if config.shared_memory == "system" else None,
+            admin_key=_admin_key(config, endpoint) if config.shared_memory == "system" else None,
             ssl=endpoint.ssl,
         )
     scheme = "https" if endpoint.ssl else "http"
@@ -458,7 +466,11 @@ async def _prepare(client: AsyncTritonClient, config: LoadTestConfig) -> tuple[W
 
 
 async def _sweep(
-    client: AsyncTritonClient, config: LoadTestConfig, progress: ProgressFn | None, in_process: bool = False
+    client: AsyncTritonClient,
+    config: LoadTestConfig,
+    progress: ProgressFn | None,
+    in_process: bool = False,
+    on_open: Callable | None = None,
 ) -> _Sweep:
     workload, version, payloads = await _prepare(client, config)
     slots = int(max(config.levels)) if config.mode == "concurrency" else config.max_outstanding
@@ -477,6 +489,8 @@ async def _sweep(
     )
     try:
         await transport.open()
+        if on_open is not None:
+            on_open(transport)  # e.g. a failure drill that watches the requests in flight
         await sweep.run()
     finally:
         await transport.close()
@@ -542,6 +556,7 @@ async def run_loadtest_async(
     self_test: bool = False,
     progress: ProgressFn | None = None,
     command: str = "",
+    on_open: Callable | None = None,
 ) -> LoadTestReport:
     """Run the sweep (and with `self_test`, the same sweep against `identity`); never raises on SLO misses."""
     slo = slo or Slo()
@@ -552,7 +567,7 @@ async def run_loadtest_async(
     client = AsyncTritonClient(config.url, timeout=config.timeout)
     calibration = None
     try:
-        main = await _sweep(client, config, progress)
+        main = await _sweep(client, config, progress, on_open=on_open)
         calibration = main if config.model == IDENTITY_MODEL and config.mode == "concurrency" else None
         if self_test and calibration is None and not main.aborted:
             # Capacity is what a closed loop achieves: a rate sweep would only echo its offered rates.
@@ -602,6 +617,7 @@ async def run_loadtest_async(
         generator=(generator := _generator(config, main, calibration)),
         generator_capacity=generator["capacity"],
         failures=failures,
+        replicas=[f.to_dict() for f in getattr(main.transport, "figures", [])],
     )
 
 

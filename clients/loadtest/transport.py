@@ -11,6 +11,9 @@ or JSON work. Answers come back as raw bytes and are decoded by the verifier, of
   perf_analyzer's `--shared-memory system` does; local servers only; registering a region is an
   admin API, so it needs the admin key).
 - `HttpTransport`: aiohttp posting prebuilt bodies of the KServe binary-data extension.
+- `ReplicaSet`: one of those per replica, round-robin, with the client's failover rule: an
+  unreachable replica is left out for a cooldown and its request goes once to another one
+  (inference is idempotent); timeouts and other errors are counted, never retried.
 
 Written against the raw protocol because tritonclient builds, copies and serializes every
 request anew (InferInput.set_data_from_numpy, protobuf assembly), which is most of a fast
@@ -22,7 +25,9 @@ from __future__ import annotations
 import json
 import os
 import struct
-from dataclasses import dataclass
+import time
+from collections import Counter
+from dataclasses import dataclass, field
 from multiprocessing import shared_memory
 
 import numpy as np
@@ -295,6 +300,92 @@ class HttpTransport:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+@dataclass
+class ReplicaFigures:
+    """One replica's share of a run (all steps, warm-up included)."""
+
+    url: str
+    responses: int = 0
+    errors: Counter = field(default_factory=Counter)
+    failovers: int = 0  # requests it could not take that went to another replica
+    in_flight: int = 0
+    service_s: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        import numpy as np
+
+        latency = np.asarray(self.service_s) * 1e3
+        return {
+            "url": self.url,
+            "responses": self.responses,
+            "errors": dict(self.errors),
+            "failovers": self.failovers,
+            "service_ms": {"p50": float(np.median(latency)), "p99": float(np.percentile(latency, 99))}
+            if len(latency)
+            else None,
+        }
+
+
+class ReplicaSet:
+    """Transports to replicas of one repository, used round-robin with health-aware failover."""
+
+    def __init__(self, transports: list, urls: list[str], *, cooldown: float = 5.0, failover: bool = True):
+        self.transports, self.cooldown, self.failover = transports, cooldown, failover
+        self.figures = [ReplicaFigures(url) for url in urls]
+        self.description = (
+            f"{len(transports)} replicas round-robin"
+            + (", failover once to another replica when one is unreachable" if failover else ", no failover")
+            + f"; {transports[0].description}"
+        )
+        self._down_until = [0.0] * len(transports)
+        self._next = 0
+
+    async def open(self) -> None:
+        for transport in self.transports:
+            await transport.open()
+
+    def _pick(self, exclude: int | None = None) -> int:
+        n, now = len(self.transports), time.monotonic()
+        order = [(self._next + k) % n for k in range(n)]
+        fresh = [i for i in order if i != exclude] or order
+        healthy = [i for i in fresh if self._down_until[i] <= now]
+        i = healthy[0] if healthy else min(fresh, key=lambda j: self._down_until[j])
+        self._next = (i + 1) % n
+        return i
+
+    async def _send(self, i: int, item: int, slot: int) -> tuple[str, bytes]:
+        figures = self.figures[i]
+        figures.in_flight += 1
+        sent = time.perf_counter()
+        try:
+            result = await self.transports[i].send(item, slot)
+        except ClientError as e:
+            figures.errors[type(e).__name__] += 1
+            if isinstance(e, ServerUnavailableError):
+                self._down_until[i] = time.monotonic() + self.cooldown
+            raise
+        finally:
+            figures.in_flight -= 1
+        figures.service_s.append(time.perf_counter() - sent)
+        figures.responses += 1
+        self._down_until[i] = 0.0
+        return result
+
+    async def send(self, item: int, slot: int) -> tuple[str, bytes]:
+        i = self._pick()
+        try:
+            return await self._send(i, item, slot)
+        except ServerUnavailableError:
+            if not self.failover:
+                raise
+        self.figures[i].failovers += 1
+        return await self._send(self._pick(exclude=i), item, slot)
+
+    async def close(self) -> None:
+        for transport in self.transports:
+            await transport.close()
 
 
 def _http_error(status: int, data: bytes, target: str, model: str) -> ClientError:

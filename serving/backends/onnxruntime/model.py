@@ -22,6 +22,7 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 from cnn_deploy_core.dtypes import config_to_kserve, kserve_to_numpy
+from cnn_deploy_core.layout import ENV_ORT_SPINNING, ENV_ORT_THREADS
 
 
 def _numpy_dtype(config_type: str) -> np.dtype:
@@ -83,7 +84,13 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"{self.name}: model file not found: {path}")
 
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(_param(config, "intra_op_thread_count", "0"))
+        # The config's own count, else the share `serving up` decided (serving/threads.py), else
+        # ORT's default (a thread per core: the native backend's behaviour).
+        threads = int(_param(config, "intra_op_thread_count", "0") or 0)
+        opts.intra_op_num_threads = threads or int(os.environ.get(ENV_ORT_THREADS, "0") or 0)
+        if os.environ.get(ENV_ORT_SPINNING) == "0":
+            # Other sessions share these cores: an idle worker sleeps rather than spin on them.
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.inter_op_num_threads = int(_param(config, "inter_op_thread_count", "0"))
         opts.log_severity_level = 3
         providers = self._providers(args, config)
@@ -96,7 +103,8 @@ class TritonPythonModel:
         self.providers = self.session.get_providers()
         pb_utils.Logger.log_info(
             f"{self.name}: ONNX Runtime {ort.__version__} on {self.providers}, "
-            f"intra-op threads {opts.intra_op_num_threads or 'auto'}"
+            f"intra-op threads {opts.intra_op_num_threads or 'auto'}, "
+            f"spinning {'off' if os.environ.get(ENV_ORT_SPINNING) == '0' else 'on'}"
         )
 
     def _providers(self, args: dict, config: dict) -> list:
@@ -144,20 +152,41 @@ class TritonPythonModel:
             # One ORT run for the whole dynamic batch: that is what dynamic batching buys.
             batch = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
             try:
-                (logits,) = self.session.run([self.output_name], {self.input_name: batch})
+                logits = self._run(batch)
             except Exception as e:
-                error = pb_utils.TritonError(f"{self.name}: ONNX Runtime failed: {e}")
-                for i in owners:
-                    responses[i] = pb_utils.InferenceResponse(error=error)
+                if len(arrays) == 1:
+                    responses[owners[0]] = self._error(e)
+                    return responses
+                # One bad request must not fail the neighbours it was batched with: re-run them one
+                # by one, so only the request that fails on its own gets the error.
+                pb_utils.Logger.log_warn(
+                    f"{self.name}: a batch of {len(arrays)} requests failed in ONNX Runtime ({e}); "
+                    "re-running them one by one"
+                )
+                for i, array in zip(owners, arrays, strict=True):
+                    try:
+                        responses[i] = self._response(self._run(array))
+                    except Exception as single:
+                        responses[i] = self._error(single)
                 return responses
-            logits = logits.astype(self.output_dtype, copy=False)
             start = 0
-            for i, array in zip(owners, arrays, strict=False):
+            for i, array in zip(owners, arrays, strict=True):
                 end = start + len(array)
-                tensor = pb_utils.Tensor(self.output_name, logits[start:end])
-                responses[i] = pb_utils.InferenceResponse(output_tensors=[tensor])
+                responses[i] = self._response(logits[start:end])
                 start = end
         return responses
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        (logits,) = self.session.run([self.output_name], {self.input_name: batch})
+        return logits.astype(self.output_dtype, copy=False)
+
+    def _response(self, logits: np.ndarray):
+        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, logits)])
+
+    def _error(self, error: Exception):
+        return pb_utils.InferenceResponse(
+            error=pb_utils.TritonError(f"{self.name}: ONNX Runtime failed: {error}")
+        )
 
     def finalize(self) -> None:
         self.session = None

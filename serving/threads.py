@@ -1,0 +1,101 @@
+"""How the ONNX Runtime sessions of one machine share its cores.
+
+Every model instance of every served version of every CPU model is its own backend process with
+its own ORT thread pool. Left at ORT's default (a thread per core each), two busy models run
+twice as many threads as there are cores, and ORT's spinning workers burn the cores the other
+model's threads are waiting for. So `serving up` counts the sessions the repository will load
+(times the replicas on this machine) and gives each one its share of the cores; a config that
+names its own `intra_op_thread_count` (`--cpu-threads`, or `serving tune`'s winner) keeps it.
+Spinning is turned off as soon as more than one session shares the machine.
+
+The backend reads the decision from the environment (ENV_ORT_THREADS, ENV_ORT_SPINNING), because Triton
+starts it per model and it cannot see the others.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from cnn_deploy_core.layout import ENV_ORT_SPINNING, ENV_ORT_THREADS
+
+
+@dataclass(frozen=True)
+class CpuShare:
+    sessions: int  # ORT sessions sharing the cores, without an explicit thread count
+    pinned_threads: int  # threads claimed by sessions with an explicit count
+    cores: int
+    threads: int  # per shared session
+    spinning: bool
+
+    def environment(self) -> dict[str, str]:
+        return {ENV_ORT_THREADS: str(self.threads), ENV_ORT_SPINNING: "1" if self.spinning else "0"}
+
+    def describe(self) -> str:
+        return (
+            f"{self.sessions} ONNX Runtime session(s) share {self.cores} cores: "
+            f"{self.threads} intra-op thread(s) each, spinning {'on' if self.spinning else 'off'}"
+            + (f"; {self.pinned_threads} more thread(s) set in configs" if self.pinned_threads else "")
+        )
+
+
+def _config(model_dir: Path, config_name: str) -> model_config_pb2.ModelConfig | None:
+    path = model_dir / "configs" / f"{config_name}.pbtxt"  # what --model-config-name reads
+    if not path.is_file():
+        path = model_dir / "config.pbtxt"
+    if not path.is_file():
+        return None
+    try:
+        return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+    except (OSError, text_format.ParseError):
+        return None  # Triton reports a broken config when it loads it; it runs no session here
+
+
+@dataclass(frozen=True)
+class Sessions:
+    shared: int = 0  # sessions without a thread count of their own
+    pinned: int = 0  # sessions with one
+    pinned_threads: int = 0  # the threads those claim
+
+    def __mul__(self, n: int) -> Sessions:
+        return Sessions(self.shared * n, self.pinned * n, self.pinned_threads * n)
+
+
+def count_sessions(repository: Path, config_name: str = "cpu") -> Sessions:
+    """The CPU ONNX Runtime sessions a repository loads: instances x served versions x models."""
+    shared = pinned = pinned_threads = 0
+    for model_dir in sorted(p for p in repository.iterdir() if p.is_dir()):
+        config = _config(model_dir, config_name)
+        if config is None or config.backend != "onnxruntime":
+            continue
+        groups = config.instance_group or [model_config_pb2.ModelInstanceGroup()]
+        if any(g.kind == model_config_pb2.ModelInstanceGroup.KIND_GPU for g in groups):
+            continue
+        instances = sum(g.count or 1 for g in groups)
+        policy = config.version_policy
+        versions = len(policy.specific.versions) if policy.HasField("specific") else 1
+        try:
+            threads = int(config.parameters["intra_op_thread_count"].string_value or 0)
+        except ValueError:
+            threads = 0
+        if threads > 0:
+            pinned += instances * versions
+            pinned_threads += instances * versions * threads
+        else:
+            shared += instances * versions
+    return Sessions(shared, pinned, pinned_threads)
+
+
+def cpu_share(repository: Path, config_name: str = "cpu", *, replicas: int = 1) -> CpuShare:
+    """Each shared session's threads: the cores split evenly among them (at least 1)."""
+    cores = os.cpu_count() or 1
+    sessions = count_sessions(repository, config_name) * replicas
+    # Explicit counts are not subtracted: they are the user's (or the tuner's) call, and the one
+    # every repository has (identity, 1 thread) does no work worth a core.
+    threads = max(1, cores // sessions.shared) if sessions.shared else cores
+    spinning = sessions.shared + sessions.pinned <= 1  # a session alone may spin: nobody waits
+    return CpuShare(sessions.shared, sessions.pinned_threads, cores, threads, spinning)

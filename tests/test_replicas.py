@@ -1,0 +1,290 @@
+"""Replicas and failover: several endpoints in the client and the load test, `serving up --replicas`,
+timeouts never retried, the backend's per-request re-run of a failed batch, the cores' share.
+
+Real tritonservers on a small repository (identity + a model that fails on a bad input); the
+"server that never answers" for the timeout tests is a plain socket that accepts and stays silent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clients import ClientError, InferenceError, RequestTimeoutError, ServerOverloadedError
+from clients.client import AsyncTritonClient, TritonClient, parse_urls, translate
+from cnn_deploy_core.layout import IDENTITY_MODEL, INPUT_NAME, OUTPUT_NAME
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.integration
+GATHER_MODEL = "gather"  # logits = x + table[int(x[0])]: an index past the table fails in ORT
+TABLE_ROWS = 10
+
+
+# --- units ---------------------------------------------------------------------------------
+
+
+def test_several_urls_as_a_list_or_comma_separated():
+    assert [str(e) for e in parse_urls("grpc://a:1, grpc://b:2")] == ["grpc://a:1", "grpc://b:2"]
+    assert len(parse_urls(["http://a:1", "http://b:2,http://c:3"])) == 3
+    with pytest.raises(ClientError, match="one protocol"):
+        parse_urls("grpc://a:1,http://b:2")
+    with pytest.raises(ClientError, match="twice"):
+        parse_urls("grpc://a:1,grpc://a:1")
+    with pytest.raises(ClientError, match="no server URL"):
+        parse_urls(" , ")
+
+
+def test_a_full_queue_is_overload_not_unavailable():
+    from tritonclient.utils import InferenceServerException
+
+    (endpoint,) = parse_urls("grpc://a:1")
+    error = InferenceServerException("Exceeds maximum queue size", status="StatusCode.UNAVAILABLE")
+    assert isinstance(translate(error, endpoint, "m"), ServerOverloadedError)  # so: not retried
+
+
+def test_cpu_share_counts_sessions_across_models_and_replicas(tmp_path):
+    from serving.repository import place_identity
+    from serving.threads import count_sessions, cpu_share
+
+    place_identity(tmp_path)  # 1 instance with its own thread count: pinned
+    _place_gather(tmp_path, instances=2)  # 2 instances sharing the cores
+    sessions = count_sessions(tmp_path, "cpu")
+    assert (sessions.shared, sessions.pinned, sessions.pinned_threads) == (2, 1, 1)
+    cores = os.cpu_count()
+    share = cpu_share(tmp_path, "cpu", replicas=2)
+    assert share.sessions == 4 and share.threads == max(1, cores // 4) and not share.spinning
+    assert share.environment()["CNN_DEPLOY_ORT_SPINNING"] == "0"
+    alone = tmp_path / "alone"
+    _place_gather(alone, instances=1)
+    assert cpu_share(alone, "cpu").spinning and cpu_share(alone, "cpu").threads == cores
+
+
+# --- a silent server: timeouts are not retried ---------------------------------------------------
+
+
+class SilentServer:
+    """Accepts connections and never answers: every request to it times out."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)
+
+    def close(self):
+        self.sock.close()
+        for c in self.accepted:
+            c.close()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_timeout_is_not_retried_nor_failed_over(protocol, replicas):
+    silent = SilentServer()
+    try:
+        healthy = replicas["grpc"][0] if protocol == "grpc" else replicas["http"][0]
+        urls = [f"{protocol}://127.0.0.1:{silent.port}", healthy]
+        with TritonClient(urls, timeout=1.0, retries=2, backoff=0.05) as client:
+            started = time.monotonic()
+            with pytest.raises(RequestTimeoutError):
+                client._run(client._async._call(lambda c: c.is_server_live(**client._async._kw())))
+            elapsed = time.monotonic() - started
+            # One attempt only: a retry (or a failover) would have ended in an answer or taken 2 s+.
+            assert elapsed < 1.9, elapsed
+            assert len(silent.accepted) <= 1
+            # The silent endpoint is not marked down by a timeout: it is slow, not gone.
+            assert len(client._async.healthy()) == 2
+    finally:
+        silent.close()
+
+
+# --- replicas: `serving up --replicas 2` ---------------------------------------------------------
+
+
+def _gather_onnx():
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = np.arange(TABLE_ROWS * 4, dtype=np.float32).reshape(TABLE_ROWS, 4)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", [INPUT_NAME, "zero"], ["first"], axis=1),  # x[:, 0]
+            helper.make_node("Cast", ["first"], ["index"], to=TensorProto.INT64),
+            helper.make_node("Gather", ["table", "index"], ["rows"], axis=0),
+            helper.make_node("Add", [INPUT_NAME, "rows"], [OUTPUT_NAME]),
+        ],
+        GATHER_MODEL,
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", 4])],
+        initializer=[
+            numpy_helper.from_array(table, "table"),
+            numpy_helper.from_array(np.array(0, dtype=np.int64), "zero"),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def _expected(x: np.ndarray) -> np.ndarray:
+    table = np.arange(TABLE_ROWS * 4, dtype=np.float32).reshape(TABLE_ROWS, 4)
+    return x + table[x[:, 0].astype(np.int64)]
+
+
+def _place_gather(repository: Path, *, instances: int = 1) -> None:
+    from serving.config import ModelConfig, Tensor
+
+    model_dir = repository / GATHER_MODEL
+    (model_dir / "1").mkdir(parents=True)
+    (model_dir / "1" / "model.onnx").write_bytes(_gather_onnx().SerializeToString())
+    config = ModelConfig(
+        name=GATHER_MODEL,
+        backend="onnxruntime",
+        inputs=(Tensor(INPUT_NAME, (4,)),),
+        outputs=(Tensor(OUTPUT_NAME, (4,)),),
+        max_batch_size=8,
+        instance_count=instances,
+        queue_delay_us=300_000,  # long: concurrent requests surely meet in one batch
+        default_model_filename="model.onnx",
+    )
+    (model_dir / "configs").mkdir()
+    for name in ("cpu", "gpu"):
+        (model_dir / "configs" / f"{name}.pbtxt").write_text(config.to_pbtxt())
+    (model_dir / "config.pbtxt").write_text(config.to_pbtxt())
+
+
+def _port_block(size: int = 6) -> int:
+    from serving.triton import port_free
+
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + size < 65535 and all(port_free("127.0.0.1", base + k) for k in range(size)):
+            return base
+    raise RuntimeError("no block of free ports")
+
+
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory):
+    """`python -m serving up --replicas 2 --detach` on identity + gather, as a user runs it."""
+    from serving.repository import place_identity
+
+    repo = tmp_path_factory.mktemp("replica-repo")
+    place_identity(repo)
+    _place_gather(repo)
+    state = tmp_path_factory.mktemp("replica-state")
+    base = _port_block()
+    up = run_cli(
+        "serving", "up", "--repository", str(repo), "--state-dir", str(state), "--detach", "--replicas", "2",
+        "--http-port", str(base), "--grpc-port", str(base + 1), "--metrics-port", str(base + 2),
+        timeout=300,
+    )  # fmt: skip
+    assert up.returncode == 0, up.stdout + up.stderr
+    record = json.loads((state / "server.json").read_text())
+    info = {
+        "up": up,
+        "state": state,
+        "repository": repo,
+        "pids": [record["pid"], *(r["pid"] for r in record["replicas"])],
+        "grpc": [record["grpc_url"], *(r["grpc_url"] for r in record["replicas"])],
+        "http": [record["http_url"], *(r["http_url"] for r in record["replicas"])],
+    }
+    try:
+        yield info
+    finally:
+        down = run_cli("serving", "down", "--state-dir", str(state), timeout=120)
+        assert down.returncode == 0, down.stdout + down.stderr
+
+
+def test_serving_up_starts_replicas_on_consecutive_ports_and_shares_the_cores(replicas):
+    up = replicas["up"]
+    assert "replica 2" in up.stdout
+    assert "ONNX Runtime session(s) share" in up.stderr  # the cores' share, said at start
+    ports = [int(u.rsplit(":", 1)[1]) for u in replicas["http"]]
+    assert ports[1] == ports[0] + 3
+    status = run_cli("serving", "status", "--state-dir", str(replicas["state"]), "--json", timeout=60)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert len(json.loads(status.stdout)["replicas"]) == 2
+
+
+def test_round_robin_spreads_calls_over_the_replicas(replicas):
+    x = np.ones((1, 3, 224, 224), dtype=np.float32)
+    counts = []
+    with TritonClient(replicas["grpc"]) as client:
+        for _ in range(6):
+            client.infer(IDENTITY_MODEL, x)
+        for url in replicas["grpc"]:
+            with TritonClient(url) as one:
+                counts.append(int(one.statistics(IDENTITY_MODEL)["inference_count"]))
+    assert all(c >= 3 for c in counts), counts  # warm-up adds to both alike
+
+
+def test_the_backend_reruns_a_failed_batch_one_request_at_a_time(replicas):
+    good = [np.array([[k, 1, 2, 3]], dtype=np.float32) for k in (1, 2)]
+    bad = np.array([[TABLE_ROWS + 5, 0, 0, 0]], dtype=np.float32)  # index past the table
+
+    async def run():
+        async with AsyncTritonClient(replicas["grpc"][0], retries=0) as client:
+            before = await client.statistics(GATHER_MODEL)
+            results = await asyncio.gather(
+                *(client.infer(GATHER_MODEL, b, retry=False) for b in (good[0], bad, good[1])),
+                return_exceptions=True,
+            )
+            return before, results, await client.statistics(GATHER_MODEL)
+
+    before, results, after = asyncio.run(run())
+    np.testing.assert_array_equal(results[0], _expected(good[0]))
+    np.testing.assert_array_equal(results[2], _expected(good[1]))
+    assert isinstance(results[1], InferenceError), results[1]
+    assert "out of bounds" in str(results[1]) or "indices" in str(results[1]).lower()
+    # They met in one dynamic batch (one execution for three requests): the re-run did the rest.
+    executions = int(after.get("execution_count", 0)) - int(before.get("execution_count", 0))
+    assert executions == 1, (before, after)
+    with TritonClient(replicas["grpc"][0]) as client:  # and the model serves on
+        np.testing.assert_array_equal(client.infer(GATHER_MODEL, good[0]), _expected(good[0]))
+
+
+def test_loadtest_over_two_replicas_reports_each(replicas):
+    from clients.loadtest import LoadTestConfig, run_loadtest
+
+    config = LoadTestConfig(
+        url=",".join(replicas["grpc"]),
+        model=IDENTITY_MODEL,
+        levels=(2,),
+        warmup_s=0.5,
+        window_s=1.0,
+        max_step_s=10,
+        min_samples=50,
+    )
+    report = run_loadtest(config)
+    assert report.totals.wrong == 0 and report.totals.verified > 0
+    assert [r["url"] for r in report.replicas] == replicas["grpc"]
+    assert all(r["responses"] > 0 and not r["errors"] for r in report.replicas)
+
+
+def test_a_killed_replica_fails_over_and_is_left_out(replicas):
+    """Last in this module: it kills replica 2 (`serving down` still cleans up the rest)."""
+    x = np.ones((2, 3, 224, 224), dtype=np.float32)
+    os.kill(replicas["pids"][1], signal.SIGKILL)
+    time.sleep(0.5)
+    for protocol in ("grpc", "http"):
+        with TritonClient(replicas[protocol], timeout=10, retries=0, cooldown=30) as client:
+            for _ in range(4):  # every call answers, though every other one was sent to the dead one
+                np.testing.assert_array_equal(client.infer(IDENTITY_MODEL, x), x.reshape(2, -1)[:, :1000])
+            assert [str(e) for e in client._async.healthy()] == [replicas[protocol][0]]
+    status = run_cli("serving", "status", "--state-dir", str(replicas["state"]), timeout=60)
+    assert status.returncode == 1 and "NOT ready" in status.stdout
