@@ -8,7 +8,7 @@ URL    ?= grpc://127.0.0.1:8001
 # What `make venv` installs: everything for one CPU machine, plus the test tools.
 EXTRAS ?= export,serving,cpu,dev
 
-.PHONY: help venv test test-slow lint demo export repo serve loadtest bench-export bench-serving bench-loadgen bench-int8 bench-images tune report compose-test gpu-check clean
+.PHONY: help venv test test-slow lint demo export repo serve loadtest bench-export bench-serving bench-loadgen bench-int8 bench-images tune report compose-test drills bench-threads gpu-check clean
 
 help:
 	@echo "make demo          export $(MODELS) ($(WEIGHTS) weights), serve them with Triton on CPU, classify,"
@@ -26,6 +26,8 @@ help:
 	@echo "make tune          the fastest ResNet-50 serving config under P99_MS (default 300), answers verified"
 	@echo "make report        the lecture's costs beside measured serving costs for MODELS: HTML in reports/"
 	@echo "make compose-test  the CPU compose deployment run for real: build, up, verify, load test, down"
+	@echo "make bench-threads two models at once: ORT default threads vs the cores' share, one run"
+	@echo "make drills        failure drills (replica killed, restarted, overload, 10-min soak): < 15 min"
 	@echo "make gpu-check     every GPU check in one run, JSON in reports/ (exit 2 without a GPU)"
 
 # The venv is rebuilt from nothing when the project's dependency files change.
@@ -92,6 +94,14 @@ tune: venv
 	$(PY) -m export build resnet50 --int8
 	$(PY) -m serving repo resnet50
 	$(PY) -m serving tune resnet50 --p99-ms $(P99_MS)
+
+bench-threads: venv
+	$(PY) -m export build resnet18 alexnet
+	$(PY) -m cnn_deploy bench-threads --models resnet18,alexnet
+
+drills: venv
+	$(PY) -m export build resnet18
+	$(PY) -m cnn_deploy drills --model resnet18
 
 compose-test: venv
 	$(PY) -m export build $(MODELS)

@@ -93,7 +93,7 @@ def verify(client: TritonClient, models: list[str] | None, repository: Path) -> 
     """Every served version of each model (default: every registered model that is ready)."""
     models = models or served_models(client)
     if not models:
-        raise ClientError(f"no registered model is ready at {client.endpoint}")
+        raise ClientError(f"no registered model is ready at {client.where}")
     results = []
     for model in models:
         if model.endswith(IMAGE_SUFFIX):  # the ensemble follows its tensor model's default version

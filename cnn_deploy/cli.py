@@ -1,4 +1,5 @@
-"""`python -m cnn_deploy demo|bench-serving|gpu-check`: the commands that run several stages."""
+"""`python -m cnn_deploy demo|bench-*|report|drills|compose-test|gpu-check`: the commands that run
+several stages."""
 
 from __future__ import annotations
 
@@ -93,6 +94,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", type=Path, default=None, help="JSON record (default reports/compose-test.json)"
     )
 
+    dr = sub.add_parser(
+        "drills", help="failure drills: replica killed, restarted, overload, soak (real servers)"
+    )
+    dr.add_argument("--short", action="store_true", help="every drill briefly (what CI runs)")
+    dr.add_argument(
+        "--model", default="resnet18", help="the exported model the drills serve (default resnet18)"
+    )
+    dr.add_argument(
+        "--only", action="append", choices=("kill", "restart", "overload", "soak"), help="only these"
+    )
+    dr.add_argument(
+        "--models", type=Path, default=None, help="exports folder (default models/ in the project)"
+    )
+    dr.add_argument("--output", type=Path, default=None, help="JSON report (default reports/drills.json)")
+    bt = sub.add_parser(
+        "bench-threads", help="two models at once: ORT default threads vs a share of the cores"
+    )
+    bt.add_argument("--models", default="resnet18,alexnet", help="comma-separated (default resnet18,alexnet)")
+    bt.add_argument("--window-s", type=float, default=3.0, help="measurement window (default 3)")
+    bt.add_argument("--output", type=Path, default=None, help="JSON (default reports/bench-threads.json)")
     g = sub.add_parser("gpu-check", help="every GPU check in one run (exit 2 without a GPU)")
     g.add_argument(
         "--repository", type=Path, default=None, help="model repository (default model_repository)"
@@ -227,6 +248,29 @@ def cmd_compose_test(args) -> int:
     return run_compose_test(args.output or paths.reports_dir() / "compose-test.json")
 
 
+def cmd_bench_threads(args) -> int:
+    from cnn_deploy.bench_threads import run
+
+    return run(
+        [m.strip() for m in args.models.split(",") if m.strip()],
+        models_dir=paths.models_dir(),
+        window_s=args.window_s,
+        output=args.output or paths.reports_dir() / "bench-threads.json",
+    )
+
+
+def cmd_drills(args) -> int:
+    from cnn_deploy.drills import run_drills
+
+    return run_drills(
+        model=args.model,
+        models_dir=args.models or paths.models_dir(),
+        short=args.short,
+        only=args.only,
+        output=args.output or paths.reports_dir() / "drills.json",
+    )
+
+
 def cmd_gpu_check(args) -> int:
     from cnn_deploy.gpu_check import main_args
 
@@ -242,6 +286,8 @@ COMMANDS = {
     "bench-images": cmd_bench_images,
     "compose-test": cmd_compose_test,
     "gpu-check": cmd_gpu_check,
+    "drills": cmd_drills,
+    "bench-threads": cmd_bench_threads,
 }
 
 

@@ -8,7 +8,6 @@ spreads its load over them (`--url` repeated). One state file records them all; 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from cnn_deploy_core import paths
 from serving import ServingError
-from serving.triton import ADMIN_HEADER, ServerOptions, TritonProcess, check_ports, is_ready
+from serving.triton import ADMIN_HEADER, ServerOptions, TritonProcess, check_ports, is_ready, kill_tree
 
 STATE_NAME = "server.json"
 LOG_NAME = "triton.log"
@@ -249,8 +248,7 @@ def down(timeout: float = 30.0, state_dir: Path | None = None) -> str:
         time.sleep(0.2)
     for pid in pids:
         if pid_alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+            kill_tree(pid)  # its backend stubs too: they outlive a SIGKILLed server
     path.unlink(missing_ok=True)
     return f"stopped server pid {', '.join(map(str, pids))}"
 

@@ -8,6 +8,7 @@ load unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -265,18 +266,51 @@ class TritonProcess:
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+                self.kill()
         if self._log_file:
             self._log_file.close()
             self._log_file = None
         return None if self.process is None else self.process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the server and its backend processes, as a container runtime kills a container.
+
+        Triton's Python-backend stubs outlive a SIGKILLed server: they ignore SIGTERM and keep
+        polling their dead parent's shared memory, using CPU, for good. So they go with it.
+        """
+        if self.process is not None and self.process.poll() is None:
+            kill_tree(self.process.pid)
+            self.process.wait()
 
     def __enter__(self) -> TritonProcess:
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Triton's backend stubs), from /proc."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            status = (proc / "status").read_text()
+        except OSError:
+            continue
+        ppid = next((line.split()[1] for line in status.splitlines() if line.startswith("PPid:")), "")
+        if ppid == str(pid):
+            found.append(int(proc.name))
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a server and its backend stubs (which would otherwise live on: see TritonProcess.kill)."""
+    stubs = children(pid)
+    for p in (pid, *stubs):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(p, signal.SIGKILL)
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -291,6 +325,15 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     finally:
         for s in sockets:
             s.close()
+
+
+def free_port_block(size: int, host: str = "127.0.0.1") -> int:
+    """The first of `size` consecutive free ports (for replicas: every port + 3k)."""
+    for _ in range(200):
+        (base,) = free_ports(1, host)
+        if base + size < 65536 and all(port_free(host, base + k) for k in range(size)):
+            return base
+    raise ServingError(f"no {size} consecutive free ports on {host}")
 
 
 def port_free(host: str, port: int) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import socket
 import threading
 import time
@@ -22,6 +21,7 @@ import pytest
 from clients import ClientError, InferenceError, RequestTimeoutError, ServerOverloadedError
 from clients.client import AsyncTritonClient, TritonClient, parse_urls, translate
 from cnn_deploy_core.layout import IDENTITY_MODEL, INPUT_NAME, OUTPUT_NAME
+from serving.triton import free_port_block, kill_tree
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.integration
@@ -166,18 +166,6 @@ def _place_gather(repository: Path, *, instances: int = 1) -> None:
     (model_dir / "config.pbtxt").write_text(config.to_pbtxt())
 
 
-def _port_block(size: int = 6) -> int:
-    from serving.triton import port_free
-
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + size < 65535 and all(port_free("127.0.0.1", base + k) for k in range(size)):
-            return base
-    raise RuntimeError("no block of free ports")
-
-
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory):
     """`python -m serving up --replicas 2 --detach` on identity + gather, as a user runs it."""
@@ -187,7 +175,7 @@ def replicas(tmp_path_factory):
     place_identity(repo)
     _place_gather(repo)
     state = tmp_path_factory.mktemp("replica-state")
-    base = _port_block()
+    base = free_port_block(6)
     up = run_cli(
         "serving", "up", "--repository", str(repo), "--state-dir", str(state), "--detach", "--replicas", "2",
         "--http-port", str(base), "--grpc-port", str(base + 1), "--metrics-port", str(base + 2),
@@ -279,7 +267,7 @@ def test_loadtest_over_two_replicas_reports_each(replicas):
 def test_a_killed_replica_fails_over_and_is_left_out(replicas):
     """Last in this module: it kills replica 2 (`serving down` still cleans up the rest)."""
     x = np.ones((2, 3, 224, 224), dtype=np.float32)
-    os.kill(replicas["pids"][1], signal.SIGKILL)
+    kill_tree(replicas["pids"][1])  # with its backend stubs, as a container runtime would
     time.sleep(0.5)
     for protocol in ("grpc", "http"):
         with TritonClient(replicas[protocol], timeout=10, retries=0, cooldown=30) as client:

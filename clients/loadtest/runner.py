@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clients import BadInputError, ClientError, LoadTestError
+from clients import BadInputError, ClientError, LoadTestError, ServerUnavailableError
 from clients.client import AsyncTritonClient, parse_url, parse_urls
 from clients.loadtest.config import STABLE_WINDOWS, LoadTestConfig, Slo
 from clients.loadtest.report import (
@@ -52,6 +52,10 @@ from cnn_deploy_core import paths
 from cnn_deploy_core.layout import IDENTITY_MODEL
 
 TICK_S = 0.25  # progress refresh while a window runs
+# A closed loop that meets an unreachable server pauses before its next request: spinning on
+# instant errors would take the cores a restarting server needs, and measure nothing.
+UNAVAILABLE_PAUSE_S = 0.05
+HOPELESS_S = 5.0  # errors and no answer for this long (one window at least): the sweep stops
 SELF_TEST_CONCURRENCY = (1, 4, 16)  # for --self-test after a rate sweep
 
 
@@ -142,6 +146,7 @@ class _Sweep:
         self.sample = random.Random(config.seed)
         self.stopping = False
         self.aborted: str | None = None
+        self.errors_only_s = 0.0
         self.steps: list[StepResult] = []
         self.step_id = 0
 
@@ -155,7 +160,8 @@ class _Sweep:
         item, self.next_item = self.next_item, self.next_item + 1
         return item
 
-    async def _one(self, item: int, slot: int, scheduled: float | None = None) -> None:
+    async def _one(self, item: int, slot: int, scheduled: float | None = None) -> str | None:
+        """One request; the kind of error it ended in, if any."""
         sent = time.perf_counter()
         try:
             kind, data = await self.transport.send(item, slot)
@@ -164,7 +170,7 @@ class _Sweep:
             self.window.errors[kind] += 1
             self.totals.errors[kind] = self.totals.errors.get(kind, 0) + 1
             self.totals.requests += 1
-            return
+            return kind
         done = time.perf_counter()
         window = self.window  # the window it completed in
         window.service.append(done - sent)
@@ -172,11 +178,13 @@ class _Sweep:
         self.totals.requests += 1
         if self.verifier.enabled and self.sample.random() < self.config.verify_fraction:
             self.verifier.submit(self.step_id, item, kind, data)
+        return None
 
     async def _closed_loop(self, slot: int) -> None:
         while not self.stopping:
             self.window.sent += 1
-            await self._one(self._item(), slot)
+            if await self._one(self._item(), slot) == ServerUnavailableError.__name__:
+                await asyncio.sleep(UNAVAILABLE_PAUSE_S)
 
     async def _open_loop(self, rate: float, in_flight: set[asyncio.Task]) -> None:
         rng = random.Random(self.config.seed)
@@ -286,12 +294,17 @@ class _Sweep:
         return result
 
     def _hopeless(self, window: _Window, label: str) -> bool:
-        """A window of nothing but errors ends the sweep: the next load level would only repeat them
-        (a server shutting down answers "not ready", then nothing at all)."""
+        """Nothing but errors for HOPELESS_S (one window at least) ends the sweep: the next load level
+        would only repeat them (a server shutting down answers "not ready", then nothing at all).
+        A shorter gap, such as a server restarting, is counted and ridden out."""
         if window.response or not window.errors:
+            self.errors_only_s = 0.0
+            return False
+        self.errors_only_s += window.duration
+        if self.errors_only_s < HOPELESS_S:
             return False
         self.aborted = (
-            f"{label}: a whole window of errors and no answer ({error_kinds(window.errors)}); "
+            f"{label}: {self.errors_only_s:.0f} s of errors and no answer ({error_kinds(window.errors)}); "
             "the sweep stopped there"
         )
         return True
