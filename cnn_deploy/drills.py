@@ -191,13 +191,32 @@ def _load(urls: list[str], model: str, repository: Path, d: Durations, **kw):
     return LoadTestConfig(**settings)
 
 
+def _ticker(every_s: float = 15.0):
+    """Progress for the long drills: a line every `every_s` with the current window's figures."""
+    started = last = time.perf_counter()
+
+    def tick(p) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        if p.phase == "measure" and now - last >= every_s:
+            last = now
+            p99 = f", p99 {p.p99_ms:.0f} ms" if p.p99_ms is not None else ""
+            stderr.print(
+                f"    {now - started:4.0f} s: {p.inferences_per_s:.1f} infer/s{p99}", highlight=False
+            )
+
+    return tick
+
+
 async def _run_load(config, *, during=None):
     """Run the load test; `during(transport)` runs beside it. Bounded: a hang is a broken promise."""
     from clients.loadtest.runner import run_loadtest_async
 
     opened: asyncio.Future = asyncio.get_running_loop().create_future()
     load = asyncio.create_task(
-        run_loadtest_async(config, on_open=lambda t: opened.done() or opened.set_result(t))
+        run_loadtest_async(
+            config, on_open=lambda t: opened.done() or opened.set_result(t), progress=_ticker()
+        )
     )
     extra = None
     if during is not None:
