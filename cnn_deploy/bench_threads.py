@@ -1,15 +1,15 @@
-"""`python -m cnn_deploy bench-threads [--models resnet18 alexnet]`: two models under load at once,
-with ONNX Runtime's default threads against a share of the cores, in one run.
+"""`python -m cnn_deploy bench-threads [--models resnet18,alexnet]`: how ONNX Runtime sessions
+should share the cores, measured with two models loaded, in one run.
 
-- before: every session with ORT's default, a thread per core, spinning on (what a Triton
-  ONNX Runtime backend does unless told otherwise);
-- after:  what `serving up` now decides (serving/threads.py): the cores split among the sessions,
-  spinning off when more than one shares them.
+Settings (the server's environment, read by our backend):
+- ort-default:  every session a thread per core, spinning on (what a Triton ONNX Runtime backend
+  does unless told otherwise);
+- cores-nospin: a thread per core, spinning off;
+- share:        the cores split among the sessions, spinning off (serving/threads.py's rule).
 
-Both models are loaded at once (one client each, concurrency 2, every answer verified), so each
-one's threads compete with the other's: the case that oversubscription hurts. The settings are
-measured alternately (before, after, before, after) and the rounds averaged; the machine is
-shared and noisy, so only ratios measured side by side mean anything.
+Scenarios: both models under load at once (one client each, concurrency 2) and the first model
+alone (the other loaded, idle); every answer verified. Settings are measured alternately, two
+rounds, averaged: the machine is shared and noisy, so only ratios side by side mean anything.
 """
 
 from __future__ import annotations
@@ -68,13 +68,16 @@ def run(models: list[str], *, models_dir: Path, window_s: float, output: Path) -
     for m in models:
         if not (models_dir / m / "model.onnx").is_file():
             raise CnnDeployError(f"{m} is not exported in {models_dir}: python -m export build {m}")
+    cores = os.cpu_count() or 1
     flags = cpu_flags()
-    stderr.print(f"CPU instruction sets: {', '.join(flags)}; {os.cpu_count()} cores")
+    stderr.print(f"CPU instruction sets: {', '.join(flags)}; {cores} cores")
     settings = {
-        "before": ((ENV_ORT_THREADS, "0"), (ENV_ORT_SPINNING, "1")),  # ORT's defaults
-        "after": (),  # the share serving/threads.py decides
+        "ort-default": ((ENV_ORT_THREADS, "0"), (ENV_ORT_SPINNING, "1")),
+        "cores-nospin": ((ENV_ORT_THREADS, str(cores)), (ENV_ORT_SPINNING, "0")),
+        "share": (),  # what serving/threads.py decides
     }
-    rates: dict[str, list[dict[str, float]]] = {k: [] for k in settings}
+    scenarios = {"both": models, "alone": models[:1]}
+    rates: dict[str, dict[str, list[dict[str, float]]]] = {k: {sc: [] for sc in scenarios} for k in settings}
     described = {}
     with tempfile.TemporaryDirectory(prefix="bench-threads-") as tmp:
         repository = Path(tmp) / "repository"
@@ -91,35 +94,43 @@ def run(models: list[str], *, models_dir: Path, window_s: float, output: Path) -
                 opts = ServerOptions.on_free_ports(repository, backend_dir=Path(tmp) / "backends", env=env)
                 with TritonProcess(opts, log_path=Path(tmp) / f"triton-{name}.log").start() as server:
                     server.wait_ready(600)
-                    share = server.share
+                    threads, spin = dict(env).get(ENV_ORT_THREADS), dict(env).get(ENV_ORT_SPINNING)
                     described[name] = (
-                        f"{os.cpu_count()} intra-op threads per session (ORT default), spinning on"
-                        if env
-                        else share.describe()
+                        server.share.describe()
+                        if not env
+                        else f"{threads if threads != '0' else cores} intra-op threads per session, "
+                        f"spinning {'on' if spin == '1' else 'off'}"
                     )
-                    result = asyncio.run(_both(opts.grpc_url, models, repository, window_s))
-                rates[name].append(result)
-                figures = ", ".join(f"{m} {v:.1f}" for m, v in result.items())
-                stderr.print(f"round {round_ + 1}, {name}: {figures} img/s (sum {sum(result.values()):.1f})")
-    mean = {k: {m: float(np.mean([r[m] for r in v])) for m in models} for k, v in rates.items()}
-    total = {k: sum(v.values()) for k, v in mean.items()}
+                    for scenario, loaded in scenarios.items():
+                        result = asyncio.run(_both(opts.grpc_url, loaded, repository, window_s))
+                        rates[name][scenario].append(result)
+                        figures = ", ".join(f"{m} {v:.1f}" for m, v in result.items())
+                        stderr.print(f"round {round_ + 1}, {name}, {scenario}: {figures} img/s")
+    mean = {
+        k: {sc: {m: float(np.mean([r[m] for r in runs])) for m in scenarios[sc]} for sc, runs in v.items()}
+        for k, v in rates.items()
+    }
+    total = {k: {sc: sum(v[sc].values()) for sc in scenarios} for k, v in mean.items()}
+    base = total["ort-default"]
     report = {
-        "command": f"python -m cnn_deploy bench-threads --models {' '.join(models)}",
+        "command": f"python -m cnn_deploy bench-threads --models {','.join(models)}",
         "cpu_flags": flags,
-        "cores": os.cpu_count(),
+        "cores": cores,
         "settings": described,
         "rounds": rates,
         "mean_img_s": mean,
         "sum_img_s": total,
-        "after_over_before": total["after"] / total["before"],
-        "per_model_after_over_before": {m: mean["after"][m] / mean["before"][m] for m in models},
+        "over_ort_default": {k: {sc: v[sc] / base[sc] for sc in scenarios} for k, v in total.items()},
     }
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output, json.dumps(report, indent=2) + "\n")
     for name in settings:
-        figures = ", ".join(f"{m} {mean[name][m]:.1f}" for m in models)
+        ratio = report["over_ort_default"][name]
         stdout.print(
-            f"{name:6s} ({described[name]}): {figures}; sum {total[name]:.1f} img/s", highlight=False
+            f"{name:12s} ({described[name]}): both {total[name]['both']:.1f} img/s "
+            f"({ratio['both']:.2f}x), {models[0]} alone {total[name]['alone']:.1f} img/s "
+            f"({ratio['alone']:.2f}x)",
+            highlight=False,
         )
-    stdout.print(f"after / before: {report['after_over_before']:.2f}x (sum of both models); JSON: {output}")
+    stdout.print(f"ratios against ort-default, measured side by side; JSON: {output}")
     return 0

@@ -74,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
         "shared among them (default 1)",
     )
     u.add_argument(
+        "--ort-threads",
+        choices=("share", "cores"),
+        default="share",
+        help="ONNX Runtime intra-op threads of sessions without their own count: share (default) "
+        "splits the cores among all sessions (best when several models are busy at once); cores "
+        "gives each every core, spinning off (best when one model at a time is busy)",
+    )
+    u.add_argument(
         "--config-name",
         default="cpu",
         help="which configs/<name>.pbtxt to serve: cpu (default), gpu (needs onnxruntime-gpu and a GPU), "
@@ -208,6 +216,7 @@ def cmd_up(args) -> int:
         metrics_port=args.metrics_port,
         admin_key=admin_key(args.admin_key),
         backend_dir=(args.state_dir / "backends") if args.state_dir else None,
+        ort_threads=args.ort_threads,
     )
     what = f"{args.replicas} tritonserver replicas" if args.replicas > 1 else "tritonserver"
     with stderr.status(f"starting {what} and warming up the models..."):

@@ -90,12 +90,43 @@ def count_sessions(repository: Path, config_name: str = "cpu") -> Sessions:
     return Sessions(shared, pinned, pinned_threads)
 
 
-def cpu_share(repository: Path, config_name: str = "cpu", *, replicas: int = 1) -> CpuShare:
-    """Each shared session's threads: the cores split evenly among them (at least 1)."""
-    cores = os.cpu_count() or 1
+POLICIES = ("share", "cores")
+
+
+def available_cores() -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota.
+
+    os.cpu_count() is the host's count; in a container limited to 4 CPUs on a 64-core node
+    (Kubernetes `resources.limits.cpu`, `docker run --cpus`) it would give every session 16x
+    too many threads.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, -(-int(quota) // int(period))))  # rounded up
+    except (OSError, ValueError):
+        pass  # no cgroup v2 limit to read: the affinity stands
+    return max(1, cores)
+
+
+def cpu_share(
+    repository: Path, config_name: str = "cpu", *, replicas: int = 1, policy: str = "share"
+) -> CpuShare:
+    """Each shared session's threads: the cores split evenly among them (at least 1), or with
+    policy "cores" every core for each (measured trade-off: `make bench-threads`; with two
+    models busy at once the share gave 1.51x ORT's default and "cores" without spinning 1.27x;
+    with one model busy alone, 0.53x and 0.94x)."""
+    if policy not in POLICIES:
+        raise ValueError(f"thread policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+    cores = available_cores()
     sessions = count_sessions(repository, config_name) * replicas
     # Explicit counts are not subtracted: they are the user's (or the tuner's) call, and the one
     # every repository has (identity, 1 thread) does no work worth a core.
-    threads = max(1, cores // sessions.shared) if sessions.shared else cores
+    shared = sessions.shared if policy == "share" else 1
+    threads = max(1, cores // shared) if shared else cores
     spinning = sessions.shared + sessions.pinned <= 1  # a session alone may spin: nobody waits
     return CpuShare(sessions.shared, sessions.pinned_threads, cores, threads, spinning)

@@ -104,6 +104,7 @@ class ServerOptions:
     log_verbose: int = 0
     extra_args: tuple[str, ...] = field(default_factory=tuple)
     replicas: int = 1  # servers on this machine sharing the cores (see serving/threads.py)
+    ort_threads: str = "share"  # "share": the cores split among sessions; "cores": all for each
     env: tuple[tuple[str, str], ...] = ()  # extra environment, e.g. a fixed thread count
 
     def __post_init__(self) -> None:
@@ -221,7 +222,12 @@ class TritonProcess:
             )
         prepare_backends(backend_dir(self.opts), wheel)
         env = environment(wheel)
-        self.share = cpu_share(self.opts.repository, self.opts.config_name, replicas=self.opts.replicas)
+        self.share = cpu_share(
+            self.opts.repository,
+            self.opts.config_name,
+            replicas=self.opts.replicas,
+            policy=self.opts.ort_threads,
+        )
         for key, value in self.share.environment().items():
             env.setdefault(key, value)  # the user's own setting wins
         env.update(self.opts.env)

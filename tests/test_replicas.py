@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
 import threading
 import time
@@ -53,16 +52,18 @@ def test_a_full_queue_is_overload_not_unavailable():
 
 def test_cpu_share_counts_sessions_across_models_and_replicas(tmp_path):
     from serving.repository import place_identity
-    from serving.threads import count_sessions, cpu_share
+    from serving.threads import available_cores, count_sessions, cpu_share
 
     place_identity(tmp_path)  # 1 instance with its own thread count: pinned
     _place_gather(tmp_path, instances=2)  # 2 instances sharing the cores
     sessions = count_sessions(tmp_path, "cpu")
     assert (sessions.shared, sessions.pinned, sessions.pinned_threads) == (2, 1, 1)
-    cores = os.cpu_count()
+    cores = available_cores()
     share = cpu_share(tmp_path, "cpu", replicas=2)
     assert share.sessions == 4 and share.threads == max(1, cores // 4) and not share.spinning
     assert share.environment()["CNN_DEPLOY_ORT_SPINNING"] == "0"
+    every = cpu_share(tmp_path, "cpu", replicas=2, policy="cores")  # each session every core
+    assert every.threads == cores and not every.spinning
     alone = tmp_path / "alone"
     _place_gather(alone, instances=1)
     assert cpu_share(alone, "cpu").spinning and cpu_share(alone, "cpu").threads == cores
@@ -159,6 +160,7 @@ def _place_gather(repository: Path, *, instances: int = 1) -> None:
         instance_count=instances,
         queue_delay_us=300_000,  # long: concurrent requests surely meet in one batch
         default_model_filename="model.onnx",
+        warmup_batch_sizes=(),  # Triton's random warm-up data makes an index out of bounds
     )
     (model_dir / "configs").mkdir()
     for name in ("cpu", "gpu"):
@@ -276,3 +278,29 @@ def test_a_killed_replica_fails_over_and_is_left_out(replicas):
             assert [str(e) for e in client._async.healthy()] == [replicas[protocol][0]]
     status = run_cli("serving", "status", "--state-dir", str(replicas["state"]), timeout=60)
     assert status.returncode == 1 and "NOT ready" in status.stdout
+
+
+@pytest.mark.parametrize("policy", ["share", "cores"])
+def test_the_backend_runs_with_the_threads_serving_up_decided(policy, tmp_path):
+    from serving.threads import available_cores
+    from serving.triton import ServerOptions, TritonProcess
+
+    repo = tmp_path / "repo"
+    _place_gather(repo)
+    _place_gather_copy(repo, "gather_b")  # two sessions: the share is half the cores each
+    opts = ServerOptions.on_free_ports(repo, backend_dir=tmp_path / "backends", ort_threads=policy)
+    log = tmp_path / "triton.log"
+    with TritonProcess(opts, log_path=log).start() as server:
+        server.wait_ready(120)
+        expected = available_cores() if policy == "cores" else max(1, available_cores() // 2)
+        assert server.share.threads == expected and not server.share.spinning
+    text = log.read_text(errors="replace")
+    assert text.count(f"intra-op threads {expected}, spinning off") == 2, text[-3000:]
+
+
+def _place_gather_copy(repository: Path, name: str) -> None:
+    import shutil
+
+    shutil.copytree(repository / GATHER_MODEL, repository / name)
+    for cfg in [repository / name / "config.pbtxt", *(repository / name / "configs").glob("*.pbtxt")]:
+        cfg.write_text(cfg.read_text().replace(f'name: "{GATHER_MODEL}"', f'name: "{name}"'))
