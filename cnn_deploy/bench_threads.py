@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import tempfile
 from pathlib import Path
 
@@ -63,12 +62,13 @@ async def _both(urls: str, models: list[str], repository: Path, window_s: float)
 def run(models: list[str], *, models_dir: Path, window_s: float, output: Path) -> int:
     from cnn_deploy_core.registry import get
     from serving.repository import CpuPlan, place_models
+    from serving.threads import available_cores
     from serving.triton import ServerOptions, TritonProcess
 
     for m in models:
         if not (models_dir / m / "model.onnx").is_file():
             raise CnnDeployError(f"{m} is not exported in {models_dir}: python -m export build {m}")
-    cores = os.cpu_count() or 1
+    cores = available_cores()
     flags = cpu_flags()
     stderr.print(f"CPU instruction sets: {', '.join(flags)}; {cores} cores")
     settings = {

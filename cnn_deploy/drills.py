@@ -125,7 +125,8 @@ class Replicas:
 
     def __enter__(self) -> Replicas:
         try:
-            self.processes = [self._start(k) for k in range(len(self.options))]
+            for k in range(len(self.options)):
+                self.processes.append(self._start(k))  # recorded at once: stop() sees it
             for p in self.processes:
                 p.wait_ready(600)
         except BaseException:
@@ -223,7 +224,8 @@ async def _run_load(config, *, during=None):
         await asyncio.wait({opened, load}, timeout=120, return_when=asyncio.FIRST_COMPLETED)
         if not opened.done():  # the load test failed (or never got going) before its first request
             opened.cancel()
-            return await load, None
+            await asyncio.wait_for(load, config.timeout + 60)  # raises the load test's own error
+            raise CnnDeployError("the load test ended before it sent a request: nothing was drilled")
         extra = await during(opened.result())
     bound = config.max_step_s + config.timeout + 60
     try:
@@ -269,8 +271,8 @@ def drill_kill(model: str, repository: Path, scratch: Path, d: Durations) -> Dri
             return at_kill
 
         report, at_kill = asyncio.run(_run_load(config, during=kill))
+        after_s = time.perf_counter() - at_kill["t"]  # before the servers stop (that takes a while)
     survivor = report.replicas[0]["responses"] - at_kill["answers_by_survivor"]
-    after_s = time.perf_counter() - at_kill["t"]
     failed = _errors(report)
     result.figures = {
         **{k: v for k, v in at_kill.items() if k != "t"},
@@ -333,13 +335,15 @@ def drill_restart(model: str, repository: Path, scratch: Path, d: Durations) -> 
         },
     }
     kinds = ", ".join(f"{k} {v}" for k, v in report.totals.errors.items()) or "none"
+    # A hang raises in _run_load and a crash propagates; a sweep that gave up is a failure here.
     result.check(
-        "the load test neither hangs nor crashes",
-        f"ended after {took:.1f} s (bound {d.restart_s + LOAD_TIMEOUT_S + 60:.0f} s); the server was back "
-        f"in {restart_s:.1f} s",
-        True,  # _run_load raises when it hangs; an exception in the load test propagates
+        "the load test neither hangs nor crashes, and rides out the restart",
+        f"ran {took:.1f} s of {d.restart_s:g} (bound {d.restart_s + LOAD_TIMEOUT_S + 60:.0f} s); the "
+        f"server was back in {restart_s:.1f} s"
+        + (f"; but: {'; '.join(report.failures)}" if report.failures else ""),
+        not report.failures,
     )
-    result.check("errors are counted by kind", kinds, True)
+    result.check("the crash is seen, and errors are counted by kind", kinds, _errors(report) > 0)
     result.check(
         "answers are exact after the restart",
         f"{after.totals.verified} verified, {after.totals.wrong} wrong, {_errors(after)} errors",
@@ -411,13 +415,15 @@ def drill_overload(model: str, repository: Path, scratch: Path, d: Durations, ca
         f"{before:.0f} MB before, peaks {first:.0f} MB (1st half), {second:.0f} MB (2nd half)",
         second <= RSS_PLATEAU * first,
     )
+    # A request past its deadline becomes a RequestTimeoutError, never a late answer: the promise
+    # is that none timed out over the whole run (the slowest answer is shown for scale).
     result.check(
-        "every request ends (answer or error) within the client's timeout",
+        "every request ends within the client's timeout (no timeout over the whole run)",
         f"{over.responses} answers at {over.requests_per_s:.1f}/s, errors "
         f"{', '.join(f'{k} {v}' for k, v in over.errors.items()) or 'none'}, slowest answer "
         f"{worst or 0:.0f} ms after it left (timeout {LOAD_TIMEOUT_S * 1e3:.0f} ms; "
         f"{over.latency_ms.max if over.latency_ms else 0:.0f} ms from its schedule)",
-        worst is not None and worst <= LOAD_TIMEOUT_S * 1e3 + 1000,
+        worst is not None and "RequestTimeoutError" not in report.totals.errors,
     )
     result.check(
         f"back to 90% of capacity within {RECOVERY_LIMIT_S:g} s",
@@ -467,9 +473,11 @@ def drill_soak(
         report = asyncio.run(run())
     (step,) = report.steps
     mark = 0.2 * d.soak_s
+    if not samples or samples[-1][1] <= 0:
+        raise CnnDeployError("soak: no memory sample of the server was taken")
     rss_start = next((rss for t, rss in samples if t >= mark), samples[-1][1])
     rss_end = samples[-1][1]
-    growth = (rss_end - rss_start) / rss_start
+    growth = (rss_end - rss_start) / max(rss_start, 1e-9)
     windows = [w for w in step.window_log if w["p99_ms"] is not None]
     p99_start = windows[1]["p99_ms"] if len(windows) > 1 else None
     p99_end = windows[-1]["p99_ms"] if windows else None

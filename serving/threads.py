@@ -128,5 +128,7 @@ def cpu_share(
     # every repository has (identity, 1 thread) does no work worth a core.
     shared = sessions.shared if policy == "share" else 1
     threads = max(1, cores // shared) if shared else cores
-    spinning = sessions.shared + sessions.pinned <= 1  # a session alone may spin: nobody waits
+    # A session alone may spin: nobody waits for its cores. Pinned sessions do not count: the one
+    # every repository has (identity, 1 thread) idles but for the generator's self-test.
+    spinning = sessions.shared <= 1
     return CpuShare(sessions.shared, sessions.pinned_threads, cores, threads, spinning)

@@ -87,7 +87,13 @@ def prepare_backends(target: Path, wheel: Wheel | None = None) -> Path:
             or dst.stat().st_size != src.stat().st_size
         ):
             shutil.copy2(src, dst)
-    shutil.copy2(BACKEND_SOURCE, ort_dir / "model.py")
+    # Replaced atomically and only when it changed: replicas share this folder, and a replica's
+    # backend may be importing model.py while the next one starts.
+    dst = ort_dir / "model.py"
+    if not dst.exists() or dst.read_bytes() != BACKEND_SOURCE.read_bytes():
+        tmp = dst.with_name(f".model.py.{os.getpid()}")
+        shutil.copy2(BACKEND_SOURCE, tmp)
+        os.replace(tmp, dst)
     return target
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from cnn_deploy_core.fsutil import atomic_write_bytes, atomic_write_text
 from cnn_deploy_core.layout import INT8_FILE, INT8_SUFFIX
 from serving import ServingError
 from serving.repository import ModelState, candidate_config, served_versions, write_configs
+from serving.threads import available_cores
 from serving.triton import ServerOptions, TritonProcess
 
 SATURATION = 1.05  # more concurrency must add 5 % throughput to be worth its latency
@@ -195,7 +195,7 @@ def search(
         precision="fp32",
         instances=state.cpu.instances,
         # A share (0) is what the tuner's one-model server would give it: the cores / instances.
-        threads=state.cpu.threads or max(1, (os.cpu_count() or 1) // state.cpu.instances),
+        threads=state.cpu.threads or max(1, cores() // state.cpu.instances),
         max_batch_size=arch.max_batch_size,
         queue_delay_us=arch.queue_delay_us,
     )
@@ -301,4 +301,4 @@ def has_int8(repository: Path, name: str) -> bool:
 
 
 def cores() -> int:
-    return max(1, os.cpu_count() or 1)
+    return available_cores()

@@ -48,6 +48,16 @@ def test_a_full_queue_is_overload_not_unavailable():
     (endpoint,) = parse_urls("grpc://a:1")
     error = InferenceServerException("Exceeds maximum queue size", status="StatusCode.UNAVAILABLE")
     assert isinstance(translate(error, endpoint, "m"), ServerOverloadedError)  # so: not retried
+    # ... and the load generator's raw gRPC transport says the same (not "unreachable", which
+    # would mark the replica down and fail the request over).
+    import grpc
+
+    from clients.loadtest.transport import translate_grpc
+
+    raw = grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "Exceeds maximum queue size"
+    )
+    assert isinstance(translate_grpc(raw, "a:1", "m"), ServerOverloadedError)
 
 
 def test_cpu_share_counts_sessions_across_models_and_replicas(tmp_path):

@@ -55,7 +55,7 @@ TICK_S = 0.25  # progress refresh while a window runs
 # A closed loop that meets an unreachable server pauses before its next request: spinning on
 # instant errors would take the cores a restarting server needs, and measure nothing.
 UNAVAILABLE_PAUSE_S = 0.05
-HOPELESS_S = 5.0  # errors and no answer for this long (one window at least): the sweep stops
+HOPELESS_S = 10.0  # errors and no answer for this long (one window at least): the sweep stops
 SELF_TEST_CONCURRENCY = (1, 4, 16)  # for --self-test after a rate sweep
 
 
@@ -490,11 +490,22 @@ async def _sweep(
     transport = make_transport(config, payloads, slots)
     verifier = (InlineVerifier if in_process else ProcessVerifier)(workload, payloads.output_shape)
 
+    # Every replica's statistics, summed: a round-robin client would ask a different replica at
+    # each window boundary, and differences between two servers' counters mean nothing.
+    endpoints = parse_urls(config.url)
+    per_replica = (
+        [client]
+        if len(endpoints) == 1
+        else [AsyncTritonClient(str(e), timeout=config.timeout, retries=0) for e in endpoints]
+    )
+
     async def stats() -> dict[str, int] | None:
         try:
-            return flatten_statistics(await client.statistics(config.model, version))
+            results = await asyncio.gather(*(c.statistics(config.model, version) for c in per_replica))
         except ClientError:
-            return None  # the breakdown is then missing; the client-side numbers still stand
+            return None  # a replica is down: no breakdown; the client-side numbers still stand
+        flats = [flatten_statistics(r) for r in results]
+        return {k: sum(f[k] for f in flats) for k in flats[0]}
 
     sizes = [len(payloads.raw(i)) for i in range(len(payloads.batches))]
     sweep = _Sweep(
@@ -508,6 +519,9 @@ async def _sweep(
     finally:
         await transport.close()
         verifier.close()
+        for c in per_replica:
+            if c is not client:
+                await c.close()
     return sweep
 
 

@@ -39,6 +39,7 @@ from clients import (
     ModelNotFoundError,
     ModelNotReadyError,
     RequestTimeoutError,
+    ServerOverloadedError,
     ServerUnavailableError,
 )
 
@@ -80,6 +81,8 @@ def translate_grpc(error: BaseException, target: str, model: str) -> ClientError
         return InferenceError(f"{model}: {error.__class__.__name__}: {error}")
     code, details = error.code(), error.details() or ""
     lowered = details.lower()
+    if "exceeds maximum queue size" in lowered:  # UNAVAILABLE too, but the server is up: not retried
+        return ServerOverloadedError(f"{model}: the server at {target} is overloaded: {details}")
     if code == grpc.StatusCode.UNAVAILABLE:
         return ServerUnavailableError(f"Triton server at {target} is unreachable: {details}")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -122,7 +125,15 @@ class GrpcTransport:
         import grpc
         from tritonclient.grpc import service_pb2
 
-        options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+        options = [
+            ("grpc.max_send_message_length", -1),
+            ("grpc.max_receive_message_length", -1),
+            # A restarted server is found again within ~1 s: gRPC's default reconnect backoff
+            # (1 s growing to 120 s) would keep failing requests long after it is back.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+        ]
         self._channel = (
             grpc.aio.secure_channel(self.address, grpc.ssl_channel_credentials(), options=options)
             if self.ssl
@@ -394,6 +405,8 @@ def _http_error(status: int, data: bytes, target: str, model: str) -> ClientErro
     except ValueError:
         message = data[:200].decode(errors="replace")
     lowered = message.lower()
+    if "exceeds maximum queue size" in lowered:
+        return ServerOverloadedError(f"{model}: the server at {target} is overloaded: {message}")
     if "unknown model" in lowered:
         return ModelNotFoundError(f"model {model!r} is not served at {target}")
     if "not ready" in lowered:
