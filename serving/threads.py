@@ -128,7 +128,9 @@ def cpu_share(
     # every repository has (identity, 1 thread) does no work worth a core.
     shared = sessions.shared if policy == "share" else 1
     threads = max(1, cores // shared) if shared else cores
-    # A session alone may spin: nobody waits for its cores. Pinned sessions do not count: the one
-    # every repository has (identity, 1 thread) idles but for the generator's self-test.
-    spinning = sessions.shared <= 1
+    # Spinning only for a session truly alone. Not for one busy model beside the identity model:
+    # measured in `make drills`' soak, a spinning resnet18 beside a client on the same 2 cores
+    # fell behind for a minute (p99 from 22 ms to 2.6 s) and its memory grew 25% with the
+    # backlog; with spinning off, the 10-minute soaks before it stayed flat.
+    spinning = sessions.shared + sessions.pinned <= 1
     return CpuShare(sessions.shared, sessions.pinned_threads, cores, threads, spinning)
