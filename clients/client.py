@@ -124,6 +124,37 @@ def url_from_args(values: list[str] | None) -> str:
     return url
 
 
+class RoundRobin:
+    """Round-robin over n endpoints with passive health checking: one that failed is skipped for
+    `cooldown` seconds, then tried again; when all are down, the one back soonest is the best bet.
+    Shared by the client and the load generator's ReplicaSet, so both fail over alike."""
+
+    def __init__(self, n: int, cooldown: float):
+        self.cooldown = cooldown
+        self.down_until = [0.0] * n  # monotonic time until which an endpoint is skipped
+        self.position = 0
+
+    def pick(self, skip: set[int] | tuple[int, ...] = ()) -> int:
+        """The next endpoint, passing over those in `skip` and those down (unless all are)."""
+        n, now = len(self.down_until), time.monotonic()
+        order = [(self.position + k) % n for k in range(n)]
+        fresh = [i for i in order if i not in skip] or order
+        healthy = [i for i in fresh if self.down_until[i] <= now]
+        i = healthy[0] if healthy else min(fresh, key=lambda j: self.down_until[j])
+        self.position = (i + 1) % n
+        return i
+
+    def failed(self, i: int) -> None:
+        self.down_until[i] = time.monotonic() + self.cooldown
+
+    def succeeded(self, i: int) -> None:
+        self.down_until[i] = 0.0
+
+    def healthy(self) -> list[int]:
+        now = time.monotonic()
+        return [i for i, until in enumerate(self.down_until) if until <= now]
+
+
 def describe(endpoints: Sequence[Endpoint]) -> str:
     return ", ".join(map(str, endpoints))
 
@@ -236,7 +267,7 @@ class AsyncTritonClient:
             raise ClientError("timeout must be > 0, retries >= 0 and cooldown >= 0")
         self.endpoints = parse_urls(url)
         self.endpoint = self.endpoints[0]  # where messages about "the server" point
-        self.timeout, self.retries, self.backoff, self.cooldown = timeout, retries, backoff, cooldown
+        self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.headers = headers or None
         self._info: dict[str, ModelInfo] = {}
         self._image_models: dict[str, bool] = {}
@@ -246,8 +277,7 @@ class AsyncTritonClient:
             import tritonclient.http.aio as module
         self._module = module
         self._aio_clients: list = [None] * len(self.endpoints)
-        self._down_until = [0.0] * len(self.endpoints)  # passive health: skipped until then
-        self._next = 0  # round-robin position
+        self._rotation = RoundRobin(len(self.endpoints), cooldown)
 
     @property
     def where(self) -> str:
@@ -287,21 +317,9 @@ class AsyncTritonClient:
             kw["as_json"] = True
         return kw
 
-    def _pick(self, tried: set[int]) -> int:
-        """The next endpoint round-robin, skipping those tried or down (unless all are)."""
-        n, now = len(self.endpoints), time.monotonic()
-        order = [(self._next + k) % n for k in range(n)]
-        fresh = [i for i in order if i not in tried] or order
-        healthy = [i for i in fresh if self._down_until[i] <= now]
-        # All down: the one whose cooldown ends first is the best bet (it may be back already).
-        i = healthy[0] if healthy else min(fresh, key=lambda j: self._down_until[j])
-        self._next = (i + 1) % n
-        return i
-
     def healthy(self) -> list[Endpoint]:
         """The endpoints not marked down by a recent failure."""
-        now = time.monotonic()
-        return [e for e, until in zip(self.endpoints, self._down_until, strict=True) if until <= now]
+        return [self.endpoints[i] for i in self._rotation.healthy()]
 
     async def _call(
         self, fn: Callable[[Any], Awaitable[T]], model: str | None = None, *, retry: bool = True
@@ -316,16 +334,16 @@ class AsyncTritonClient:
         failover = retry and len(self.endpoints) > 1
         tried: set[int] = set()
         while True:
-            i = self._pick(tried)
+            i = self._rotation.pick(tried)
             try:
                 result = await asyncio.wait_for(fn(self._client(i)), self.timeout)
-                self._down_until[i] = 0.0
+                self._rotation.succeeded(i)
                 return result
             except Exception as e:
                 error = translate(e, self.endpoints[i], model)
                 if not isinstance(error, ServerUnavailableError):
                     raise error from e
-                self._down_until[i] = time.monotonic() + self.cooldown
+                self._rotation.failed(i)
                 tried.add(i)
                 if failover:  # idempotent: safe to send again, to another replica, right away
                     failover = False
@@ -342,9 +360,10 @@ class AsyncTritonClient:
             try:
                 ok = await asyncio.wait_for(self._client(i).is_server_ready(**self._kw()), self.timeout)
             except Exception:
-                self._down_until[i] = time.monotonic() + self.cooldown
+                self._rotation.failed(i)
                 return False
-            self._down_until[i] = 0.0 if ok else self._down_until[i]
+            if ok:
+                self._rotation.succeeded(i)
             return bool(ok)
 
         return any(await asyncio.gather(*(ready(i) for i in range(len(self.endpoints)))))

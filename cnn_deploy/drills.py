@@ -92,16 +92,9 @@ def _mark(check: Check) -> str:
 
 def tree_rss_mb(pid: int) -> float:
     """RSS of a tritonserver and its backend processes (Triton's Python stubs are its children)."""
-    from serving.triton import children
+    from serving.triton import children, rss_mb
 
-    total = 0
-    for p in (pid, *children(pid)):
-        try:
-            status = (Path("/proc") / str(p) / "status").read_text()
-        except OSError:
-            continue  # gone meanwhile
-        total += next((int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("VmRSS:")), 0)
-    return total / 1024
+    return sum(rss_mb(p) or 0.0 for p in (pid, *children(pid)))  # a process gone meanwhile: 0
 
 
 class Replicas:
@@ -235,6 +228,29 @@ async def _run_load(config, *, during=None):
     return report, extra
 
 
+def _run_load_sampling_rss(config, pid: int, every_s: float) -> tuple:
+    """The load test, with the server's RSS (MB) sampled beside it every `every_s`, from the first
+    request: (report, [(seconds since then, MB), ...])."""
+    samples: list[tuple[float, float]] = []
+
+    async def watch(transport):
+        t0 = time.perf_counter()
+
+        async def sample():
+            while True:
+                samples.append((time.perf_counter() - t0, tree_rss_mb(pid)))
+                await asyncio.sleep(every_s)
+
+        return asyncio.create_task(sample())
+
+    async def run():
+        report, sampler = await _run_load(config, during=watch)
+        sampler.cancel()
+        return report
+
+    return asyncio.run(run()), samples
+
+
 def _capacity(urls, model, repository, d: Durations) -> float:
     from clients.loadtest import run_loadtest
 
@@ -359,25 +375,11 @@ def drill_overload(model: str, repository: Path, scratch: Path, d: Durations, ca
     with Replicas(repository, scratch / "overload", 1) as servers:
         pid = servers.pid()
         before = tree_rss_mb(pid)
-        peak: list[float] = []
         config = _load(
             servers.grpc_urls, model, repository, d, mode="rate", levels=(rate,), max_step_s=d.overload_s
         )
-
-        async def watch(transport):
-            async def sample():
-                while True:
-                    peak.append(tree_rss_mb(pid))
-                    await asyncio.sleep(0.5)
-
-            return asyncio.create_task(sample())
-
-        async def run():
-            report, sampler = await _run_load(config, during=watch)
-            sampler.cancel()
-            return report
-
-        report = asyncio.run(run())
+        report, samples = _run_load_sampling_rss(config, pid, 0.5)
+        peak = [rss for _, rss in samples]
         alive = servers.alive()
         recovery = _load(servers.grpc_urls, model, repository, d, levels=(4,), max_step_s=15)
         from clients.loadtest import run_loadtest
@@ -443,8 +445,6 @@ def drill_soak(
     window = max(d.window_s, d.soak_s / 10)  # 10 windows: the 2nd is "minute 2" of a 10-minute soak
     stderr.print(f"[bold]soak[/]: {rate:.1f} req/s (80% of capacity) for {d.soak_s:g} s")
     with Replicas(repository, scratch / "soak", 1) as servers:
-        pid = servers.pid()
-        samples: list[tuple[float, float]] = []
         config = _load(
             servers.grpc_urls,
             model,
@@ -454,23 +454,7 @@ def drill_soak(
             levels=(rate,),
             max_step_s=d.soak_s,
         )
-
-        async def watch(transport):
-            t0 = time.perf_counter()
-
-            async def sample():
-                while True:
-                    samples.append((time.perf_counter() - t0, tree_rss_mb(pid)))
-                    await asyncio.sleep(max(1.0, d.soak_s / 120))
-
-            return asyncio.create_task(sample())
-
-        async def run():
-            report, sampler = await _run_load(config, during=watch)
-            sampler.cancel()
-            return report
-
-        report = asyncio.run(run())
+        report, samples = _run_load_sampling_rss(config, servers.pid(), max(1.0, d.soak_s / 120))
     (step,) = report.steps
     mark = 0.2 * d.soak_s
     if not samples or samples[-1][1] <= 0:

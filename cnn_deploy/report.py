@@ -269,20 +269,18 @@ def profile_layers(model_path: Path, analysis, threads: int) -> tuple[list[Layer
 
 def _stub_rss_mb(server_pid: int, model_dir: Path) -> float | None:
     """RSS of the backend processes serving one model (Triton's Python stubs, one per instance)."""
-    total, found = 0, False
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
+    from serving.triton import children, rss_mb
+
+    total, found = 0.0, False
+    for pid in children(server_pid):
         try:
-            status = (proc / "status").read_text()
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        ppid = next((int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("PPid:")), None)
-        if ppid == server_pid and f"{model_dir}/" in cmdline and "stub" in cmdline:
-            total += next((int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("VmRSS:")), 0)
-            found = True
-    return total / 1024 if found else None
+        rss = rss_mb(pid)
+        if rss is not None and f"{model_dir}/" in cmdline and "stub" in cmdline:
+            total, found = total + rss, True
+    return total if found else None
 
 
 def served(arch: Architecture, models_dir: Path, window_s: float, url: str | None = None) -> dict:

@@ -317,6 +317,15 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def rss_mb(pid: int) -> float | None:
+    """A process's resident memory in MB, from /proc; None when it is gone."""
+    try:
+        status = (Path("/proc") / str(pid) / "status").read_text()
+    except OSError:
+        return None
+    return next((int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("VmRSS:")), 0) / 1024
+
+
 def kill_tree(pid: int) -> None:
     """SIGKILL a server and its backend stubs (which would otherwise live on: see TritonProcess.kill)."""
     stubs = children(pid)

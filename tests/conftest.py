@@ -40,6 +40,14 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
+def port_args() -> tuple[tuple[str, ...], str]:
+    """`serving up`'s three port options on free ports; also the gRPC port."""
+    from serving.triton import free_ports
+
+    http, grpc, metrics = map(str, free_ports(3))
+    return ("--http-port", http, "--grpc-port", grpc, "--metrics-port", metrics), grpc
+
+
 def run_cli(*args: str, timeout: float = 600, cwd: Path | None = None, home: Path | None = None):
     """Run `python -m ...` as a user would; returns the CompletedProcess (never raises).
 

@@ -7,8 +7,7 @@ import shutil
 
 import pytest
 
-from serving.triton import free_ports
-from tests.conftest import run_cli
+from tests.conftest import port_args, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -18,8 +17,7 @@ def test_detached_server_lifecycle_up_status_down_from_any_directory(repository,
     home, here, elsewhere = (tmp_path / d for d in ("project", "a", "b"))
     for d in (home, here, elsewhere):
         d.mkdir()
-    http, grpc, metrics = map(str, free_ports(3))
-    ports = ("--http-port", http, "--grpc-port", grpc, "--metrics-port", metrics)
+    ports, grpc = port_args()
     up = run_cli(
         "serving", "up", "--detach", "--json", "--repository", str(repository), *ports, cwd=here, home=home
     )
@@ -50,8 +48,7 @@ def test_detached_server_lifecycle_up_status_down_from_any_directory(repository,
 
 def test_explicit_state_dir_overrides_the_project(repository, tmp_path):
     state = tmp_path / "state"
-    http, grpc, metrics = map(str, free_ports(3))
-    ports = ("--http-port", http, "--grpc-port", grpc, "--metrics-port", metrics)
+    ports, _ = port_args()
     up = run_cli(
         "serving",
         "up",

@@ -11,8 +11,7 @@ import pytest
 from serving import tune
 from serving.config import parse_pbtxt
 from serving.repository import ModelState
-from serving.triton import free_ports
-from tests.conftest import run_cli
+from tests.conftest import port_args, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -42,8 +41,7 @@ def test_tune_writes_a_named_config_that_serves_and_verifies(repository, tmp_pat
     assert ModelState.load(repo / "resnet18").tuned["config_name"] == "tuned"
     assert (repo / "resnet18" / "configs" / "cpu.pbtxt").is_file()  # never overwritten
 
-    http, grpc, metrics = map(str, free_ports(3))
-    ports = ("--http-port", http, "--grpc-port", grpc, "--metrics-port", metrics)
+    ports, grpc = port_args()
     up = run_cli(
         "serving",
         "up",

@@ -13,8 +13,7 @@ from cnn_deploy_core.metrics import compare
 from cnn_deploy_core.registry import get
 from export.build import build_all
 from serving.repository import place_models
-from serving.triton import free_ports
-from tests.conftest import run_cli
+from tests.conftest import port_args, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -33,8 +32,7 @@ def test_rollback_on_a_running_server_serves_the_previous_version(models_dir, tm
     (v2,) = place_models([get("resnet18")], models_dir=tmp_path / "seed1", repository=repo, identity=False)
     assert (v2.version, v2.served) == (2, [2, 1])
 
-    http, grpc, metrics = map(str, free_ports(3))
-    ports = ("--http-port", http, "--grpc-port", grpc, "--metrics-port", metrics)
+    ports, grpc = port_args()
     up = run_cli("serving", "up", "--detach", "--repository", str(repo), *ports, cwd=tmp_path, home=home)
     assert up.returncode == 0, up.stderr
     url = f"grpc://127.0.0.1:{grpc}"

@@ -42,6 +42,7 @@ from clients import (
     ServerOverloadedError,
     ServerUnavailableError,
 )
+from clients.client import RoundRobin
 
 # What `send` returns, for the verifier to decode: (kind, data).
 GRPC_RESPONSE = "grpc-response"  # a serialized ModelInferResponse
@@ -343,28 +344,18 @@ class ReplicaSet:
     """Transports to replicas of one repository, used round-robin with health-aware failover."""
 
     def __init__(self, transports: list, urls: list[str], *, cooldown: float = 5.0, failover: bool = True):
-        self.transports, self.cooldown, self.failover = transports, cooldown, failover
+        self.transports, self.failover = transports, failover
         self.figures = [ReplicaFigures(url) for url in urls]
         self.description = (
             f"{len(transports)} replicas round-robin"
             + (", failover once to another replica when one is unreachable" if failover else ", no failover")
             + f"; {transports[0].description}"
         )
-        self._down_until = [0.0] * len(transports)
-        self._next = 0
+        self._rotation = RoundRobin(len(transports), cooldown)
 
     async def open(self) -> None:
         for transport in self.transports:
             await transport.open()
-
-    def _pick(self, exclude: int | None = None) -> int:
-        n, now = len(self.transports), time.monotonic()
-        order = [(self._next + k) % n for k in range(n)]
-        fresh = [i for i in order if i != exclude] or order
-        healthy = [i for i in fresh if self._down_until[i] <= now]
-        i = healthy[0] if healthy else min(fresh, key=lambda j: self._down_until[j])
-        self._next = (i + 1) % n
-        return i
 
     async def _send(self, i: int, item: int, slot: int) -> tuple[str, bytes]:
         figures = self.figures[i]
@@ -375,24 +366,24 @@ class ReplicaSet:
         except ClientError as e:
             figures.errors[type(e).__name__] += 1
             if isinstance(e, ServerUnavailableError):
-                self._down_until[i] = time.monotonic() + self.cooldown
+                self._rotation.failed(i)
             raise
         finally:
             figures.in_flight -= 1
         figures.service_s.append(time.perf_counter() - sent)
         figures.responses += 1
-        self._down_until[i] = 0.0
+        self._rotation.succeeded(i)
         return result
 
     async def send(self, item: int, slot: int) -> tuple[str, bytes]:
-        i = self._pick()
+        i = self._rotation.pick()
         try:
             return await self._send(i, item, slot)
         except ServerUnavailableError:
             if not self.failover:
                 raise
         self.figures[i].failovers += 1
-        return await self._send(self._pick(exclude=i), item, slot)
+        return await self._send(self._rotation.pick(skip=(i,)), item, slot)
 
     async def close(self) -> None:
         for transport in self.transports:
