@@ -15,10 +15,19 @@ import signal
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from cnn_deploy_core import paths
 from serving import ServingError
-from serving.triton import ADMIN_HEADER, ServerOptions, TritonProcess, check_ports, is_ready, kill_tree
+from serving.triton import (
+    ADMIN_HEADER,
+    ServerOptions,
+    TritonProcess,
+    check_ports,
+    is_ready,
+    kill_tree,
+    remove_shm_regions,
+)
 
 STATE_NAME = "server.json"
 LOG_NAME = "triton.log"
@@ -249,6 +258,8 @@ def down(timeout: float = 30.0, state_dir: Path | None = None) -> str:
     for pid in pids:
         if pid_alive(pid):
             kill_tree(pid)  # its backend stubs too: they outlive a SIGKILLed server
+    for replica in state.all():  # what a killed (or crashed) server could not remove
+        remove_shm_regions(urlsplit(replica["grpc_url"]).port)
     path.unlink(missing_ok=True)
     return f"stopped server pid {', '.join(map(str, pids))}"
 

@@ -114,15 +114,21 @@ def available_cores() -> int:
 
 
 def cpu_share(
-    repository: Path, config_name: str = "cpu", *, replicas: int = 1, policy: str = "share"
+    repository: Path,
+    config_name: str = "cpu",
+    *,
+    replicas: int = 1,
+    policy: str = "share",
+    cores: int | None = None,
 ) -> CpuShare:
     """Each shared session's threads: the cores split evenly among them (at least 1), or with
     policy "cores" every core for each (measured trade-off: `make bench-threads`; with two
     models busy at once the share gave 1.51x ORT's default and "cores" without spinning 1.27x;
-    with one model busy alone, 0.53x and 0.94x)."""
+    with one model busy alone, 0.53x and 0.94x). `cores`: the server's own (pinned) count, else
+    this process's `available_cores()`."""
     if policy not in POLICIES:
         raise ValueError(f"thread policy must be one of {', '.join(POLICIES)}, got {policy!r}")
-    cores = available_cores()
+    cores = cores or available_cores()
     sessions = count_sessions(repository, config_name) * replicas
     # Explicit counts are not subtracted: they are the user's (or the tuner's) call, and the one
     # every repository has (identity, 1 thread) does no work worth a core.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -28,7 +29,13 @@ def test_short_drills_keep_their_promises(models_dir, tmp_path):
     kill, restart, overload, soak = (d["figures"] for d in report["drills"])
     assert kill["failed"] <= kill["in_flight_on_killed"] and kill["survivor_answers_after_kill"] > 0
     assert restart["after"]["verified"] > 0 and restart["after"]["wrong"] == 0
-    first, second = overload["rss_mb_peak_halves"]
+    first, second = overload["memory_mb_peak_halves"]
     assert second <= 1.05 * first
     assert soak["wrong"] == 0 and soak["verified"] > 0
     assert "kill: passed" in result.stdout
+    # The servers and the load generator on separate CPUs, as if on separate machines.
+    cpus = os.sched_getaffinity(0)
+    if len(cpus) > 1:
+        assert set(report["server_cpus"]) | set(report["client_cpus"]) == cpus
+        assert report["server_cpus"] and report["client_cpus"]
+        assert not set(report["server_cpus"]) & set(report["client_cpus"])

@@ -20,6 +20,7 @@ import pytest
 from clients import ClientError, InferenceError, RequestTimeoutError, ServerOverloadedError
 from clients.client import AsyncTritonClient, TritonClient, parse_urls, translate
 from cnn_deploy_core.layout import IDENTITY_MODEL, INPUT_NAME, OUTPUT_NAME
+from serving import ServingError
 from serving.triton import free_port_block, kill_tree
 from tests.conftest import run_cli
 
@@ -306,6 +307,45 @@ def test_the_backend_runs_with_the_threads_serving_up_decided(policy, tmp_path):
         assert server.share.threads == expected and not server.share.spinning
     text = log.read_text(errors="replace")
     assert text.count(f"intra-op threads {expected}, spinning off") == 2, text[-3000:]
+
+
+def test_a_pinned_server_keeps_to_its_cpus_and_a_killed_one_leaves_no_shared_memory(tmp_path):
+    """Pinning: what the drills do to keep the load generator off the server's cores. Killing:
+    the Python backend's shared-memory regions (RAM, in /dev/shm) go with the server."""
+    import os
+
+    from serving.triton import ServerOptions, TritonProcess, children, shm_prefix
+
+    cpu = min(os.sched_getaffinity(0))
+    repo = tmp_path / "repo"
+    _place_gather(repo)
+    _place_gather_copy(repo, "gather_b")
+    opts = ServerOptions.on_free_ports(repo, backend_dir=tmp_path / "backends", cpus=(cpu,))
+    log = tmp_path / "triton.log"
+    with TritonProcess(opts, log_path=log).start() as server:
+        server.wait_ready(120)
+        pids = [server.process.pid, *children(server.process.pid)]
+        assert len(pids) >= 3  # the server and a backend process per model
+        assert all(os.sched_getaffinity(pid) == {cpu} for pid in pids)
+        assert server.share.cores == 1 and server.share.threads == 1  # its own core, not ours
+        regions = lambda: list(Path("/dev/shm").glob(f"{shm_prefix(opts.grpc_port)}*"))  # noqa: E731
+        assert regions()
+        server.kill()
+        assert not regions()
+        deadline = time.monotonic() + 10  # SIGKILLed: gone (or a zombie) within moments
+        while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_running(pid) for pid in pids)
+    assert log.read_text(errors="replace").count("intra-op threads 1, spinning off") == 2
+    with pytest.raises(ServingError, match="distinct and >= 0"):
+        ServerOptions(repository=repo, cpus=(0, 0))
+
+
+def _running(pid: int) -> bool:
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
 
 
 def _place_gather_copy(repository: Path, name: str) -> None:
