@@ -159,6 +159,14 @@ def describe(endpoints: Sequence[Endpoint]) -> str:
     return ", ".join(map(str, endpoints))
 
 
+def overload_error(message: str, target, model: str | None) -> ServerOverloadedError | None:
+    """Triton's queue policy refused the request: sent as UNAVAILABLE, but the server is up, so it
+    is not "unreachable" and not retried (a retry adds load where there is too much)."""
+    if "exceeds maximum queue size" in message.lower():
+        return ServerOverloadedError(f"{model}: the server at {target} is overloaded: {message}")
+    return None
+
+
 def translate(error: BaseException, endpoint: Endpoint, model: str | None = None) -> ClientError:
     """Map tritonclient / transport errors to our typed errors (pytriton's `raise ... from e`)."""
     if isinstance(error, ClientError):
@@ -173,8 +181,8 @@ def translate(error: BaseException, endpoint: Endpoint, model: str | None = None
                 f"model {model!r} is not ready at {endpoint} (it may have failed to load; "
                 "see the server log or `python -m serving status`)"
             )
-        if "exceeds maximum queue size" in lowered:  # Triton's queue policy said no (UNAVAILABLE)
-            return ServerOverloadedError(f"{model}: the server at {endpoint} is overloaded: {message}")
+        if overloaded := overload_error(message, endpoint, model):
+            return overloaded
         if "DEADLINE_EXCEEDED" in status or "timed out" in lowered or "deadline" in lowered:
             return RequestTimeoutError(f"request to {endpoint} timed out")
         if "UNAVAILABLE" in status or "failed to connect" in lowered or "connection refused" in lowered:

@@ -137,6 +137,7 @@ def cpu_share(
     # Spinning only for a session truly alone. Not for one busy model beside the identity model:
     # measured in `make drills`' soak, a spinning resnet18 beside a client on the same 2 cores
     # fell behind for a minute (p99 from 22 ms to 2.6 s) and its memory grew 25% with the
-    # backlog; with spinning off, the 10-minute soaks before it stayed flat.
+    # backlog. (Spinning was not the whole cause: a soak with it off fell behind too, until the
+    # drills pinned the load generator to a core of its own.)
     spinning = sessions.shared + sessions.pinned <= 1
     return CpuShare(sessions.shared, sessions.pinned_threads, cores, threads, spinning)

@@ -350,24 +350,25 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def rss_mb(pid: int) -> float | None:
-    """A process's resident memory in MB, from /proc; None when it is gone."""
+def _proc_mb(pid: int, name: str, field: str) -> float | None:
+    """A kB figure from /proc/<pid>/<name> (the line starting `field:`) in MB; None when gone."""
     try:
-        status = (Path("/proc") / str(pid) / "status").read_text()
+        text = (Path("/proc") / str(pid) / name).read_text()
     except OSError:
         return None
-    return next((int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("VmRSS:")), 0) / 1024
+    return next((int(ln.split()[1]) for ln in text.splitlines() if ln.startswith(f"{field}:")), 0) / 1024
+
+
+def rss_mb(pid: int) -> float | None:
+    """A process's resident memory in MB, from /proc; None when it is gone."""
+    return _proc_mb(pid, "status", "VmRSS")
 
 
 def pss_mb(pid: int) -> float | None:
     """A process's proportional set size in MB (shared pages divided among the processes sharing
     them), from /proc; None when it is gone. Summed over a server and its backend processes, which
     share the Python backend's memory pool, it counts the pool once; their RSS counts it twice."""
-    try:
-        rollup = (Path("/proc") / str(pid) / "smaps_rollup").read_text()
-    except OSError:
-        return None
-    return next((int(ln.split()[1]) for ln in rollup.splitlines() if ln.startswith("Pss:")), 0) / 1024
+    return _proc_mb(pid, "smaps_rollup", "Pss")
 
 
 def kill_tree(pid: int) -> None:

@@ -39,10 +39,9 @@ from clients import (
     ModelNotFoundError,
     ModelNotReadyError,
     RequestTimeoutError,
-    ServerOverloadedError,
     ServerUnavailableError,
 )
-from clients.client import RoundRobin
+from clients.client import RoundRobin, overload_error
 
 # What `send` returns, for the verifier to decode: (kind, data).
 GRPC_RESPONSE = "grpc-response"  # a serialized ModelInferResponse
@@ -82,8 +81,8 @@ def translate_grpc(error: BaseException, target: str, model: str) -> ClientError
         return InferenceError(f"{model}: {error.__class__.__name__}: {error}")
     code, details = error.code(), error.details() or ""
     lowered = details.lower()
-    if "exceeds maximum queue size" in lowered:  # UNAVAILABLE too, but the server is up: not retried
-        return ServerOverloadedError(f"{model}: the server at {target} is overloaded: {details}")
+    if overloaded := overload_error(details, target, model):
+        return overloaded
     if code == grpc.StatusCode.UNAVAILABLE:
         return ServerUnavailableError(f"Triton server at {target} is unreachable: {details}")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -396,8 +395,8 @@ def _http_error(status: int, data: bytes, target: str, model: str) -> ClientErro
     except ValueError:
         message = data[:200].decode(errors="replace")
     lowered = message.lower()
-    if "exceeds maximum queue size" in lowered:
-        return ServerOverloadedError(f"{model}: the server at {target} is overloaded: {message}")
+    if overloaded := overload_error(message, target, model):
+        return overloaded
     if "unknown model" in lowered:
         return ModelNotFoundError(f"model {model!r} is not served at {target}")
     if "not ready" in lowered:
