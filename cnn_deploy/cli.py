@@ -136,7 +136,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_bench_serving(args) -> int:
-    from cnn_deploy.benchmark_serving import run_benchmark
+    from cnn_deploy.bench.serving import run_benchmark
     from cnn_deploy_core.console import stderr, stdout
     from serving.repository import CpuPlan
 
@@ -162,7 +162,7 @@ def cmd_bench_serving(args) -> int:
 
 
 def cmd_bench_loadgen(args) -> int:
-    from cnn_deploy.bench_loadgen import run_bench
+    from cnn_deploy.bench.loadgen import run_bench
 
     return run_bench(
         models=[m.strip() for m in args.models.split(",") if m.strip()],
@@ -174,7 +174,7 @@ def cmd_bench_loadgen(args) -> int:
 
 
 def cmd_bench_int8(args) -> int:
-    from cnn_deploy import bench_int8
+    from cnn_deploy.bench import int8 as bench_int8
 
     model = registry.get(args.model).name
     return bench_int8.run(
@@ -189,8 +189,8 @@ def cmd_bench_int8(args) -> int:
 def cmd_report(args) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from cnn_deploy import report_html
-    from cnn_deploy.report import build_report
+    from cnn_deploy.report import html as report_html
+    from cnn_deploy.report.build import build_report
     from cnn_deploy_core.console import stderr, stdout
     from cnn_deploy_core.fsutil import ensure_writable_dir
 
@@ -230,7 +230,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_bench_images(args) -> int:
-    from cnn_deploy import bench_images
+    from cnn_deploy.bench import images as bench_images
 
     model = registry.get(args.model).name
     return bench_images.run(
@@ -243,13 +243,13 @@ def cmd_bench_images(args) -> int:
 
 
 def cmd_compose_test(args) -> int:
-    from cnn_deploy.compose_test import run_compose_test
+    from cnn_deploy.checks.compose import run_compose_test
 
     return run_compose_test(args.output or paths.reports_dir() / "compose-test.json")
 
 
 def cmd_bench_threads(args) -> int:
-    from cnn_deploy.bench_threads import run
+    from cnn_deploy.bench.threads import run
 
     return run(
         [m.strip() for m in args.models.split(",") if m.strip()],
@@ -260,7 +260,7 @@ def cmd_bench_threads(args) -> int:
 
 
 def cmd_drills(args) -> int:
-    from cnn_deploy.drills import run_drills
+    from cnn_deploy.drills.run import run_drills
 
     return run_drills(
         model=args.model,
@@ -272,7 +272,7 @@ def cmd_drills(args) -> int:
 
 
 def cmd_gpu_check(args) -> int:
-    from cnn_deploy.gpu_check import main_args
+    from cnn_deploy.checks.gpu import main_args
 
     return main_args(args.repository, args.models, args.output)
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cnn_deploy_core import paths
+from cnn_deploy_core.machine import children, pss_mb, rss_mb  # noqa: F401  (re-exported for callers)
 from serving import ServingError
 from serving.threads import CpuShare, cpu_share
 
@@ -332,43 +333,6 @@ class TritonProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-def children(pid: int) -> list[int]:
-    """The processes whose parent is `pid` (Triton's backend stubs), from /proc."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            status = (proc / "status").read_text()
-        except OSError:
-            continue
-        ppid = next((line.split()[1] for line in status.splitlines() if line.startswith("PPid:")), "")
-        if ppid == str(pid):
-            found.append(int(proc.name))
-    return found
-
-
-def _proc_mb(pid: int, name: str, field: str) -> float | None:
-    """A kB figure from /proc/<pid>/<name> (the line starting `field:`) in MB; None when gone."""
-    try:
-        text = (Path("/proc") / str(pid) / name).read_text()
-    except OSError:
-        return None
-    return next((int(ln.split()[1]) for ln in text.splitlines() if ln.startswith(f"{field}:")), 0) / 1024
-
-
-def rss_mb(pid: int) -> float | None:
-    """A process's resident memory in MB, from /proc; None when it is gone."""
-    return _proc_mb(pid, "status", "VmRSS")
-
-
-def pss_mb(pid: int) -> float | None:
-    """A process's proportional set size in MB (shared pages divided among the processes sharing
-    them), from /proc; None when it is gone. Summed over a server and its backend processes, which
-    share the Python backend's memory pool, it counts the pool once; their RSS counts it twice."""
-    return _proc_mb(pid, "smaps_rollup", "Pss")
 
 
 def kill_tree(pid: int) -> None:

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from cnn_deploy import compose_test
+from cnn_deploy.checks import compose as compose_test
 from tests.conftest import run_cli
 
 

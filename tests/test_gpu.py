@@ -22,7 +22,7 @@ def test_gpu_check_without_a_gpu_says_so_in_one_line_and_exits_2(tmp_path):
 
 def test_tensorrt_is_recognised_in_an_onnx_runtime_profile(tmp_path):
     """The check that catches a silent CUDA fallback reads ORT's profile: test its parsing."""
-    from cnn_deploy.gpu_check import providers_that_ran
+    from cnn_deploy.checks.gpu import providers_that_ran
 
     profile = tmp_path / "ort.json"
     events = [

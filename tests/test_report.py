@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from cnn_deploy.report import in_process, profile_layers
+from cnn_deploy.report.build import in_process, profile_layers
 from cnn_deploy_core.registry import get
 from export.analysis import analyze
 from tests.conftest import run_cli

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cnn_deploy.bench_loadgen import cpu_flags
 from cnn_deploy_core import CnnDeployError, paths
 from cnn_deploy_core.console import stderr, stdout
 from cnn_deploy_core.fsutil import atomic_write_text
 from cnn_deploy_core.layout import INPUT_NAME, INT8_FILE, INT8_SUFFIX, MODEL_FILE
+from cnn_deploy_core.machine import cpu_flags
 
 ROUNDS = 3
 

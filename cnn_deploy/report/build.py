@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from cnn_deploy.bench_loadgen import cpu_flags
 from cnn_deploy_core import CnnDeployError, __version__
 from cnn_deploy_core.layout import FP16_FILE, INPUT_NAME, INT8_FILE, MODEL_FILE
+from cnn_deploy_core.machine import cpu_flags
 from cnn_deploy_core.registry import Architecture
 
 ROUNDS = 3

@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from cnn_deploy.bench_loadgen import cpu_flags
 from cnn_deploy_core import CnnDeployError
 from cnn_deploy_core.console import stderr, stdout
 from cnn_deploy_core.fsutil import atomic_write_text
 from cnn_deploy_core.layout import ENV_ORT_SPINNING, ENV_ORT_THREADS
+from cnn_deploy_core.machine import cpu_flags
 
 ROUNDS = 2
 

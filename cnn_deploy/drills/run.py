@@ -39,6 +39,7 @@ from pathlib import Path
 from cnn_deploy_core import CnnDeployError
 from cnn_deploy_core.console import stderr, stdout
 from cnn_deploy_core.fsutil import atomic_write_text
+from cnn_deploy_core.machine import tree_pss_mb
 
 LOAD_TIMEOUT_S = 10.0  # the clients' per-request timeout during the drills
 RECOVERY_LIMIT_S = 10.0
@@ -99,9 +100,7 @@ def tree_memory_mb(pid: int) -> float:
     """The memory of a tritonserver and its backend processes (Triton's Python stubs are its
     children): their PSS summed, so the shared-memory pool they both map counts once (summed RSS
     counted it twice, and a one-time growth of the pool looked twice as big)."""
-    from serving.triton import children, pss_mb
-
-    return sum(pss_mb(p) or 0.0 for p in (pid, *children(pid)))  # a process gone meanwhile: 0
+    return tree_pss_mb(pid) or 0.0  # the server gone meanwhile: 0
 
 
 class Replicas:

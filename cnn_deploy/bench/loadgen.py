@@ -31,6 +31,7 @@ from pathlib import Path
 from cnn_deploy_core import CnnDeployError, paths
 from cnn_deploy_core.console import stderr, stdout
 from cnn_deploy_core.fsutil import atomic_write_bytes, atomic_write_text
+from cnn_deploy_core.machine import cpu_flags
 
 NO_PERF_ANALYZER_EXIT = 2
 TRITONCLIENT = "tritonclient==2.51.0"
@@ -186,15 +187,6 @@ def run_ours(opts, model: str, c: int, settings: dict, client, repository: Path)
         requests,
         step.verified,
     )
-
-
-def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = set(next((ln.split(":", 1)[1] for ln in text.splitlines() if ln.startswith("flags")), "").split())
-    return [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile") if f in flags]
 
 
 def _plot(points: list[Point], path: Path) -> None:

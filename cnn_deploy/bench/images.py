@@ -16,12 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from cnn_deploy.bench_loadgen import cpu_flags
 from cnn_deploy_core import CnnDeployError
 from cnn_deploy_core.console import stderr, stdout
 from cnn_deploy_core.fsutil import atomic_write_text
 from cnn_deploy_core.images import all_photos
 from cnn_deploy_core.layout import IMAGE_SUFFIX
+from cnn_deploy_core.machine import cpu_flags
 from cnn_deploy_core.preprocess import Preprocessing, decode, preprocess
 
 

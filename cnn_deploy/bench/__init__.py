@@ -1,0 +1,1 @@
+"""Benchmarks: each one measures through the one harness (`cnn_deploy.bench.harness`)."""

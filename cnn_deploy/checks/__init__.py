@@ -1,0 +1,1 @@
+"""Deployment checks run for real: the CPU compose deployment, the GPU path."""

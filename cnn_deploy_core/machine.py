@@ -1,0 +1,76 @@
+"""What the machine is, read from /proc: CPU instruction sets, process memory. Every benchmark prints
+the instruction sets beside its figures (INT8 and GFLOP/s depend on them), and every memory figure
+we report is the same measure (PSS)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# The instruction sets that change our figures (ORT's kernels, INT8 speed-ups).
+FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile")
+
+
+def cpu_flags() -> list[str]:
+    """The instruction sets of FLAGS_OF_INTEREST that this CPU has (empty where /proc is not readable)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = set(next((ln.split(":", 1)[1] for ln in text.splitlines() if ln.startswith("flags")), "").split())
+    return [f for f in FLAGS_OF_INTEREST if f in flags]
+
+
+def cpu_model() -> str:
+    """The CPU's model name (INT8 gains depend on the CPU family, not only on its flags)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    names = (ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name"))
+    return next(names, "unknown")
+
+
+def _proc_mb(pid: int, name: str, field: str) -> float | None:
+    """A kB figure from /proc/<pid>/<name> (the line starting `field:`) in MB; None when gone."""
+    try:
+        text = (Path("/proc") / str(pid) / name).read_text()
+    except OSError:
+        return None
+    return next((int(ln.split()[1]) for ln in text.splitlines() if ln.startswith(f"{field}:")), 0) / 1024
+
+
+def rss_mb(pid: int) -> float | None:
+    """A process's resident memory in MB, from /proc; None when it is gone."""
+    return _proc_mb(pid, "status", "VmRSS")
+
+
+def pss_mb(pid: int) -> float | None:
+    """A process's proportional set size in MB (shared pages divided among the processes sharing
+    them), from /proc; None when it is gone. Summed over a server and its backend processes, which
+    share the Python backend's memory pool, it counts the pool once; their RSS counts it twice."""
+    return _proc_mb(pid, "smaps_rollup", "Pss")
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Triton's backend stubs), from /proc."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            status = (proc / "status").read_text()
+        except OSError:
+            continue
+        ppid = next((line.split()[1] for line in status.splitlines() if line.startswith("PPid:")), "")
+        if ppid == str(pid):
+            found.append(int(proc.name))
+    return found
+
+
+def tree_pss_mb(pid: int) -> float | None:
+    """PSS of a process and its children in MB (a server and its backend stubs): the one memory
+    measure of the drills, the report and the benchmarks. None when the process is gone."""
+    own = pss_mb(pid)
+    if own is None:
+        return None
+    return own + sum(pss_mb(c) or 0.0 for c in children(pid))  # a stub gone meanwhile: 0
