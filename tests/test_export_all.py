@@ -1,11 +1,18 @@
 """Every registered architecture through the whole export pipeline, then proof that its verification
 can fail: each mutation of tests/mutations.py is caught by the export's verification and by
-`clients verify` against a server serving the damaged graph (slow: ~25 min on 2 cores)."""
+`clients verify` against a server serving the damaged graph (slow: see the README for its time).
+
+Disk: a VGG case would hold ~6.5 GB if each mutation copied the whole model; here a mutated model
+is hard links to the clean one's files but for its damaged graph (one file per mutation), and a
+passing case's tmp_path is removed at once (`tmp_path_retention_policy = "failed"` in
+pyproject.toml), so the suite's peak stays that of its biggest case."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from pathlib import Path
 
 import onnx
 import pytest
@@ -21,6 +28,12 @@ from tests.conftest import run_cli
 from tests.mutations import MUTATIONS
 
 ALL = registry.names()
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """`dst` as hard links to `src`'s files (no bytes copied): the mutated models share everything
+    but the graph with the clean one."""
+    shutil.copytree(src, dst, copy_function=os.link)
 
 
 @pytest.mark.slow
@@ -42,16 +55,18 @@ def test_every_architecture_exports_verifies_and_catches_every_mutation(tmp_path
     place_models([arch], models_dir=tmp_path / "models", repository=repo, identity=False)
     mutated = []
     for mutation, damage in MUTATIONS.items():
-        damaged = damage(exported)
-        path = tmp_path / f"{mutation}.onnx"
-        onnx.save(damaged, str(path))
-        assert failures(verify(path, job.cases, arch.fp32)), f"{mutation} went unnoticed by the export"
         model = f"{name}_{mutation.replace('-', '_').replace('.', '')}"
-        shutil.copytree(repo / name, repo / model)
+        _link_tree(repo / name, repo / model)
         for cfg in (repo / model / "configs").glob("*.pbtxt"):
-            cfg.write_text(cfg.read_text().replace(f'name: "{name}"', f'name: "{model}"', 1))
-        shutil.copy2(path, repo / model / "1" / "model.onnx")
+            text = cfg.read_text().replace(f'name: "{name}"', f'name: "{model}"', 1)
+            cfg.unlink()  # a hard link: write a new file, never through the link into the clean model
+            cfg.write_text(text)
+        path = repo / model / "1" / "model.onnx"
+        path.unlink()
+        onnx.save(damage(exported), str(path))
+        assert failures(verify(path, job.cases, arch.fp32)), f"{mutation} went unnoticed by the export"
         mutated.append(model)
+    del exported
     for extra in repo.iterdir():  # only the tensor models: the image ensembles are checked elsewhere
         if extra.name.startswith(("preprocess_", f"{name}_image")):
             shutil.rmtree(extra)
