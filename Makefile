@@ -8,7 +8,7 @@ URL    ?= grpc://127.0.0.1:8001
 # What `make venv` installs: everything for one CPU machine, plus the test tools.
 EXTRAS ?= export,serving,cpu,dev
 
-.PHONY: help venv test test-slow lint demo export repo serve loadtest bench-export bench-serving bench-loadgen bench-int8 bench-images tune report compose-test drills bench-threads gpu-check clean
+.PHONY: help venv browser test test-slow lint demo export repo serve loadtest bench-export bench-serving bench-loadgen bench-int8 bench-images tune report compose-test drills bench-threads gpu-check clean
 
 help:
 	@echo "make demo          export $(MODELS) ($(WEIGHTS) weights), serve them with Triton on CPU, classify,"
@@ -40,7 +40,20 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 venv: $(VENV)/.installed
 
-test: venv
+# The report's browser test renders the HTML in Debian's Chromium: installed here when missing
+# (as root, which CI and these machines are); otherwise one line says how, and that test fails.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium (the report's browser test renders in it)"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	      { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }; \
+	  else \
+	    echo "note: no chromium and not root: run 'apt-get install chromium' or the browser test fails"; \
+	  fi; }
+
+test: venv browser
 	$(PY) -m pytest -m "not slow and not gpu and not docker"
 
 test-slow: venv

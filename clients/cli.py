@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -11,7 +12,9 @@ from pathlib import Path
 from rich.table import Table
 
 from clients import ClientError
-from clients.client import PREPROCESS_CHOICES, add_url_argument, url_from_args
+from clients.aio import PREPROCESS_CHOICES
+from clients.endpoints import add_url_argument, url_from_args
+from clients.keys import add_key_argument
 from cnn_deploy_core import paths
 from cnn_deploy_core.console import dispatch, error, stderr, stdout
 
@@ -19,6 +22,7 @@ from cnn_deploy_core.console import dispatch, error, stderr, stdout
 def _common() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     add_url_argument(p)
+    add_key_argument(p)
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
     p.add_argument(
         "--retries", type=int, default=2, help="retries, with backoff, when the server is unreachable"
@@ -69,9 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _client(args):
-    from clients.client import TritonClient
+    from clients.endpoints import parse_urls
+    from clients.keys import inference_headers
+    from clients.sync import TritonClient
+    from clients.tls import tls_from_args
 
-    return TritonClient(args.url, timeout=args.timeout, retries=args.retries)
+    headers = inference_headers(
+        args.key_file, parse_urls(args.url), warn=lambda m: stderr.print(m, markup=False, highlight=False)
+    )
+    return TritonClient(
+        args.url, timeout=args.timeout, retries=args.retries, tls=tls_from_args(args), headers=headers
+    )
 
 
 def cmd_infer(args) -> int:
@@ -164,6 +176,9 @@ COMMANDS = {"infer": cmd_infer, "verify": cmd_verify, "loadtest": cmd_loadtest}
 
 
 def main(argv: list[str] | None = None) -> int:
+    # gRPC core logs a failed TLS handshake at INFO on stderr before we can say it in one line;
+    # read when gRPC starts, so set before the first channel (the user's own setting wins).
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     args.command_line = shlex.join(["python", "-m", "clients", *argv])  # recorded in reports

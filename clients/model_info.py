@@ -22,6 +22,7 @@ class ModelInfo:
     max_batch_size: int
     has_labels: bool  # the output has a label file: Triton's classification extension works
     parameters: dict[str, str]
+    composing: tuple[str, ...] = ()  # an ensemble's models, in step order (preprocessing, network)
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -72,6 +73,9 @@ class ModelInfo:
             max_batch_size=int(config.get("max_batch_size", 0)),
             has_labels=bool(out.get("label_filename")),
             parameters={k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()},
+            composing=tuple(
+                step["model_name"] for step in config.get("ensemble_scheduling", {}).get("step", [])
+            ),
         )
 
 

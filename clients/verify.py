@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clients import ClientError
-from clients.client import TritonClient
+from clients.sync import TritonClient
 from cnn_deploy_core import CnnDeployError
-from cnn_deploy_core.golden import GoldenSet
+from cnn_deploy_core.golden import TOLERANCE_PARAM, GoldenSet
 from cnn_deploy_core.layout import GOLDEN_FILE, IMAGE_SUFFIX, INT8_SUFFIX, TRT_SUFFIX
 from cnn_deploy_core.metrics import Comparison, compare, sensitivity
 from cnn_deploy_core.registry import names
@@ -67,6 +67,7 @@ def verify_version(client: TritonClient, model: str, version: str, repository: P
     """
     precision = "?"
     try:
+        tolerance = None  # the precision's own, unless the config names another (TOLERANCE_PARAM)
         if model.endswith(IMAGE_SUFFIX):
             tensor = client.model_info(model.removesuffix(IMAGE_SUFFIX))
             version, precision = tensor.latest_version or "1", tensor.precision
@@ -76,12 +77,13 @@ def verify_version(client: TritonClient, model: str, version: str, repository: P
             expected = golden.outputs[golden.encoded_rows]
             got = client.infer_images(model, golden.encoded)
         else:
-            precision = client.model_info(model, version).precision
+            info = client.model_info(model, version)
+            precision, tolerance = info.precision, info.parameters.get(TOLERANCE_PARAM)
             golden = _load_golden(repository, model.removesuffix(TRT_SUFFIX), version)
             expected = golden.outputs
             got = client.infer(model, golden.inputs, version=version)
-        tol = golden.tolerances.get(precision) or golden.tolerances["fp32"]
-        cmp = compare(expected, got, atol=tol["atol"], rtol=tol["rtol"])
+        atol, rtol = golden.tolerance(tolerance or precision)
+        cmp = compare(expected, got, atol=atol, rtol=rtol)
         return VerifyResult(model, version, precision, len(expected), cmp)
     except CnnDeployError as e:
         return VerifyResult(model, version, precision, 0, None, str(e))

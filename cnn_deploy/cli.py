@@ -41,7 +41,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--model", default="resnet50")
     b.add_argument("--models", type=Path, default=None, help="export output (default build/models)")
-    b.add_argument("--plans", default="1x2,2x1", help="CPU instances x threads to try (default 1x2,2x1)")
+    b.add_argument(
+        "--plans",
+        default="1x2,2x1",
+        help="CPU instances x threads to try, or 'default' (1 instance, threads from the server's "
+        "--ort-threads policy) (default 1x2,2x1)",
+    )
+    b.add_argument(
+        "--policies",
+        default="cores",
+        help="`serving up --ort-threads` policies to try with the 'default' plan (default cores)",
+    )
+    b.add_argument(
+        "--beside",
+        default="",
+        help="exported models loaded beside the measured one, idle (the demo's: alexnet,resnet18)",
+    )
     b.add_argument("--queue-delay-us", default="2000", help="dynamic batcher delays to try (default 2000)")
     b.add_argument(
         "--concurrency", default="1,4,8,16", help="single-image requests in flight (default 1,4,8,16)"
@@ -102,7 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", default="resnet18", help="the exported model the drills serve (default resnet18)"
     )
     dr.add_argument(
-        "--only", action="append", choices=("kill", "restart", "overload", "soak"), help="only these"
+        "--only",
+        action="append",
+        choices=("kill", "kill-no-failover", "restart", "overload", "soak"),
+        help="only these",
     )
     dr.add_argument(
         "--models", type=Path, default=None, help="exports folder (default models/ in the project)"
@@ -139,14 +157,23 @@ def cmd_bench_serving(args) -> int:
     from cnn_deploy.bench.serving import run_benchmark
     from cnn_deploy_core.console import stderr, stdout
     from serving.repository import CpuPlan
+    from serving.threads import POLICIES
 
     try:
-        plans = [CpuPlan(*map(int, p.lower().split("x"))) for p in args.plans.split(",")]
+        plans = [
+            CpuPlan(1, 0) if p.strip() == "default" else CpuPlan(*map(int, p.lower().split("x")))
+            for p in args.plans.split(",")
+        ]
     except (TypeError, ValueError):
         raise CnnDeployError(
-            f"--plans must look like 1x2,2x1 (instances x threads), got {args.plans!r}"
+            f"--plans must look like 1x2,2x1 (instances x threads) or default, got {args.plans!r}"
         ) from None
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    if not policies or set(policies) - set(POLICIES):
+        raise CnnDeployError(f"--policies must be among {', '.join(POLICIES)}, got {args.policies!r}")
     run_benchmark(
+        policies=policies,
+        beside=[registry.get(m.strip()).name for m in args.beside.split(",") if m.strip()],
         models_dir=args.models or paths.models_dir(),
         model=registry.get(args.model).name,
         plans=plans,

@@ -28,11 +28,15 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
+    """`data` into `path` through a temp file and a rename: a crash leaves the old file or none.
+    `mode`: the file's permissions from the start (e.g. 0640 for a report that names a server);
+    default, an ordinary file's (0666 less the umask)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; published files are ordinary files
+        # mkstemp makes 0600, so no moment exists where the file is readable by more than `mode`
+        os.fchmod(fd, 0o666 & ~_umask() if mode is None else mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

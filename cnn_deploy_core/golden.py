@@ -13,6 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from cnn_deploy_core import CnnDeployError
+from cnn_deploy_core.layout import PARAM_PREFIX
+
+# A served config's parameter naming the golden tolerance it is held to, when its precision's own
+# does not fit the runtime: the TensorRT INT8 config says "int8_cross_runtime".
+TOLERANCE_PARAM = PARAM_PREFIX + "tolerance"
+INT8_CROSS_RUNTIME = "int8_cross_runtime"
 
 
 @dataclass
@@ -21,7 +27,9 @@ class GoldenSet:
     inputs: np.ndarray  # float32 NCHW, already preprocessed
     outputs: np.ndarray  # float32 N x classes, PyTorch eager on CPU
     case_names: list[str]  # one per row: "random-0", "photo:chelsea.png", ...
-    tolerances: dict[str, dict[str, float]]  # precision -> {"atol", "rtol"}
+    # precision (or a named variant, e.g. "int8_cross_runtime") -> {"atol", "rtol"}, plus, where the
+    # export derived it from the model's own clean error, "measured_rel_err" and "margin".
+    tolerances: dict[str, dict[str, float]]
     meta: dict[str, str] = field(default_factory=dict)
     # The photos as encoded files, for models that take images (`<name>_image`): file i's
     # expected output is outputs[encoded_rows[i]] (the same photo, preprocessed by the client).
@@ -35,6 +43,13 @@ class GoldenSet:
             not 0 <= r < len(self.outputs) for r in self.encoded_rows
         ):
             raise ValueError("golden set: encoded images and their rows do not match")
+
+    def tolerance(self, key: str | None) -> tuple[float, float]:
+        """(atol, rtol) for a precision or named tolerance; FP32's when the set has no such entry
+        (a golden set exported before that precision existed)."""
+        fallback = self.tolerances.get("fp32") or next(iter(self.tolerances.values()))
+        tol = self.tolerances.get(key or "") or fallback
+        return float(tol["atol"]), float(tol["rtol"])
 
     def save(self, path: str | Path) -> None:
         header = {

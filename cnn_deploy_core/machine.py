@@ -4,6 +4,7 @@ we report is the same measure (PSS)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 # The instruction sets that change our figures (ORT's kernels, INT8 speed-ups).
@@ -51,20 +52,24 @@ def pss_mb(pid: int) -> float | None:
     return _proc_mb(pid, "smaps_rollup", "Pss")
 
 
-def children(pid: int) -> list[int]:
-    """The processes whose parent is `pid` (Triton's backend stubs), from /proc."""
+def processes_where(name: str, matches: Callable[[bytes], bool]) -> list[int]:
+    """The pids whose /proc/<pid>/<name> (e.g. "status", "cmdline") `matches`."""
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            status = (proc / "status").read_text()
+            content = (proc / name).read_bytes()
         except OSError:
             continue
-        ppid = next((line.split()[1] for line in status.splitlines() if line.startswith("PPid:")), "")
-        if ppid == str(pid):
+        if matches(content):
             found.append(int(proc.name))
     return found
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Triton's backend stubs), from /proc."""
+    return processes_where("status", lambda status: f"\nPPid:\t{pid}\n".encode() in status)
 
 
 def tree_pss_mb(pid: int) -> float | None:

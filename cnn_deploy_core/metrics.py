@@ -119,3 +119,23 @@ def sensitivity(outputs: np.ndarray) -> Sensitivity:
         variation=across / within if within > 0 else 0.0,
         logit_scale=float(np.abs(y).max(axis=1).mean()),
     )
+
+
+def derived_tolerance(
+    measured_rel_err: float,
+    *,
+    margin: float,
+    atol: float,
+    floor_rtol: float,
+    ceiling_rtol: float | None = None,
+) -> dict[str, float]:
+    """A model's own tolerance: `margin` × its measured clean error (relative to the logit scale),
+    kept within [floor_rtol, ceiling_rtol]. A tolerance far above the clean error lets damage
+    through (a zeroed channel errs by ~10× the clean FP16 error); one at the clean error fails a
+    correct runtime that merely rounds differently. Recorded in the golden set as it was derived."""
+    if measured_rel_err < 0 or margin < 1:
+        raise ValueError("the measured error must be >= 0 and the margin >= 1")
+    rtol = max(margin * measured_rel_err, floor_rtol)
+    if ceiling_rtol is not None:
+        rtol = min(rtol, max(ceiling_rtol, floor_rtol))
+    return {"atol": atol, "rtol": rtol, "measured_rel_err": measured_rel_err, "margin": margin}

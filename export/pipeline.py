@@ -27,7 +27,7 @@ from cnn_deploy_core.layout import (
     RAW_FILE,
     REPORT_FILE,
 )
-from cnn_deploy_core.metrics import Sensitivity
+from cnn_deploy_core.metrics import Sensitivity, compare, derived_tolerance
 from cnn_deploy_core.registry import Architecture
 from cnn_deploy_core.steps import SkipStep, Status, Step, StepResult, run_steps, succeeded
 from export import ExportError, __version__
@@ -35,6 +35,9 @@ from export.convert import GraphStats, optimize, stamp_metadata, to_fp16, to_onn
 from export.int8 import Int8Accuracy
 from export.models import LoadedModel, load_model
 from export.verify import (
+    FP16_FLOOR_RTOL,
+    FP16_MARGIN,
+    INT8_CROSS_RUNTIME_MARGIN,
     Case,
     CaseResult,
     check_sensitivity,
@@ -68,6 +71,8 @@ class ExportJob:
     int8_accuracy: Int8Accuracy | None = None
     int8_outputs: np.ndarray | None = None  # the INT8 graph's answers on the golden inputs
     int8_calibration: dict | None = None
+    fp16_error: float | None = None  # the clean FP16 graph's largest error, over every case
+    int8_cross_runtime_error: float | None = None  # fused vs unfused INT8, on the golden inputs
     verification: dict[str, list[CaseResult]] = field(default_factory=dict)
     results: list[StepResult] = field(default_factory=list)
 
@@ -170,7 +175,9 @@ def step_fp16(job: ExportJob) -> str:
     half = to_fp16(onnx.load(str(job.staging / MODEL_FILE)))
     stamp_metadata(half, job.arch, job.metadata("fp16"))
     onnx.save(half, job.staging / FP16_FILE)
-    return f"{_mb(half.ByteSize())}; " + _verify(job, FP16_FILE, "fp16")
+    detail = _verify(job, FP16_FILE, "fp16")
+    job.fp16_error = max(r.comparison.max_rel_err for r in job.verification["fp16"])
+    return f"{_mb(half.ByteSize())}; {detail}"
 
 
 def step_int8(job: ExportJob) -> str:
@@ -195,6 +202,9 @@ def step_int8(job: ExportJob) -> str:
             raise ExportError(f"INT8 below the accuracy guard: {'; '.join(problems)} ({result.describe()})")
         inputs, _, _ = golden_rows(job.cases)
         job.int8_outputs = sess.run(None, {INPUT_NAME: inputs})[0]
+        # How much two correct INT8 executions differ: the bound for another runtime (TensorRT).
+        unfused = session(target, fuse=False).run(None, {INPUT_NAME: inputs})[0]
+        job.int8_cross_runtime_error = compare(job.int8_outputs, unfused, atol=0, rtol=0).max_rel_err
         quantized = onnx.load(str(target))
         stamp_metadata(
             quantized, job.arch, {**job.metadata("int8"), "int8_calibration": calibration.described}
@@ -205,6 +215,34 @@ def step_int8(job: ExportJob) -> str:
         raise
     size_mb, images = target.stat().st_size / 1e6, calibration.inputs.shape[0]
     return f"{size_mb:.1f} MB, {images} calibration images; {result.describe()}"
+
+
+def fp16_tolerance(job: ExportJob) -> dict[str, float]:
+    """The model's own FP16 tolerance (see export.verify.FP16_MARGIN); the registry's bound,
+    which the export's FP16 verification enforces, is its ceiling."""
+    bound = job.arch.fp16
+    if job.fp16_error is None:  # --no-fp16: nothing measured, the registry's bound
+        return {"atol": bound.atol, "rtol": bound.rtol}
+    return derived_tolerance(
+        job.fp16_error,
+        margin=FP16_MARGIN,
+        atol=bound.atol,
+        floor_rtol=FP16_FLOOR_RTOL,
+        ceiling_rtol=bound.rtol,
+    )
+
+
+def int8_tolerances(job: ExportJob) -> dict[str, dict[str, float]]:
+    """ "int8": the runtime that made the golden outputs (ONNX Runtime's fused CPU kernels, clean
+    error 0 there); "int8_cross_runtime": another INT8 implementation of the same QDQ graph."""
+    tol = job.arch.int8
+    same = {"atol": tol.atol, "rtol": tol.rtol}
+    if job.int8_cross_runtime_error is None:
+        return {"int8": same}
+    other = derived_tolerance(
+        job.int8_cross_runtime_error, margin=INT8_CROSS_RUNTIME_MARGIN, atol=tol.atol, floor_rtol=tol.rtol
+    )
+    return {"int8": same, "int8_cross_runtime": other}
 
 
 def golden_set(job: ExportJob) -> GoldenSet:
@@ -221,7 +259,7 @@ def golden_set(job: ExportJob) -> GoldenSet:
         encoded_rows=rows,
         tolerances={
             "fp32": {"atol": job.arch.fp32.atol, "rtol": job.arch.fp32.rtol},
-            "fp16": {"atol": job.arch.fp16.atol, "rtol": job.arch.fp16.rtol},
+            "fp16": fp16_tolerance(job),
         },
         meta={
             "weights_source": job.loaded.weights_source,
@@ -234,10 +272,9 @@ def step_golden(job: ExportJob) -> str:
     golden = golden_set(job)
     golden.save(job.staging / GOLDEN_FILE)
     if job.int8_outputs is not None:  # the INT8 graph's own answers, with its own tolerance
-        tol = job.arch.int8
-        replace(
-            golden, outputs=job.int8_outputs, tolerances={"int8": {"atol": tol.atol, "rtol": tol.rtol}}
-        ).save(job.staging / INT8_GOLDEN_FILE)
+        replace(golden, outputs=job.int8_outputs, tolerances=int8_tolerances(job)).save(
+            job.staging / INT8_GOLDEN_FILE
+        )
     atomic_write_text(job.staging / LABELS_FILE, "\n".join(job.loaded.categories) + "\n")
     photos = sum(n.startswith("photo:") for n in golden.case_names)
     return f"{len(golden.inputs)} samples ({photos} photos, {len(golden.inputs) - photos} random)"

@@ -23,6 +23,19 @@ from export import ExportError
 INPUT_SEED = 1234
 GOLDEN_SEEDED_ROWS = 5  # seeded random inputs kept in the golden set, beside every photo
 
+# The tolerances a golden set records are derived from the model's own clean error (issue 21).
+# FP16: 3× the largest error over every verification case. Measured (ONNX Runtime CPU, random
+# weights): clean resnet18 1.8e-3, while one zeroed channel of a middle conv errs 2.4e-2 and a conv
+# ×1.05 3.0e-2: a registry-wide 1e-2 let such damage through on resnet50; 3× still leaves ~4× of
+# headroom below the damage, and room for a GPU runtime that rounds differently.
+FP16_MARGIN = 3.0
+FP16_FLOOR_RTOL = 1e-3  # never tighter than this: a GPU's FP16 kernels accumulate differently
+# INT8 across runtimes: 2× the difference between two correct executions of the same QDQ graph
+# (ONNX Runtime's fused integer kernels vs the same graph unfused, in float). Measured on resnet18:
+# 5.3e-2 of the logit scale, as large as a one-conv damage (4.6-7.4e-2), so this tolerance (for
+# TensorRT INT8) catches only gross damage; the same-runtime "int8" entry catches it all.
+INT8_CROSS_RUNTIME_MARGIN = 2.0
+
 
 @dataclass
 class Case:
@@ -86,14 +99,19 @@ def check_sensitivity(cases: list[Case]) -> Sensitivity:
     return result
 
 
-def session(path: str | Path, *, threads: int = 0) -> ort.InferenceSession:
+def session(path: str | Path | bytes, *, threads: int = 0, fuse: bool = True) -> ort.InferenceSession:
+    """A CPU session on a file (or a serialized model); `fuse=False` runs the graph as written (a QDQ
+    graph in float, unfused)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
+    if not fuse:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    source = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
 
 
-def verify(path: str | Path, cases: list[Case], tolerance: Tolerance) -> list[CaseResult]:
+def verify(path: str | Path | bytes, cases: list[Case], tolerance: Tolerance) -> list[CaseResult]:
     """Run every case through ONNX Runtime; report all of them, pass or fail."""
     sess = session(path)
     results = []

@@ -37,17 +37,67 @@ class Tensor:
 
 
 @dataclass(frozen=True)
+class TensorRTProfile:
+    """One TensorRT optimization profile over the batch dimension of one input: min 1, max the
+    dynamic batcher's max_batch_size, opt the batch the engine is tuned for. Explicit, so TensorRT
+    builds one engine for every batch the batcher can form instead of rebuilding when a larger
+    batch first arrives."""
+
+    input: str
+    dims: tuple[int, ...]  # without the batch dimension
+    max_batch: int
+    opt_batch: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.opt_batch <= self.max_batch:
+            raise ServingError(f"TensorRT profile: opt batch {self.opt_batch} outside 1..{self.max_batch}")
+
+    def shape(self, batch: int) -> str:
+        return f"{self.input}:" + "x".join(str(d) for d in (batch, *self.dims))
+
+    def to_params(self) -> dict[str, str]:
+        return {
+            "trt_profile_min_shapes": self.shape(1),
+            "trt_profile_opt_shapes": self.shape(self.opt_batch),
+            "trt_profile_max_shapes": self.shape(self.max_batch),
+        }
+
+
+@dataclass(frozen=True)
 class TensorRTAccelerator:
-    """ONNX Runtime's TensorRT execution provider, as the native ORT backend configures it."""
+    """ONNX Runtime's TensorRT execution provider, as the native ORT backend configures it (its
+    README's parameter table); our Python backend maps the same keys to the same EP options."""
 
     precision: str = "FP16"
     workspace_bytes: int = 1 << 30
-    cache_path: str | None = None
+    cache_path: str | None = None  # engines, on a volume: a restart loads them instead of rebuilding
+    timing_cache_path: str | None = None  # kernel timings, shared by every model on the volume
+    # TensorRT's default (3): higher levels search longer (minutes per model) for a few percent.
+    builder_optimization_level: int = 3
+    # Off by default: a CUDA graph is captured per input shape, and the dynamic batcher forms any
+    # batch from 1 to max; not measured on a GPU yet (`cuda_graph=True` turns it on).
+    cuda_graph: bool = False
+    profile: TensorRTProfile | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("FP32", "FP16", "INT8"):
+            raise ServingError(f"TensorRT precision must be FP32, FP16 or INT8, not {self.precision!r}")
+        if not 0 <= self.builder_optimization_level <= 5:
+            raise ServingError("TensorRT builder optimization level must be 0..5")
 
     def to_dict(self) -> dict:
-        params = {"precision_mode": self.precision, "max_workspace_size_bytes": str(self.workspace_bytes)}
+        params = {
+            "precision_mode": self.precision,
+            "max_workspace_size_bytes": str(self.workspace_bytes),
+            "trt_builder_optimization_level": str(self.builder_optimization_level),
+            "trt_cuda_graph_enable": "1" if self.cuda_graph else "0",
+        }
         if self.cache_path:
             params.update(trt_engine_cache_enable="1", trt_engine_cache_path=self.cache_path)
+        if self.timing_cache_path:
+            params.update(trt_timing_cache_enable="1", trt_timing_cache_path=self.timing_cache_path)
+        if self.profile:
+            params.update(self.profile.to_params())
         return {"gpu_execution_accelerator": [{"name": "tensorrt", "parameters": params}]}
 
 
@@ -90,6 +140,9 @@ class ModelConfig:
     accelerator: TensorRTAccelerator | None = None
     parameters: dict[str, str] = field(default_factory=dict)
     ensemble_steps: tuple[EnsembleStep, ...] = ()  # with platform "ensemble"
+    # Triton's rate limiter: resources (name, count) an execution of an instance holds while it
+    # runs; honoured by a server started with --rate-limit=execution_count (serving/threads.py).
+    rate_limiter: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         if (self.backend is None) == (self.platform is None):
@@ -126,6 +179,9 @@ class ModelConfig:
                 out["parameters"] = {k: {"string_value": v} for k, v in sorted(self.parameters.items())}
             return out
         out["instance_group"] = [{"kind": self.instance_kind, "count": self.instance_count}]
+        if self.rate_limiter:
+            resources = [{"name": name, "count": count} for name, count in self.rate_limiter]
+            out["instance_group"][0]["rate_limiter"] = {"resources": resources}
         # A queue delay rather than preferred_batch_size by default: it adapts to the load
         # (DESIGN.md); the tuner may add preferred sizes where it measured them to help.
         out["dynamic_batching"] = {"max_queue_delay_microseconds": self.queue_delay_us}

@@ -3,8 +3,8 @@
 
     python3 serving/engines.py --repository /models [--trtexec PATH] [--force] [--dry-run] [--json]
 
-For every `<name>_trt/engine.json` (written by `python -m export build --tensorrt`) this runs
-`trtexec` on the ONNX source with one optimization profile over batch 1..max_batch_size and
+For every `<name>_trt/engine.json` (written by `python -m serving repo NAME --tensorrt`) this
+runs `trtexec` on the ONNX source with one optimization profile over batch 1..max_batch_size and
 publishes `<name>_trt/<version>/model.plan` atomically (a temp file, then a rename). A plan is
 kept when it is newer than its ONNX source and was built with the same settings in the same
 image, unless --force.
@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     if not results:
         progress(
             f"no *{TRT_SUFFIX}/{ENGINE_FILE} in {args.repository}: nothing to build "
-            "(`python -m export build --tensorrt` adds TensorRT models)"
+            "(`python -m serving repo NAME --tensorrt` adds TensorRT models)"
         )
     for r in results:
         if r.status == "failed":

@@ -3,10 +3,19 @@
 Every model instance of every served version of every CPU model is its own backend process with
 its own ORT thread pool. Left at ORT's default (a thread per core each), two busy models run
 twice as many threads as there are cores, and ORT's spinning workers burn the cores the other
-model's threads are waiting for. So `serving up` counts the sessions the repository will load
-(times the replicas on this machine) and gives each one its share of the cores; a config that
-names its own `intra_op_thread_count` (`--cpu-threads`, or `serving tune`'s winner) keeps it.
-Spinning is turned off as soon as more than one session shares the machine.
+model's threads are waiting for. Policies (`serving up --ort-threads`):
+- "cores" (default): every session gets all the cores (÷ the replicas on this machine), with
+  spinning off as soon as several sessions share them: one busy model runs as fast as alone;
+- "turns": the same threads, and the executions of different models take turns on the cores
+  through Triton's rate limiter (each CPU instance holds the "cores" resource while it runs;
+  the server has one), so that two busy models do not fight;
+- "share": the sessions the repository loads split the cores (each gets cores ÷ sessions).
+A config that names its own `intra_op_thread_count` (`--cpu-threads`, or `serving tune`'s
+winner) keeps it and runs free of turns. Spinning is turned off as soon as more than one session
+shares the machine. The numbers behind the default (README, "The cores are shared"; `make
+bench-threads`, `make bench-serving`): "cores" keeps one busy model at full speed, where "turns"
+lost 7% (its rate limiter also kept batches at 1 at low concurrency) and "share" 46%; with two
+models busy, "cores" gave 1.26x ORT's default, "turns" 1.32x, "share" 1.41x.
 
 The backend reads the decision from the environment (ENV_ORT_THREADS, ENV_ORT_SPINNING), because Triton
 starts it per model and it cannot see the others.
@@ -31,14 +40,16 @@ class CpuShare:
     cores: int
     threads: int  # per shared session
     spinning: bool
+    turns: bool = False  # executions take turns on the cores (Triton's rate limiter)
 
     def environment(self) -> dict[str, str]:
         return {ENV_ORT_THREADS: str(self.threads), ENV_ORT_SPINNING: "1" if self.spinning else "0"}
 
     def describe(self) -> str:
+        how = "taking turns on them" if self.turns else "shared" if self.threads < self.cores else "all each"
         return (
-            f"{self.sessions} ONNX Runtime session(s) share {self.cores} cores: "
-            f"{self.threads} intra-op thread(s) each, spinning {'on' if self.spinning else 'off'}"
+            f"{self.sessions} ONNX Runtime session(s), {self.cores} cores: "
+            f"{self.threads} intra-op thread(s) each, {how}, spinning {'on' if self.spinning else 'off'}"
             + (f"; {self.pinned_threads} more thread(s) set in configs" if self.pinned_threads else "")
         )
 
@@ -90,7 +101,17 @@ def count_sessions(repository: Path, config_name: str = "cpu") -> Sessions:
     return Sessions(shared, pinned, pinned_threads)
 
 
-POLICIES = ("share", "cores")
+POLICIES = ("turns", "share", "cores")
+DEFAULT_POLICY = "cores"
+# The rate-limiter resource a CPU instance holds while it runs (count 1; the server has 1).
+CORES_RESOURCE = "cores"
+
+
+def server_args(policy: str) -> list[str]:
+    """The tritonserver flags a policy needs: the rate limiter, for "turns"."""
+    if policy != "turns":
+        return []
+    return ["--rate-limit=execution_count", f"--rate-limit-resource={CORES_RESOURCE}:1"]
 
 
 def available_cores() -> int:
@@ -118,21 +139,21 @@ def cpu_share(
     config_name: str = "cpu",
     *,
     replicas: int = 1,
-    policy: str = "share",
+    policy: str = DEFAULT_POLICY,
     cores: int | None = None,
 ) -> CpuShare:
-    """Each shared session's threads: the cores split evenly among them (at least 1), or with
-    policy "cores" every core for each (measured trade-off: `make bench-threads`; with two
-    models busy at once the share gave 1.51x ORT's default and "cores" without spinning 1.27x;
-    with one model busy alone, 0.53x and 0.94x). `cores`: the server's own (pinned) count, else
-    this process's `available_cores()`."""
+    """Each session's threads under `policy` (see the module's docstring; the measured trade-off is
+    in the README and `make bench-threads`). `cores`: the server's own (pinned) count, else this
+    process's `available_cores()`."""
     if policy not in POLICIES:
         raise ValueError(f"thread policy must be one of {', '.join(POLICIES)}, got {policy!r}")
     cores = cores or available_cores()
     sessions = count_sessions(repository, config_name) * replicas
     # Explicit counts are not subtracted: they are the user's (or the tuner's) call, and the one
     # every repository has (identity, 1 thread) does no work worth a core.
-    shared = sessions.shared if policy == "share" else 1
+    # "cores" and "turns": all the cores for each session, divided among the replicas on this
+    # machine (separate servers, each meant to have its slice of the machine).
+    shared = sessions.shared if policy == "share" else replicas
     threads = max(1, cores // shared) if shared else cores
     # Spinning only for a session truly alone. Not for one busy model beside the identity model:
     # measured in `make drills`' soak, a spinning resnet18 beside a client on the same 2 cores
@@ -140,4 +161,5 @@ def cpu_share(
     # backlog. (Spinning was not the whole cause: a soak with it off fell behind too, until the
     # drills pinned the load generator to a core of its own.)
     spinning = sessions.shared + sessions.pinned <= 1
-    return CpuShare(sessions.shared, sessions.pinned_threads, cores, threads, spinning)
+    turns = policy == "turns"
+    return CpuShare(sessions.shared, sessions.pinned_threads, cores, threads, spinning, turns=turns)

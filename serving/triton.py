@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -24,78 +21,15 @@ from pathlib import Path
 from cnn_deploy_core import paths
 from cnn_deploy_core.machine import children, pss_mb, rss_mb  # noqa: F401  (re-exported for callers)
 from serving import ServingError
-from serving.threads import CpuShare, cpu_share
+from serving.ports import check_ports, free_port_block, free_ports, port_free  # noqa: F401  (re-exported)
+from serving.threads import DEFAULT_POLICY, CpuShare, cpu_share, server_args
+from serving.wheel import BACKEND_SOURCE, Wheel, environment, prepare_backends  # noqa: F401 (re-exported)
 
-BACKEND_SOURCE = Path(__file__).parent / "backends" / "onnxruntime" / "model.py"
 RESTRICTED = "model-repository,shared-memory,trace,logging"  # admin APIs, behind a key
 ADMIN_HEADER = "admin-key"
-PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
-
-
-@dataclass(frozen=True)
-class Wheel:
-    """Where the nvidia-pytriton wheel keeps the server, its libraries and the Python backend."""
-
-    root: Path
-
-    @classmethod
-    def find(cls) -> Wheel:
-        try:
-            import pytriton
-        except ImportError:
-            raise ServingError(
-                "nvidia-pytriton is not installed; it provides tritonserver (pip install -e .)"
-            ) from None
-        root = Path(pytriton.__file__).parent / "tritonserver"
-        wheel = cls(root)
-        for path in (wheel.binary, wheel.python_backend / "libtriton_python.so", wheel.stub):
-            if not path.exists():
-                raise ServingError(f"the nvidia-pytriton wheel lacks {path}")
-        return wheel
-
-    @property
-    def binary(self) -> Path:
-        return self.root / "bin" / "tritonserver"
-
-    @property
-    def libs(self) -> Path:
-        return self.root.parent.parent / "nvidia_pytriton.libs"
-
-    @property
-    def python_backend(self) -> Path:
-        return self.root / "backends" / "python"
-
-    @property
-    def stub(self) -> Path:
-        return self.root / "python_backend_stubs" / PYTHON_VERSION / "triton_python_backend_stub"
-
-
-def prepare_backends(target: Path, wheel: Wheel | None = None) -> Path:
-    """A Triton backend directory: the wheel's Python backend + our Python-based `onnxruntime`."""
-    wheel = wheel or Wheel.find()
-    python_dir, ort_dir = target / "python", target / "onnxruntime"
-    python_dir.mkdir(parents=True, exist_ok=True)
-    ort_dir.mkdir(parents=True, exist_ok=True)
-    for src in (
-        wheel.python_backend / "libtriton_python.so",
-        wheel.python_backend / "triton_python_backend_utils.py",
-        wheel.stub,
-    ):
-        dst = python_dir / src.name
-        if (
-            not dst.exists()
-            or dst.stat().st_mtime < src.stat().st_mtime
-            or dst.stat().st_size != src.stat().st_size
-        ):
-            shutil.copy2(src, dst)
-    # Replaced atomically and only when it changed: replicas share this folder, and a replica's
-    # backend may be importing model.py while the next one starts.
-    dst = ort_dir / "model.py"
-    if not dst.exists() or dst.read_bytes() != BACKEND_SOURCE.read_bytes():
-        tmp = dst.with_name(f".model.py.{os.getpid()}")
-        shutil.copy2(BACKEND_SOURCE, tmp)
-        os.replace(tmp, dst)
-    return target
+API_HEADER = "api-key"  # keyed inference (clients.keys.API_KEY_HEADER)
+# What a server may put behind the inference key: never health (probes), never the admin categories.
+KEYABLE_APIS = ("inference", "metadata", "model-config", "statistics")
 
 
 @dataclass(frozen=True)
@@ -106,18 +40,34 @@ class ServerOptions:
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002
-    admin_key: str | None = None
+    admin_key: str | None = field(default=None, repr=False)  # keys never in a repr, log or traceback
     backend_dir: Path | None = None  # default: <state dir>/backends
     log_verbose: int = 0
     extra_args: tuple[str, ...] = field(default_factory=tuple)
     replicas: int = 1  # servers on this machine sharing the cores (see serving/threads.py)
-    ort_threads: str = "share"  # "share": the cores split among sessions; "cores": all for each
+    ort_threads: str = DEFAULT_POLICY  # see serving/threads.py: "turns", "share" or "cores"
     env: tuple[tuple[str, str], ...] = ()  # extra environment, e.g. a fixed thread count
     # Pin the server and its backend processes to these CPUs (as a container's cpuset does), e.g.
     # to keep a load generator on the same machine off the server's cores; () = not pinned.
     cpus: tuple[int, ...] = ()
+    # gRPC over TLS (docs/security.md): the server's certificate and private key; with a client CA
+    # too, mutual TLS (a client must present a certificate that CA signed). Triton's HTTP front end
+    # has no TLS: it stays on loopback here, behind a TLS-terminating ingress elsewhere.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    # Keyed inference (docs/security.md): these API categories need the header `api-key` (gRPC:
+    # triton-grpc-protocol-api-key) holding this key; health stays open for probes.
+    inference_key: str | None = field(default=None, repr=False)
+    inference_apis: str = "inference"
 
     def __post_init__(self) -> None:
+        check_tls(self.tls_cert, self.tls_key, self.tls_client_ca)
+        keyed = set(self.inference_apis.split(","))
+        if not keyed <= set(KEYABLE_APIS):
+            raise ServingError(
+                f"--inference-key-apis: choose from {', '.join(KEYABLE_APIS)}, got {self.inference_apis!r}"
+            )
         for name in ("http_port", "grpc_port", "metrics_port"):
             port = getattr(self, name)
             if not 1 <= port <= 65535:
@@ -146,11 +96,53 @@ class ServerOptions:
 
     @property
     def grpc_url(self) -> str:
-        return f"grpc://{self.host}:{self.grpc_port}"
+        return f"{'grpcs' if self.tls_cert else 'grpc'}://{self.host}:{self.grpc_port}"
 
     @property
     def metrics_url(self) -> str:
         return f"http://{self.host}:{self.metrics_port}/metrics"
+
+
+def check_tls(cert: Path | None, key: Path | None, client_ca: Path | None) -> None:
+    """Certificate and key come together, a client CA only with them, the key is private."""
+    from cnn_deploy_core.secrets import SecretFileError, check_private, check_readable
+
+    if bool(cert) != bool(key):
+        raise ServingError("--tls-cert and --tls-key go together: give both, or neither")
+    if client_ca and not cert:
+        raise ServingError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+    try:
+        if cert:
+            check_readable(cert, "TLS certificate")
+            check_private(key, "TLS private key")
+        if client_ca:
+            check_readable(client_ca, "TLS client CA")
+    except SecretFileError as e:
+        raise ServingError(str(e)) from None
+
+
+def key_args(opts: ServerOptions) -> list[str]:
+    """Triton's flags for keyed inference (a second restricted group beside the admin one)."""
+    if not opts.inference_key:
+        return []
+    return [
+        f"--http-restricted-api={opts.inference_apis}:{API_HEADER}={opts.inference_key}",
+        f"--grpc-restricted-protocol={opts.inference_apis}:{API_HEADER}={opts.inference_key}",
+    ]
+
+
+def tls_args(opts: ServerOptions) -> list[str]:
+    """Triton's gRPC TLS flags (the file paths are read by Triton at start)."""
+    if not opts.tls_cert:
+        return []
+    args = [
+        "--grpc-use-ssl=true",
+        f"--grpc-server-cert={Path(opts.tls_cert).resolve()}",
+        f"--grpc-server-key={Path(opts.tls_key).resolve()}",
+    ]
+    if opts.tls_client_ca:
+        args += ["--grpc-use-ssl-mutual=true", f"--grpc-root-cert={Path(opts.tls_client_ca).resolve()}"]
+    return args
 
 
 def shm_prefix(grpc_port: int) -> str:
@@ -213,22 +205,11 @@ def command(opts: ServerOptions, wheel: Wheel) -> list[str]:
             f"--http-restricted-api={RESTRICTED}:{ADMIN_HEADER}={opts.admin_key}",
             f"--grpc-restricted-protocol={RESTRICTED}:{ADMIN_HEADER}={opts.admin_key}",
         ]
-    return args + list(opts.extra_args)
+    return args + server_args(opts.ort_threads) + key_args(opts) + tls_args(opts) + list(opts.extra_args)
 
 
 def backend_dir(opts: ServerOptions) -> Path:
     return opts.backend_dir or paths.state_dir() / "backends"
-
-
-def environment(wheel: Wheel) -> dict[str, str]:
-    env = dict(os.environ)
-    # The backend stub finds its libraries next to the wheel, and its embedded interpreter
-    # takes its prefix (hence site-packages: onnxruntime, numpy) from the first `python3` on
-    # PATH, so this environment's bin directory goes first, as pytriton itself does.
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(wheel.libs), env.get("LD_LIBRARY_PATH")]))
-    env["PATH"] = os.pathsep.join(filter(None, [str(Path(sys.executable).parent), env.get("PATH")]))
-    env.setdefault("OMP_NUM_THREADS", "1")  # ORT sizes its own pools; no OpenMP oversubscription
-    return env
 
 
 def is_ready(url: str, timeout: float = 1.0) -> bool:
@@ -237,6 +218,17 @@ def is_ready(url: str, timeout: float = 1.0) -> bool:
             return r.status == 200
     except (urllib.error.URLError, OSError):
         return False
+
+
+def server_share(opts: ServerOptions) -> CpuShare:
+    """The ONNX Runtime threads each session of this server gets (see serving/threads.py)."""
+    return cpu_share(
+        opts.repository,
+        opts.config_name,
+        replicas=opts.replicas,
+        policy=opts.ort_threads,
+        cores=len(opts.cpus) or None,
+    )
 
 
 class TritonProcess:
@@ -258,13 +250,7 @@ class TritonProcess:
             )
         prepare_backends(backend_dir(self.opts), wheel)
         env = environment(wheel)
-        self.share = cpu_share(
-            self.opts.repository,
-            self.opts.config_name,
-            replicas=self.opts.replicas,
-            policy=self.opts.ort_threads,
-            cores=len(self.opts.cpus) or None,
-        )
+        self.share = server_share(self.opts)
         for key, value in self.share.environment().items():
             env.setdefault(key, value)  # the user's own setting wins
         env.update(self.opts.env)
@@ -341,45 +327,3 @@ def kill_tree(pid: int) -> None:
     for p in (pid, *stubs):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(p, signal.SIGKILL)
-
-
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """`count` distinct free ports: all sockets stay bound until all are chosen."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def free_port_block(size: int, host: str = "127.0.0.1") -> int:
-    """The first of `size` consecutive free ports (for replicas: every port + 3k)."""
-    for _ in range(200):
-        (base,) = free_ports(1, host)
-        if base + size < 65536 and all(port_free(host, base + k) for k in range(size)):
-            return base
-    raise ServingError(f"no {size} consecutive free ports on {host}")
-
-
-def port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def check_ports(opts: ServerOptions) -> None:
-    busy = [p for p in (opts.http_port, opts.grpc_port, opts.metrics_port) if not port_free(opts.host, p)]
-    if busy:
-        raise ServingError(
-            f"port(s) {', '.join(map(str, busy))} on {opts.host} already in use; "
-            "is a server running? (`python -m serving status`) or pick other ports"
-        )

@@ -4,22 +4,25 @@ every answer checked.
 Like NVIDIA's Model Analyzer it searches the serving configuration on the real server (precision,
 instances x intra-op threads, max batch size, preferred batch sizes, queue delay, and the client
 concurrency that gives the best throughput); unlike it, every answer of every candidate is
-verified against that precision's golden set, and a candidate with one wrong answer or error is
-rejected whatever its speed.
+verified against that precision's golden set, and a candidate is rejected whatever its speed
+unless every answer of the whole step (warm-up included) was verified and right and no request
+failed; a candidate whose server or load test fails is rejected too, and the search goes on.
 
 A quick search, not the grid: it starts from the model's current configuration and changes one
 dimension at a time, keeping what helps; concurrency doubles until throughput stops growing (by
 5 %) or p99 leaves the SLO; it stops at the time budget. Each candidate runs in a scratch
 repository on its own server, measured by our load test (`python -m clients loadtest`, whose JSON
-report it reads: the serving stage does not import the clients). The user's repository is written
-once, at the end, atomically: Ctrl-C at any point leaves it as it was.
+report it reads as cnn_deploy_core's typed LoadTestReport: the serving stage does not import the
+clients). As in the drills, the server is pinned to all CPUs but the last, and the load generator
+to the last one (so the plans tried fit the server's CPUs). The user's repository is written once,
+at the end, atomically: Ctrl-C at any point leaves it as it was.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
-import json
+import os
 import shutil
 import subprocess
 import sys
@@ -32,11 +35,22 @@ from cnn_deploy_core import registry
 from cnn_deploy_core.fsutil import atomic_write_bytes, atomic_write_text
 from cnn_deploy_core.layout import INT8_FILE, INT8_SUFFIX
 from serving import ServingError
-from serving.repository import ModelState, candidate_config, served_versions, write_configs
+from serving.repository.configs import candidate_config
+from serving.repository.placement import write_configs
+from serving.repository.state import ModelState
+from serving.repository.versions import served_versions
 from serving.threads import available_cores
 from serving.triton import ServerOptions, TritonProcess
+from serving.tune_judge import (
+    LOADTEST_TIMEOUT_S,
+    CandidateFailed,
+    point_of,
+    read_loadtest,
+    run_verdict,
+    saturated,
+    within_slo,
+)
 
-SATURATION = 1.05  # more concurrency must add 5 % throughput to be worth its latency
 TUNED = "tuned"
 
 
@@ -99,21 +113,33 @@ def _config(name: str, candidate: Candidate, model_dir: Path):
     return candidate_config(registry.get(name), served, asdict(candidate))
 
 
-def _loadtest(url: str, model: str, c: int, scratch: Path, window_s: float) -> dict:
-    """One concurrency level through our load test; its JSON report."""
+def split_cpus() -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The scratch server's CPUs and the load generator's: the last CPU this process may use goes to
+    the generator (and its verifier), the others to the server, as the drills do (a generator that
+    shares the server's cores slows it down and flatters nothing). One CPU: ((), ())."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return (), ()
+    return tuple(cpus[:-1]), (cpus[-1],)
+
+
+def _loadtest(url: str, model: str, c: int, scratch: Path, window_s: float, cpus: tuple[int, ...]):
+    """One concurrency level through our load test, pinned to the generator's CPUs: its report."""
+    pin = ["taskset", "--cpu-list", ",".join(map(str, cpus))] if cpus else []
     cmd = [
-        sys.executable, "-m", "clients", "loadtest", "--url", url, "--model", model,
+        *pin, sys.executable, "-m", "clients", "loadtest", "--url", url, "--model", model,
         "--concurrency", str(c), "--warmup-s", str(window_s), "--window-s", str(window_s),
         "--max-windows", "6", "--min-samples", "50", "--repository", str(scratch / "repo"),
-        "--output", str(scratch / "reports"), "--json", "--max-error-rate", "0", "--max-wrong", "0",
+        "--output", str(scratch / "reports"), "--json", "--verify-fraction", "1",
+        "--max-error-rate", "0", "--max-wrong", "0",
     ]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    where = f"on {model} at c={c}"
     try:
-        return json.loads(result.stdout)
-    except ValueError:
-        raise ServingError(
-            f"the load test failed on {model} at c={c}: {result.stderr.strip()[-300:]}"
-        ) from None
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=LOADTEST_TIMEOUT_S)
+    except subprocess.TimeoutExpired as e:
+        raise CandidateFailed(f"the load test timed out {where} after {LOADTEST_TIMEOUT_S}s") from e
+    report = read_loadtest(result.returncode, result.stdout, result.stderr, where)
+    return report, run_verdict(report, result.returncode)
 
 
 def measure(
@@ -122,6 +148,7 @@ def measure(
     started = time.monotonic()
     measured = Measured(candidate)
     model = name + (INT8_SUFFIX if candidate.precision == "int8" else "")
+    server_cpus, client_cpus = split_cpus()
     with tempfile.TemporaryDirectory(prefix="tune-") as tmp:
         scratch = Path(tmp)
         # Only the model under test: the scratch server spends the cores on nothing else.
@@ -130,7 +157,9 @@ def measure(
         )
         config = _config(name, candidate, repository / name)
         atomic_write_text(scratch / "repo" / model / "configs" / "cpu.pbtxt", config.to_pbtxt())
-        opts = ServerOptions.on_free_ports(scratch / "repo", backend_dir=scratch / "backends")
+        opts = ServerOptions.on_free_ports(
+            scratch / "repo", backend_dir=scratch / "backends", cpus=server_cpus
+        )
         with TritonProcess(opts, log_path=scratch / "triton.log").start() as server:
             try:
                 server.wait_ready(300)
@@ -139,35 +168,27 @@ def measure(
                 return measured
             previous = 0.0
             for c in space.concurrency:
-                report = _loadtest(opts.grpc_url, model, c, scratch, window_s)
-                (step,) = report["steps"] or [None]
-                if step is None or not step["responses"]:
-                    measured.rejected = f"no answer at c={c}: {'; '.join(report.get('failures', []))}"
+                try:
+                    report, problem = _loadtest(opts.grpc_url, model, c, scratch, window_s, client_cpus)
+                except CandidateFailed as e:
+                    measured.rejected = str(e)
                     break
-                point = {
-                    "concurrency": c,
-                    "infer_per_s": step["inferences_per_s"],
-                    "p50_ms": step["latency_ms"]["p50"],
-                    "p99_ms": step["latency_ms"]["p99"],
-                    "verified": step["verified"],
-                    "wrong": step["wrong"],
-                    "errors": sum(step["errors"].values()),
-                }
-                measured.points.append(point)
-                progress(f"  c={c}: {point['infer_per_s']:.1f} infer/s, p99 {point['p99_ms']:.1f} ms")
-                if point["wrong"] or point["errors"]:
-                    measured.rejected = (
-                        f"{point['wrong']} wrong answers and {point['errors']} errors at c={c} "
-                        f"({point['verified']} checked)"
-                    )
+                point = point_of(report, c)
+                if point:
+                    measured.points.append(point)
+                    progress(f"  c={c}: {point['infer_per_s']:.1f} infer/s, p99 {point['p99_ms']:.1f} ms")
+                if problem or point is None:
+                    measured.rejected = f"{problem or 'no answer'} at c={c}"
                     break
-                within = point["p99_ms"] <= slo_ms
+                within = within_slo(point, slo_ms)
                 if within and (measured.best is None or point["infer_per_s"] > measured.best["infer_per_s"]):
                     measured.best = point
-                if not within or point["infer_per_s"] < previous * SATURATION:
+                if not within or saturated(point, previous):
                     break  # more concurrency only adds latency now
                 previous = point["infer_per_s"]
-    if measured.best is None and measured.rejected is None:
+    if measured.rejected:
+        measured.best = None  # one bad step disqualifies the candidate, however fast the others
+    elif measured.best is None:
         measured.rejected = f"p99 above {slo_ms:g} ms at every concurrency"
     measured.seconds = time.monotonic() - started
     return measured
@@ -301,4 +322,6 @@ def has_int8(repository: Path, name: str) -> bool:
 
 
 def cores() -> int:
-    return available_cores()
+    """The CPUs a scratch server gets (all but the load generator's): what the plans divide."""
+    server_cpus, _ = split_cpus()
+    return len(server_cpus) or available_cores()

@@ -33,7 +33,7 @@ def _copy_tree(target: Path) -> Path:
 def test_import_contracts_hold():
     result = _lint(ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "2 kept, 0 broken" in result.stdout
+    assert "3 kept, 0 broken" in result.stdout
 
 
 def test_a_stage_importing_another_inside_a_function_breaks_the_contract(tmp_path):
@@ -50,6 +50,14 @@ def test_the_core_importing_a_stage_breaks_the_contract(tmp_path):
     (tree / "cnn_deploy_core" / "extra.py").write_text("import export.models  # noqa\n")
     result = _lint(tree)
     assert result.returncode != 0 and "cnn_deploy_core.extra -> export.models" in result.stdout
+
+
+def test_a_benchmark_importing_a_drill_breaks_the_cnn_deploy_contract(tmp_path):
+    """bench/, drills/, report/ and checks/ stay independent of each other, above the one harness."""
+    tree = _copy_tree(tmp_path)
+    (tree / "cnn_deploy" / "bench" / "extra.py").write_text("import cnn_deploy.drills.judges  # noqa\n")
+    result = _lint(tree)
+    assert result.returncode != 0 and "cnn_deploy.bench.extra -> cnn_deploy.drills.judges" in result.stdout
 
 
 def test_the_client_importing_torch_breaks_the_contract(tmp_path):

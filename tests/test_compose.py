@@ -30,6 +30,7 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 SCHEMA_FILE = ROOT / "tests" / "data" / "compose-spec.json"
 DOC = ROOT / "docs" / "deploy-gpu.md"
 CPU_DOC = ROOT / "docs" / "deploy-cpu.md"
+SECURITY_DOC = ROOT / "docs" / "security.md"
 ENV = {"TRITON_ADMIN_KEY": "test-admin-key"}
 REPOSITORY_SOURCE = "./model_repository"
 # NGC release -> Triton server version, from Triton's build.py TRITON_VERSION_MAP at the server's
@@ -339,6 +340,86 @@ def test_triton_publishes_its_three_ports(services):
     assert {p.split(":")[-1] for p in service["ports"]} == ports
 
 
+def published_addresses(service: dict) -> set[str]:
+    """The host addresses a service's ports are published on ("0.0.0.0" when none is given:
+    Docker then publishes on every interface)."""
+    out = set()
+    for port in service.get("ports", []):
+        parts = str(port).split(":")
+        out.add(":".join(parts[:-2]) if len(parts) > 2 else "0.0.0.0")
+    return out
+
+
+def test_nothing_is_published_beyond_loopback_by_default(services):
+    exposed = {name: published_addresses(s) for name, s in services.items() if s.get("ports")}
+    assert exposed == {"triton": {"127.0.0.1"}, "prometheus": {"127.0.0.1"}}
+    assert all(s.get("network_mode") == "host" for n, s in services.items() if n.endswith("-cpu"))
+    assert "--host=127.0.0.1" in command_args(services["triton-cpu"])
+
+
+def test_the_bind_addresses_are_the_operators_choice():
+    env = {**ENV, "CNN_DEPLOY_BIND_ADDRESS": "10.0.0.5", "CNN_DEPLOY_PROMETHEUS_BIND_ADDRESS": "10.0.0.6"}
+    services = load_compose(env)["services"]
+    assert published_addresses(services["triton"]) == {"10.0.0.5"}
+    assert published_addresses(services["prometheus"]) == {"10.0.0.6"}
+
+
+def test_the_published_address_check_says_no():
+    assert published_addresses({"ports": ["8000:8000"]}) == {"0.0.0.0"}
+    assert published_addresses({"ports": ["[::1]:8000:8000"]}) == {"[::1]"}
+
+
+# --- gRPC TLS: off unless CNN_DEPLOY_TLS_DIR names the certificates, mutual with CNN_DEPLOY_TLS_MUTUAL ---
+
+TLS_ENV = {**ENV, "CNN_DEPLOY_TLS_DIR": "/etc/cnn-deploy/tls"}
+MTLS_ENV = {**TLS_ENV, "CNN_DEPLOY_TLS_MUTUAL": "1"}
+CLIENTS = ("verify", "loadtest", "verify-cpu", "loadtest-cpu")
+
+
+def test_every_grpc_service_mounts_the_certificate_directory_read_only(services):
+    for name in ("triton", "triton-cpu", *CLIENTS):
+        source, read_only = mounts(services[name])["/certs"]
+        assert source == "./deploy/tls" and read_only, name
+    for name in ("triton", *CLIENTS):
+        assert mounts(load_compose(TLS_ENV)["services"][name])["/certs"][0] == "/etc/cnn-deploy/tls"
+
+
+def test_grpc_is_plain_without_a_certificate_directory(services):
+    assert not any("ssl" in a for a in command_args(services["triton"]))
+    assert not any(a.startswith("--tls") for a in command_args(services["triton-cpu"]))
+    for name in CLIENTS:
+        args = command_args(services[name])
+        assert args[args.index("--url") + 1].startswith("grpc://") and "--ca-cert" not in args
+
+
+@pytest.mark.parametrize("env", [TLS_ENV, MTLS_ENV], ids=["tls", "mutual"])
+def test_tls_turns_on_in_server_and_clients_with_the_same_certificates(env):
+    from clients import cli as clients_cli
+    from serving import cli as serving_cli
+
+    services = load_compose(env)["services"]
+    mutual = "CNN_DEPLOY_TLS_MUTUAL" in env
+    f = flags(command_args(services["triton"]))
+    assert f["--grpc-use-ssl"] == "true" and f["--grpc-server-cert"] == "/certs/tls.crt"
+    assert f["--grpc-server-key"] == "/certs/tls.key"
+    assert (f.get("--grpc-use-ssl-mutual"), f.get("--grpc-root-cert")) == (
+        ("true", "/certs/ca.crt") if mutual else (None, None)
+    )
+    cpu = serving_cli.build_parser().parse_args(command_args(services["triton-cpu"])[3:])
+    assert (str(cpu.tls_cert), str(cpu.tls_key)) == ("/certs/tls.crt", "/certs/tls.key")
+    assert (str(cpu.tls_client_ca) if mutual else cpu.tls_client_ca) == ("/certs/ca.crt" if mutual else None)
+    for name in CLIENTS:
+        ns = clients_cli.build_parser().parse_args(command_args(services[name])[3:])
+        assert all(u.startswith("grpcs://") for u in ns.url), name
+        assert str(ns.ca_cert) == "/certs/ca.crt"
+        pair = (str(ns.client_cert), str(ns.client_key)) if mutual else (ns.client_cert, ns.client_key)
+        assert pair == (("/certs/client.crt", "/certs/client.key") if mutual else (None, None))
+
+
+def test_the_default_certificate_directory_holds_no_secret():
+    assert sorted(p.name for p in (ROOT / "deploy" / "tls").iterdir()) == ["README.md"]
+
+
 def test_triton_healthcheck_polls_readiness(services):
     service = services["triton"]
     test = service["healthcheck"]["test"]
@@ -562,7 +643,7 @@ def test_deploy_guide_shows_the_compose_commands():
 def test_deploy_guide_documents_every_variable_the_compose_file_reads():
     variables = set(re.findall(r"\$\{([_A-Za-z][_A-Za-z0-9]*)", COMPOSE_FILE.read_text()))
     assert variables >= {"TRITON_ADMIN_KEY", "CNN_DEPLOY_MODELS", "CNN_DEPLOY_BASE_IMAGE"}
-    doc = DOC.read_text() + CPU_DOC.read_text()
+    doc = DOC.read_text() + CPU_DOC.read_text() + SECURITY_DOC.read_text()
     assert sorted(v for v in variables if v not in doc) == []
 
 

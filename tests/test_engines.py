@@ -253,7 +253,8 @@ def test_explicit_trtexec_must_exist(tmp_path, capsys):
 def test_a_repository_without_trt_models_has_nothing_to_build(tmp_path, capsys):
     (tmp_path / "resnet50" / "1").mkdir(parents=True)
     assert engines.main(["--repository", str(tmp_path)]) == 0
-    assert "nothing to build" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "nothing to build" in err and "python -m serving repo NAME --tensorrt" in err
 
 
 def test_a_missing_repository_is_an_error(tmp_path, capsys):

@@ -11,7 +11,9 @@ import pytest
 
 from clients import ServerUnavailableError
 from clients.loadtest.config import LoadTestConfig
-from clients.loadtest.runner import _Sweep, _Window, agreeing_suffix
+from clients.loadtest.measure import Window as _Window
+from clients.loadtest.measure import agreeing_suffix
+from clients.loadtest.runner import _Sweep
 from clients.loadtest.transport import RAW
 from clients.loadtest.verifier import InlineVerifier, ProcessVerifier
 from clients.loadtest.workload import Workload

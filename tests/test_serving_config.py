@@ -111,6 +111,8 @@ def test_trt_variant_is_a_tensorrt_plan_with_the_same_signature(tmp_path):
     cfg = parse_pbtxt(_configs(tmp_path)["resnet50_trt.gpu.pbtxt"].to_pbtxt())
     assert cfg.name == "resnet50_trt" and cfg.platform == "tensorrt_plan" and not cfg.backend
     assert cfg.input[0].name == "input" and cfg.output[0].name == "logits"
+    # pinned like every variant: a rollback reaches the plan too (Triton's default is "latest")
+    assert list(cfg.version_policy.specific.versions) == [1]
 
 
 def test_config_rejects_a_field_triton_does_not_know():

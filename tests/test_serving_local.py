@@ -23,7 +23,7 @@ def test_detached_server_lifecycle_up_status_down_from_any_directory(repository,
     )
     try:
         assert up.returncode == 0, up.stderr
-        started = json.loads(up.stdout.split("detached;")[0])
+        started = json.loads(up.stdout.split("detached, supervised by")[0])
         assert started["grpc"] == f"grpc://127.0.0.1:{grpc}"
         assert {m["name"]: m["state"] for m in started["models"]}["resnet18"] == "READY"
         assert (home / "build" / "serving" / "server.json").stat().st_mode & 0o077 == 0  # holds the key

@@ -4,7 +4,11 @@
     report = run_loadtest(LoadTestConfig(url="grpc://localhost:8001", model="resnet18"))
 
 `config` (what to do, the only defaults), `workload` (what is sent, how answers are checked),
-`runner` (the measurement), `report` (results and their JSON/CSV/PNG/table), `cli`.
+`prepare` (model, workload, transport, statistics reader), `transport` and `replicas` (the wire),
+`verifier` (answers checked off the timing path), `measure` (windows, stability, a step's
+figures), `runner` (the run), `verdict` (pure judges and exit codes), `report` and `table` (the
+files and the terminal summary), `redact` (no secret in a report), `cli`. The report's typed
+schema is :mod:`cnn_deploy_core.loadtest_report`, which the tuner, drills and benchmarks read.
 """
 
 from clients import LoadTestError

@@ -2,7 +2,8 @@
 
 Thin over :func:`clients.loadtest.run_loadtest`: options -> LoadTestConfig and Slo, a live progress
 line on stderr, then the files (JSON, CSV, PNG), a table (or `--json`) on stdout, and the exit
-code: 0 when every objective held, 1 when one was missed or the run failed.
+code (see verdict.py): 0 when every objective held, 1 when the run failed (a failed request, a
+wrong or unverified answer), 99 when only the latency objective was missed.
 """
 
 from __future__ import annotations
@@ -19,10 +20,14 @@ from rich.measure import Measurement
 from rich.text import Text
 
 from clients import ClientError
-from clients.client import add_url_argument
+from clients.endpoints import add_url_argument, parse_urls
+from clients.keys import add_key_argument, from_file, inference_key
 from clients.loadtest.config import ARRIVALS, INPUTS, SHARED_MEMORY, LoadTestConfig, Slo, default
+from clients.loadtest.redact import redact_command
 from clients.loadtest.report import summary_lines, summary_table, to_json, write_reports
 from clients.loadtest.runner import Progress, run_loadtest
+from clients.loadtest.verdict import EXIT_CODES_HELP, EXIT_FAILED, EXIT_INTERRUPTED, exit_code
+from clients.tls import tls_from_args
 from cnn_deploy_core import CnnDeployError, paths
 from cnn_deploy_core.console import error, stderr, stdout
 from cnn_deploy_core.fsutil import ensure_writable_dir
@@ -108,6 +113,12 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         help="time per step at most, seconds (default %(default)s)",
     )
     p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="do not check answers (a model without a golden set); the report says \"not verified\". "
+        "Without it, a model whose answers cannot be checked is an error",
+    )
+    p.add_argument(
         "--verify-fraction",
         type=float,
         default=default("verify_fraction"),
@@ -120,12 +131,25 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         help="golden set at DIR/<model>/<version>/golden.npz (default: model_repository in the project)",
     )
     p.add_argument("--golden", type=Path, help="the golden set file to use instead")
-    p.add_argument("--p99-ms", type=float, help="objective: every step's p99 latency at most this (ms)")
     p.add_argument(
-        "--max-error-rate", type=float, help="objective: every step's errors/requests at most this (e.g. 0)"
+        "--p99-ms",
+        type=float,
+        help="objective: every step's p99 response time at most this (ms), over every request after "
+        "warm-up with failures at their time to failure; missing it exits 99",
     )
     p.add_argument(
-        "--max-wrong", type=int, help="objective: at most this many wrong answers (default: no limit)"
+        "--max-error-rate",
+        type=float,
+        default=default("max_error_rate", Slo),
+        help="every step's failed/all requests after warm-up at most this; by default any failed "
+        "request fails the run (default %(default)g)"
+    )
+    p.add_argument(
+        "--max-wrong",
+        type=int,
+        default=default("max_wrong", Slo),
+        help="wrong answers allowed over the whole run; by default a wrong answer fails the run "
+        "(default %(default)s)"
     )
     p.add_argument(
         "--self-test",
@@ -162,8 +186,16 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--admin-key",
         default=None,
-        help="Triton's admin key, for --shared-memory (default: $TRITON_ADMIN_KEY, else the local server's)",
+        help="Triton's admin key, for --shared-memory (default: $TRITON_ADMIN_KEY to loopback or over "
+        "TLS, else the local server's); prefer --admin-key-file: a command line is public",
     )
+    p.add_argument(
+        "--admin-key-file",
+        type=Path,
+        default=None,
+        help="file holding the admin key, for --shared-memory (chmod 600)",
+    )
+    add_key_argument(p)
     p.add_argument(
         "--min-samples",
         type=int,
@@ -184,10 +216,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "loadtest",
         help="load test a served model: latency, throughput, correctness",
         description=__doc__,
+        epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_arguments(p)
     return p
+
+
+def _warn(message: str) -> None:
+    stderr.print(message, markup=False, highlight=False)
+
+
+def _admin_key(args: argparse.Namespace) -> str | None:
+    if args.admin_key and args.admin_key_file:
+        raise ClientError("give --admin-key or --admin-key-file, not both")
+    return args.admin_key or from_file(args.admin_key_file, "admin key file")
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[LoadTestConfig, Slo]:
@@ -216,9 +259,12 @@ def config_from_args(args: argparse.Namespace) -> tuple[LoadTestConfig, Slo]:
         seed=args.seed,
         input=args.input,
         shared_memory=args.shared_memory,
-        admin_key=args.admin_key,
+        admin_key=_admin_key(args),
         failover=not args.no_failover,
+        verify=not args.no_verify,
         min_samples=args.min_samples,
+        tls=tls_from_args(args),
+        api_key=inference_key(args.key_file, parse_urls(args.url), warn=_warn),
     )
     slo = Slo(p99_ms=args.p99_ms, max_error_rate=args.max_error_rate, max_wrong=args.max_wrong)
     return config, slo
@@ -267,6 +313,7 @@ class _ProgressDisplay:
 def run(args: argparse.Namespace) -> int:
     """Run the load test the options describe; returns the exit code."""
     command = getattr(args, "command_line", None) or shlex.join(["python", "-m", "clients", *sys.argv[1:]])
+    command = redact_command(command)  # --admin-key never reaches a report
     try:
         config, slo = config_from_args(args)
         output = args.output or paths.reports_dir()
@@ -279,10 +326,10 @@ def run(args: argparse.Namespace) -> int:
         written = write_reports(data, output)
     except CnnDeployError as e:
         error(str(e))
-        return 1
+        return EXIT_FAILED
     except KeyboardInterrupt:
         error("interrupted")
-        return 130
+        return EXIT_INTERRUPTED
     if args.json:
         stdout.out(to_json(data).rstrip("\n"), highlight=False)
     else:
@@ -304,4 +351,4 @@ def run(args: argparse.Namespace) -> int:
         error(f"SLO missed: {line}")
     for line in data["failures"]:
         error(line)
-    return 0 if report.passed else 1
+    return exit_code(report)

@@ -5,11 +5,12 @@ The dataclass defaults are the load test's only defaults: the CLI reads its own 
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 from clients import LoadTestError
-from clients.client import parse_urls
+from clients.endpoints import parse_urls
+from clients.tls import NO_TLS, TlsOptions, check_schemes
 
 MODES = ("concurrency", "rate")
 ARRIVALS = ("constant", "poisson")
@@ -39,12 +40,15 @@ class LoadTestConfig:
     seed: int = 0
     input: str = "tensor"
     shared_memory: str = "none"  # system: inputs and outputs through system shared memory (gRPC)
-    admin_key: str | None = None  # registering shared memory is an admin API
+    admin_key: str | None = field(default=None, repr=False)  # shared memory is an admin API; no repr
     min_samples: int = 200  # latency samples a step's percentiles rest on, at least (time allowing)
     failover: bool = True  # several URLs: an unreachable replica's request goes once to another
+    verify: bool = True  # False (--no-verify): answers are not checked, and the report says so
+    tls: TlsOptions = NO_TLS  # grpcs:// and https://: the CA, and a client certificate for mutual TLS
+    api_key: str | None = field(default=None, repr=False)  # keyed inference: never in a report or repr
 
     def __post_init__(self) -> None:
-        parse_urls(self.url)  # raises ClientError for a bad URL, or mixed protocols
+        check_schemes(self.tls, [e.ssl for e in parse_urls(self.url)])  # a bad URL raises too
         if self.mode not in MODES:
             raise LoadTestError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.arrival not in ARRIVALS:
@@ -95,9 +99,13 @@ class LoadTestConfig:
 class Slo:
     """Service-level objectives; None means "not checked"."""
 
-    p99_ms: float | None = None  # every step's client p99
-    max_error_rate: float | None = None  # every step's errors / requests
-    max_wrong: int | None = None  # wrong answers over the whole run, warm-up included
+    # every step's p99 response time over every request after warm-up, failures at their time to
+    # failure: a latency objective; missing it exits 99
+    p99_ms: float | None = None
+    # every step's failed / all requests after warm-up; 0 by default: any failed request fails the run
+    max_error_rate: float | None = 0.0
+    # wrong answers over the whole run, warm-up included; 0 by default: a wrong answer fails the run
+    max_wrong: int | None = 0
 
     def __post_init__(self) -> None:
         if self.p99_ms is not None and self.p99_ms <= 0:

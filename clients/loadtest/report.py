@@ -1,7 +1,10 @@
-"""What a load test reports: typed results, and the same report as JSON, CSV, PNG and a rich table.
+"""What a load test writes: the report (its typed schema lives in cnn_deploy_core.loadtest_report) as
+JSON, CSV and PNG files, readable by their owner and group only (0640: a report names servers and
+models; secrets are redacted before it is built, see redact.py).
 
 The writers take the report's dict (`LoadTestReport.to_dict()`, i.e. the JSON), so a saved report
-can be rendered again without rerunning. numpy, matplotlib (Agg) and rich only.
+can be rendered again without rerunning. numpy, matplotlib (Agg) and rich only. The table and the
+lines under it are in table.py.
 """
 
 from __future__ import annotations
@@ -9,196 +12,43 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from rich.markup import escape
-from rich.table import Table
+from clients.loadtest.table import summary_lines, summary_table
+from clients.loadtest.verdict import error_kinds, evaluate
+from cnn_deploy_core.fsutil import atomic_write_bytes, ensure_writable_dir
+from cnn_deploy_core.loadtest_report import (  # re-exported: the schema lives in the core
+    SCHEMA_VERSION,
+    Latency,
+    LoadTestReport,
+    ReportSchemaError,
+    ServerBreakdown,
+    SloResult,
+    StepResult,
+    Totals,
+    flatten_statistics,
+)
 
-from clients.loadtest.config import Slo
-from cnn_deploy_core.fsutil import atomic_write_bytes, atomic_write_text, ensure_writable_dir
-
-
-def error_kinds(errors: dict[str, int]) -> str:
-    return ", ".join(f"{k}×{v}" for k, v in sorted(errors.items())) or "none"
-
-
-@dataclass(frozen=True)
-class SloResult:
-    objectives: dict
-    passed: bool
-    violations: list[str]
-
-
-def evaluate(slo: Slo, steps: list[StepResult], totals: Totals) -> SloResult:
-    """Which objectives the run missed, one line each."""
-    violations = []
-    if slo.p99_ms is not None:
-        bad = [s for s in steps if s.latency_ms is None or s.latency_ms.p99 > slo.p99_ms]
-        if bad:
-            worst = max((s.latency_ms.p99 for s in bad if s.latency_ms), default=None)
-            detail = "no successful response" if worst is None else f"worst {worst:.2f} ms"
-            violations.append(f"p99 latency above {slo.p99_ms:g} ms at {_labels(bad)} ({detail})")
-    if slo.max_error_rate is not None:
-        bad = [s for s in steps if s.error_rate > slo.max_error_rate]
-        if bad:
-            worst = max(bad, key=lambda s: s.error_rate)
-            violations.append(
-                f"error rate above {slo.max_error_rate:g} at {_labels(bad)} "
-                f"(worst {worst.error_rate:.3g}: {error_kinds(worst.errors)})"
-            )
-    if slo.max_wrong is not None and totals.wrong > slo.max_wrong:
-        violations.append(
-            f"{totals.wrong} wrong answers of {totals.verified} verified (allowed {slo.max_wrong})"
-        )
-    return SloResult(objectives=asdict(slo), passed=not violations, violations=violations)
-
-
-def _labels(steps: list[StepResult]) -> str:
-    return ", ".join(s.label for s in steps)
-
-
-@dataclass(frozen=True)
-class Latency:
-    p50: float
-    p90: float
-    p95: float
-    p99: float
-    max: float
-
-    @classmethod
-    def of(cls, seconds: list[float]) -> Latency | None:
-        if not seconds:
-            return None
-        p50, p90, p95, p99 = np.percentile(np.asarray(seconds) * 1e3, [50, 90, 95, 99]).tolist()
-        return cls(p50, p90, p95, p99, max(seconds) * 1e3)
-
-
-@dataclass(frozen=True)
-class ServerBreakdown:
-    """Triton's own view of the measured windows: deltas of its statistics, averaged per request."""
-
-    requests: int
-    failures: int
-    inferences: int
-    executions: int
-    avg_batch: float | None  # inferences per execution: what dynamic batching achieved
-    queue_ms: float | None
-    compute_input_ms: float | None
-    compute_infer_ms: float | None
-    compute_output_ms: float | None
-
-    @classmethod
-    def between(cls, before: dict[str, int], after: dict[str, int]) -> ServerBreakdown:
-        d = {k: after.get(k, 0) - before.get(k, 0) for k in after}
-
-        def avg(name: str) -> float | None:
-            return d[f"{name}_ns"] / d[f"{name}_count"] / 1e6 if d.get(f"{name}_count") else None
-
-        return cls(
-            requests=d["success_count"],
-            failures=d["fail_count"],
-            inferences=d["inference_count"],
-            executions=d["execution_count"],
-            avg_batch=d["inference_count"] / d["execution_count"] if d["execution_count"] else None,
-            queue_ms=avg("queue"),
-            compute_input_ms=avg("compute_input"),
-            compute_infer_ms=avg("compute_infer"),
-            compute_output_ms=avg("compute_output"),
-        )
-
-
-def flatten_statistics(stats: dict) -> dict[str, int]:
-    """Triton's per-model statistics JSON as flat ints (over gRPC the int64s arrive as strings)."""
-
-    def num(*path: str) -> int:
-        node = stats
-        for key in path:
-            node = node.get(key, {}) if isinstance(node, dict) else {}
-        try:
-            return int(node)
-        except (TypeError, ValueError):
-            return 0  # proto JSON omits zero fields
-
-    flat = {"inference_count": num("inference_count"), "execution_count": num("execution_count")}
-    for name in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output"):
-        flat[f"{name}_count"] = num("inference_stats", name, "count")
-        flat[f"{name}_ns"] = num("inference_stats", name, "ns")
-    return flat
-
-
-@dataclass(frozen=True)
-class StepResult:
-    mode: str
-    level: float  # the concurrency, or the offered rate in req/s
-    label: str
-    stable: bool
-    windows: int  # windows merged into the result (the last 3)
-    windows_run: int
-    duration_s: float  # of the merged windows
-    requests: int  # completed: responses + errors
-    responses: int
-    inferences: int  # responses × batch size
-    inferences_per_s: float
-    requests_per_s: float
-    latency_ms: Latency | None  # response time: from the scheduled send in rate mode
-    service_ms: Latency | None  # service time: from the actual send (the same in concurrency mode)
-    samples: int  # answers the percentiles rest on
-    errors: dict[str, int]
-    error_rate: float
-    verified: int
-    wrong: int
-    server: ServerBreakdown | None
-    generator_cpu_ms_per_request: float | None  # the generator process's CPU time, the whole step
-    verifier_cpu_ms_per_request: float | None  # the verifier process's, per checked answer
-    window_log: list[dict]  # every window's throughput and p99, to see how it settled
-    offered_rate: float | None = None  # rate mode
-    achieved_rate: float | None = None  # rate mode: requests sent per second
-    schedule_lag_ms: dict | None = None  # rate mode: p50/p99/max of (send - scheduled)
-    capped: int | None = None  # rate mode: sends that waited for a free slot under --max-outstanding
-    kept_up: bool | None = None  # rate mode: sends went out on schedule (see schedule_lag_ms, capped)
-
-
-@dataclass
-class Totals:
-    """Everything the run saw, warm-up and unsettled windows included: no wrong answer is hidden."""
-
-    requests: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
-    verified: int = 0
-    wrong: int = 0
-    wrong_examples: list[dict] = field(default_factory=list)
-
-
-@dataclass
-class LoadTestReport:
-    command: str
-    url: str
-    protocol: str
-    model: str
-    version: str | None
-    batch_size: int
-    mode: str
-    arrival: str | None
-    started_at: str
-    duration_s: float
-    settings: dict
-    verification: dict
-    steps: list[StepResult]
-    totals: Totals
-    slo: SloResult
-    generator: dict
-    generator_capacity: dict | None
-    failures: list[str]  # run problems besides the SLO (a step without one good response)
-    replicas: list[dict] = field(default_factory=list)  # with several URLs: each one's figures
-
-    @property
-    def passed(self) -> bool:
-        return self.slo.passed and not self.failures
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+__all__ = [  # the schema's dataclasses, re-exported for the callers that imported them from here
+    "SCHEMA_VERSION",
+    "Latency",
+    "LoadTestReport",
+    "ReportSchemaError",
+    "ServerBreakdown",
+    "SloResult",
+    "StepResult",
+    "Totals",
+    "error_kinds",
+    "evaluate",
+    "flatten_statistics",
+    "summary_lines",
+    "summary_table",
+    "to_csv",
+    "to_json",
+    "to_png",
+    "write_reports",
+]
 
 
 # ---- writers: they take the report's dict, i.e. its JSON ----
@@ -236,6 +86,11 @@ CSV_COLUMNS = (
     "service_p99_ms",
     "generator_cpu_ms_per_request",
     "verifier_cpu_ms_per_request",
+    "all_requests",
+    "all_errors",
+    "all_error_rate",
+    "p99_all_ms",
+    "dropped",
 )
 
 
@@ -270,6 +125,8 @@ def csv_row(step: dict) -> dict:
     row["schedule_lag_p99_ms"] = lag.get("p99")
     service = step.get("service_ms") or {}
     row["service_p50_ms"], row["service_p99_ms"] = service.get("p50"), service.get("p99")
+    row["all_errors"] = sum((step.get("all_errors") or {}).values())
+    row["p99_all_ms"] = (step.get("latency_all_ms") or {}).get("p99")
     return row
 
 
@@ -323,134 +180,21 @@ def to_png(report: dict) -> bytes:
     return buffer.getvalue()
 
 
+REPORT_MODE = 0o640  # owner and group: never world-readable
+
+
+def write_private(path: Path, data: bytes, mode: int = REPORT_MODE) -> None:
+    """Atomically and with `mode` from the start: never readable by others, even for a moment."""
+    atomic_write_bytes(path, data, mode)
+
+
 def write_reports(report: dict, output: Path) -> ReportPaths:
-    """JSON, CSV and PNG in `output`, each written atomically (temp file + rename)."""
+    """JSON, CSV and PNG in `output`, each written atomically, mode 0640."""
     paths = ReportPaths.for_model(output, report["model"])
     ensure_writable_dir(output)
-    atomic_write_text(paths.json, to_json(report))
-    atomic_write_text(paths.csv, to_csv(report))
-    atomic_write_bytes(paths.png, to_png(report))
+    write_private(paths.json, to_json(report).encode())
+    write_private(paths.csv, to_csv(report).encode())
+    write_private(paths.png, to_png(report))
     return paths
 
 
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
-
-
-def summary_table(report: dict) -> Table:
-    """One row per step; two-line headers keep it within 120 columns."""
-    rate = report["mode"] == "rate"
-    table = Table(
-        title=f"load test: {report['model']} v{report['version']} ({report['protocol']}, "
-        f"batch {report['batch_size']})",
-        caption="latency: ms at the client, from the scheduled send in rate mode (svc: from the actual "
-        "send); srv: Triton's statistics, ms per request and inferences per execution",
-    )
-    columns = [
-        "load",
-        "stable",
-        "infer/s",
-        *(["req/s"] if report["batch_size"] > 1 else []),
-        *(["sent/s", "lag\np99"] if rate else []),
-        "p50",
-        "p90",
-        "p99",
-        "max",
-        *(["svc\np50", "svc\np99"] if rate else []),
-        "sam-\nples",
-        "errors",
-        "veri-\nfied",
-        "wrong",
-        "srv\nqueue",
-        "srv\ninfer",
-        "srv\nbatch",
-    ]
-    for name in columns:
-        table.add_column(name, justify="left" if name == "load" else "right", no_wrap=True)
-    for s in report["steps"]:
-        lat, server = s["latency_ms"] or {}, s["server"] or {}
-        errors = sum(s["errors"].values())
-        cells = [s["label"], "yes" if s["stable"] else "[yellow]no[/]", f"{s['inferences_per_s']:.1f}"]
-        if report["batch_size"] > 1:
-            cells.append(f"{s['requests_per_s']:.1f}")
-        if rate:
-            cells += [f"{s['achieved_rate']:.1f}", _ms((s["schedule_lag_ms"] or {}).get("p99"))]
-        service = s.get("service_ms") or {}
-        cells += [
-            *(_ms(lat.get(k)) for k in ("p50", "p90", "p99", "max")),
-            *([_ms(service.get("p50")), _ms(service.get("p99"))] if rate else []),
-            str(s.get("samples", "-")),
-            f"[red]{errors}[/]" if errors else "0",
-            str(s["verified"]),
-            f"[red]{s['wrong']}[/]" if s["wrong"] else "0",
-            _ms(server.get("queue_ms")),
-            _ms(server.get("compute_infer_ms")),
-            "-" if server.get("avg_batch") is None else f"{server['avg_batch']:.2f}",
-        ]
-        table.add_row(*cells)
-    return table
-
-
-def _behind(step: dict, max_outstanding: int) -> str:
-    lag = _ms((step["schedule_lag_ms"] or {}).get("p99"))
-    sent = f"sent {step['achieved_rate']:.1f}/s of {step['offered_rate']:g}/s"
-    if step["capped"]:  # requests piled up at the server: it, not the generator, set the pace
-        return (
-            f"[yellow]{step['label']}: offered rate not delivered[/] ({sent}): {step['capped']} sends "
-            f"waited for --max-outstanding {max_outstanding}; schedule lag p99 {lag} ms"
-        )
-    return (
-        f"[yellow]{step['label']}: the generator fell behind its schedule[/] (lag p99 {lag} ms, {sent}): "
-        "it may be the bottleneck"
-    )
-
-
-def summary_lines(report: dict) -> list[str]:
-    """The lines printed under the table: verification, errors, generator, SLO verdict."""
-    lines = [f"verification: {escape(report['verification']['summary'])}"]
-    totals = report["totals"]
-    if totals["wrong"]:
-        first = totals["wrong_examples"][0]
-        lines.append(
-            f"[red]wrong answers: {totals['wrong']} of {totals['verified']} verified[/] "
-            f"(first: request {first['request']}, golden rows {first['rows']}, "
-            f"max |error| {first['max_abs_err']})"
-        )
-    for s in report["steps"]:
-        if s["errors"]:
-            lines.append(f"errors at {s['label']}: {error_kinds(s['errors'])}")
-        if s.get("kept_up") is False:
-            lines.append(_behind(s, report["settings"]["max_outstanding"]))
-    generator = report.get("generator") or {}
-    if generator.get("cpu_ms_per_request") is not None:
-        request_kb = (generator.get("request_bytes") or 0) / 1024
-        lines.append(
-            f"generator: {generator.get('transport')}; "
-            f"{generator['cpu_ms_per_request']:.3f} ms CPU and {request_kb:,.1f} KB per request"
-        )
-    capacity = report.get("generator_capacity")
-    if capacity:
-        line = (
-            f"generator capacity: {capacity['inferences_per_s']:.0f} inferences/s "
-            f"({capacity['requests_per_s']:.0f} req/s at {capacity['at']}, identity model)"
-        )
-        share = report["generator"].get("model_share_of_capacity")
-        if share is not None:
-            line += f"; the model's best throughput is {share:.0%} of it"
-            if share > 0.5:
-                line += " [yellow](the generator may be limiting: run it from another machine)[/]"
-        lines.append(line)
-    for r in report.get("replicas") or []:
-        latency = r["service_ms"]
-        lines.append(
-            f"replica {r['url']}: {r['responses']} answers"
-            + (f", p50 {latency['p50']:.1f} ms, p99 {latency['p99']:.1f} ms" if latency else "")
-            + (f", errors {error_kinds(r['errors'])}" if r["errors"] else "")
-            + (f", {r['failovers']} sent on to another replica" if r["failovers"] else "")
-        )
-    slo = report["slo"]
-    if any(v is not None for v in slo["objectives"].values()):
-        objectives = ", ".join(f"{k}={v:g}" for k, v in slo["objectives"].items() if v is not None)
-        verdict = "[green]passed[/]" if slo["passed"] else f"[red]missed[/] ({len(slo['violations'])})"
-        lines.append(f"SLO ({objectives}): {verdict}")
-    return lines

@@ -11,7 +11,7 @@ or JSON work. Answers come back as raw bytes and are decoded by the verifier, of
   perf_analyzer's `--shared-memory system` does; local servers only; registering a region is an
   admin API, so it needs the admin key).
 - `HttpTransport`: aiohttp posting prebuilt bodies of the KServe binary-data extension.
-- `ReplicaSet`: one of those per replica, round-robin, with the client's failover rule: an
+- `ReplicaSet` (replicas.py): one of those per replica, round-robin, with the client's failover rule: an
   unreachable replica is left out for a cooldown and its request goes once to another one
   (inference is idempotent); timeouts and other errors are counted, never retried.
 
@@ -25,29 +25,21 @@ from __future__ import annotations
 import json
 import os
 import struct
-import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing import shared_memory
 
 import numpy as np
 
-from clients import (
-    BadInputError,
-    ClientError,
-    InferenceError,
-    ModelNotFoundError,
-    ModelNotReadyError,
-    RequestTimeoutError,
-    ServerUnavailableError,
-)
-from clients.client import RoundRobin, overload_error
+from clients import ClientError
+from clients.errors import classify, classify_status
+from clients.tls import NO_TLS, TlsOptions
 
 # What `send` returns, for the verifier to decode: (kind, data).
 GRPC_RESPONSE = "grpc-response"  # a serialized ModelInferResponse
 RAW = "raw"  # the output tensor's bytes
 ADMIN_HEADER_GRPC = "triton-grpc-protocol-admin-key"
 ADMIN_HEADER_HTTP = "admin-key"
+CONNECT_S = 10.0  # a TCP connect that takes longer finds no server
 
 
 @dataclass(frozen=True)
@@ -73,27 +65,9 @@ class Payloads:
         return len(self.batches[i]) * int(np.prod(self.output_shape)) * 4  # FP32 logits
 
 
-def translate_grpc(error: BaseException, target: str, model: str) -> ClientError:
-    """grpc.aio errors -> our typed errors (the same kinds as clients.client.translate)."""
-    import grpc
-
-    if not isinstance(error, grpc.aio.AioRpcError):
-        return InferenceError(f"{model}: {error.__class__.__name__}: {error}")
-    code, details = error.code(), error.details() or ""
-    lowered = details.lower()
-    if overloaded := overload_error(details, target, model):
-        return overloaded
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return ServerUnavailableError(f"Triton server at {target} is unreachable: {details}")
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return RequestTimeoutError(f"request to {target} timed out")
-    if "unknown model" in lowered or code == grpc.StatusCode.NOT_FOUND:
-        return ModelNotFoundError(f"model {model!r} is not served at {target}")
-    if "not ready" in lowered:
-        return ModelNotReadyError(f"model {model!r} is not ready at {target}")
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return BadInputError(f"{model}: request rejected by the server: {details}")
-    return InferenceError(f"{model}: server error: {details}")
+def translate_grpc(error: BaseException, target: str, model: str, *, connected: bool | None = None):
+    """grpc.aio errors -> our typed errors: :func:`clients.errors.classify` (the round-2 name)."""
+    return classify(error, target, model, connected=connected)
 
 
 class GrpcTransport:
@@ -109,9 +83,14 @@ class GrpcTransport:
         shared_memory: bool = False,
         admin_key: str | None = None,
         ssl: bool = False,
+        tls: TlsOptions | None = None,
+        headers: dict[str, str] | None = None,
     ):
         self.address, self.payloads, self.slots, self.timeout = address, payloads, slots, timeout
         self.shared_memory, self.admin_key, self.ssl = shared_memory, admin_key, ssl
+        self.tls = tls or NO_TLS
+        # Sent with every request (keyed inference); None keeps the plain call as cheap as before.
+        self._headers = tuple((headers or {}).items()) or None
         self.description = "grpc.aio, prebuilt requests" + (", system shared memory" if shared_memory else "")
         self._requests: list[bytes] | list[list[bytes]] = []
         self._regions: list[shared_memory.SharedMemory] = []
@@ -135,7 +114,7 @@ class GrpcTransport:
             ("grpc.max_reconnect_backoff_ms", 1000),
         ]
         self._channel = (
-            grpc.aio.secure_channel(self.address, grpc.ssl_channel_credentials(), options=options)
+            grpc.aio.secure_channel(self.address, self.tls.grpc_credentials(), options=options)
             if self.ssl
             else grpc.aio.insecure_channel(self.address, options=options)
         )
@@ -173,8 +152,8 @@ class GrpcTransport:
         try:
             await call(request, timeout=30, metadata=self._metadata())
         except Exception as e:
-            error = translate_grpc(e, self.address, self.payloads.model)
-            hint = "" if self.admin_key else " (shared memory is an admin API: give --admin-key)"
+            error = classify(e, self.address, self.payloads.model)
+            hint = "" if self.admin_key else " (shared memory is an admin API: give --admin-key-file)"
             raise ClientError(f"cannot {method} at {self.address}: {error}{hint}") from e
 
     async def _open_shared_memory(self, pb) -> None:
@@ -217,12 +196,21 @@ class GrpcTransport:
         i = item % len(self._requests)
         try:
             if not self.shared_memory:
-                return GRPC_RESPONSE, await self._infer(self._requests[i], timeout=self.timeout)
-            await self._infer(self._requests[i][slot], timeout=self.timeout)
+                return GRPC_RESPONSE, await self._infer(
+                    self._requests[i], timeout=self.timeout, metadata=self._headers
+                )
+            await self._infer(self._requests[i][slot], timeout=self.timeout, metadata=self._headers)
         except Exception as e:
-            raise translate_grpc(e, self.address, self.payloads.model) from e
+            raise classify(e, self.address, self.payloads.model, connected=self._connected()) from e
         start = slot * self._out_size
         return RAW, bytes(self._out.buf[start : start + self.payloads.output_bytes(i)])
+
+    def _connected(self) -> bool:
+        """Whether the channel is up: a deadline that passed while it was still connecting means the
+        request never left (safe to send elsewhere), not a request that took too long."""
+        import grpc
+
+        return self._channel.get_state(try_to_connect=False) == grpc.ChannelConnectivity.READY
 
     async def close(self) -> None:
         if self._channel is not None and self._registered:
@@ -252,9 +240,19 @@ class HttpTransport:
 
     description = "aiohttp, prebuilt binary-data requests"
 
-    def __init__(self, base_url: str, payloads: Payloads, *, slots: int, timeout: float):
+    def __init__(
+        self,
+        base_url: str,
+        payloads: Payloads,
+        *,
+        slots: int,
+        timeout: float,
+        ssl_context=None,
+        headers: dict[str, str] | None = None,
+    ):
         self.base_url, self.payloads, self.timeout = base_url.rstrip("/"), payloads, timeout
         self.slots = slots
+        self._ssl_context, self._extra_headers = ssl_context, headers or {}
         self._session = None
         self._bodies: list[tuple[bytes, dict]] = []
 
@@ -279,32 +277,33 @@ class HttpTransport:
             headers = {
                 "Inference-Header-Content-Length": str(len(head)),
                 "Content-Type": "application/octet-stream",
+                **self._extra_headers,
             }
             self._bodies.append((head + raw, headers))
         version = f"/versions/{p.version}" if p.version else ""
         self._url = f"{self.base_url}/v2/models/{p.model}{version}/infer"
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=max(self.slots, 1)),
-            timeout=aiohttp.ClientTimeout(total=self.timeout),
+            connector=aiohttp.TCPConnector(
+                limit=max(self.slots, 1), **({"ssl": self._ssl_context} if self._ssl_context else {})
+            ),
+            # The connect phase has its own, shorter timer: its timeout then says "never reached the
+            # server" (ConnectionTimeoutError), apart from a request that was sent and timed out.
+            timeout=aiohttp.ClientTimeout(
+                total=self.timeout, sock_connect=min(CONNECT_S, 0.9 * self.timeout)
+            ),
         )
 
     async def send(self, item: int, slot: int) -> tuple[str, bytes]:
-        import aiohttp
-
         body, headers = self._bodies[item % len(self._bodies)]
         target = self.base_url
         try:
             async with self._session.post(self._url, data=body, headers=headers) as response:
                 data = await response.read()
                 if response.status != 200:
-                    raise _http_error(response.status, data, target, self.payloads.model)
+                    raise classify_status(response.status, _message(data), target, self.payloads.model)
                 size = int(response.headers.get("Inference-Header-Content-Length", len(data)))
-        except ClientError:
-            raise
-        except TimeoutError as e:
-            raise RequestTimeoutError(f"request to {target} timed out") from e
-        except aiohttp.ClientConnectionError as e:
-            raise ServerUnavailableError(f"Triton server at {target} is unreachable: {e}") from e
+        except Exception as e:
+            raise classify(e, target, self.payloads.model) from e
         return RAW, data[size:]
 
     async def close(self) -> None:
@@ -313,97 +312,12 @@ class HttpTransport:
             self._session = None
 
 
-@dataclass
-class ReplicaFigures:
-    """One replica's share of a run (all steps, warm-up included)."""
-
-    url: str
-    responses: int = 0
-    errors: Counter = field(default_factory=Counter)
-    failovers: int = 0  # requests it could not take that went to another replica
-    in_flight: int = 0
-    service_s: list[float] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        import numpy as np
-
-        latency = np.asarray(self.service_s) * 1e3
-        return {
-            "url": self.url,
-            "responses": self.responses,
-            "errors": dict(self.errors),
-            "failovers": self.failovers,
-            "service_ms": {"p50": float(np.median(latency)), "p99": float(np.percentile(latency, 99))}
-            if len(latency)
-            else None,
-        }
-
-
-class ReplicaSet:
-    """Transports to replicas of one repository, used round-robin with health-aware failover."""
-
-    def __init__(self, transports: list, urls: list[str], *, cooldown: float = 5.0, failover: bool = True):
-        self.transports, self.failover = transports, failover
-        self.figures = [ReplicaFigures(url) for url in urls]
-        self.description = (
-            f"{len(transports)} replicas round-robin"
-            + (", failover once to another replica when one is unreachable" if failover else ", no failover")
-            + f"; {transports[0].description}"
-        )
-        self._rotation = RoundRobin(len(transports), cooldown)
-
-    async def open(self) -> None:
-        for transport in self.transports:
-            await transport.open()
-
-    async def _send(self, i: int, item: int, slot: int) -> tuple[str, bytes]:
-        figures = self.figures[i]
-        figures.in_flight += 1
-        sent = time.perf_counter()
-        try:
-            result = await self.transports[i].send(item, slot)
-        except ClientError as e:
-            figures.errors[type(e).__name__] += 1
-            if isinstance(e, ServerUnavailableError):
-                self._rotation.failed(i)
-            raise
-        finally:
-            figures.in_flight -= 1
-        figures.service_s.append(time.perf_counter() - sent)
-        figures.responses += 1
-        self._rotation.succeeded(i)
-        return result
-
-    async def send(self, item: int, slot: int) -> tuple[str, bytes]:
-        i = self._rotation.pick()
-        try:
-            return await self._send(i, item, slot)
-        except ServerUnavailableError:
-            if not self.failover:
-                raise
-        self.figures[i].failovers += 1
-        return await self._send(self._rotation.pick(skip=(i,)), item, slot)
-
-    async def close(self) -> None:
-        for transport in self.transports:
-            await transport.close()
-
-
-def _http_error(status: int, data: bytes, target: str, model: str) -> ClientError:
+def _message(data: bytes) -> str:
+    """Triton's error body ({"error": "..."}), or its first bytes."""
     try:
-        message = json.loads(data).get("error", "")
-    except ValueError:
-        message = data[:200].decode(errors="replace")
-    lowered = message.lower()
-    if overloaded := overload_error(message, target, model):
-        return overloaded
-    if "unknown model" in lowered:
-        return ModelNotFoundError(f"model {model!r} is not served at {target}")
-    if "not ready" in lowered:
-        return ModelNotReadyError(f"model {model!r} is not ready at {target}")
-    if status == 400:
-        return BadInputError(f"{model}: request rejected by the server: {message}")
-    return InferenceError(f"{model}: server error ({status}): {message}")
+        return str(json.loads(data).get("error", ""))
+    except (ValueError, AttributeError):
+        return data[:200].decode(errors="replace")
 
 
 def decode_output(kind: str, data: bytes, shape: tuple[int, ...]) -> np.ndarray:

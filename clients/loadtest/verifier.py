@@ -19,6 +19,7 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
+from clients import LoadTestError
 from clients.loadtest.transport import decode_output
 from clients.loadtest.workload import Workload
 
@@ -166,13 +167,20 @@ class ProcessVerifier:
 
     def take(self, step: int) -> Counts:
         """Every answer of `step` handed over so far, checked (waits for the backlog)."""
-        self._drain()
-        os.set_blocking(self._fd, True)
         try:
-            self._send.send(("take", step))
-        finally:
-            os.set_blocking(self._fd, False)
-        counts = self._recv.recv()
+            self._drain()
+            os.set_blocking(self._fd, True)
+            try:
+                self._send.send(("take", step))
+            finally:
+                os.set_blocking(self._fd, False)
+            counts = self._recv.recv()
+        except (OSError, EOFError) as e:  # the child died: its counts are lost, so is the run's proof
+            code = self._process.poll()
+            raise LoadTestError(
+                f"the verifier process stopped (exit code {code}): answers of step {step} were not "
+                f"all checked ({type(e).__name__})"
+            ) from e
         counts.cpu_s -= self._startup_cpu
         return counts
 

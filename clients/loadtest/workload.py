@@ -16,7 +16,7 @@ from clients import LoadTestError
 from clients.model_info import ModelInfo
 from cnn_deploy_core import CnnDeployError, paths
 from cnn_deploy_core.dtypes import kserve_to_numpy
-from cnn_deploy_core.golden import GoldenSet
+from cnn_deploy_core.golden import TOLERANCE_PARAM, GoldenSet
 from cnn_deploy_core.images import all_photos
 from cnn_deploy_core.layout import GOLDEN_FILE, IDENTITY_MODEL, IMAGE_SUFFIX, PARAM_PREFIX, TRT_SUFFIX
 from cnn_deploy_core.metrics import compare
@@ -91,7 +91,7 @@ class Workload:
         elif self.check == "identity":
             summary = f"identity (output == first 1000 input values), {fraction:.0%} of answers"
         else:
-            summary = "disabled (no golden set)"
+            summary = f"not verified: {self.reason or 'no golden set'}"
         return {
             "enabled": self.enabled,
             "method": self.check,
@@ -137,9 +137,7 @@ def _image_workload(
         raise LoadTestError(str(e)) from None
     if not golden_set.encoded:
         raise LoadTestError(f"golden set {path} has no encoded photos (exported before images were served)")
-    tolerance = golden_set.tolerances.get(tensor.precision)
-    if tolerance is None:
-        raise LoadTestError(f"golden set {path} has no tolerance for precision {tensor.precision!r}")
+    tolerance = _tolerance(golden_set, tensor, path)
     return Workload(
         _encoded_rows(golden_set.encoded),
         golden_set.outputs[golden_set.encoded_rows],
@@ -150,6 +148,19 @@ def _image_workload(
         atol=float(tolerance["atol"]),
         rtol=float(tolerance["rtol"]),
     )
+
+
+def _tolerance(golden_set: GoldenSet, info, path: Path) -> dict:
+    """The precision's tolerance, or the one the model's config names (TOLERANCE_PARAM: e.g. a
+    TensorRT INT8 config, held to the cross-runtime INT8 tolerance), as `clients verify` does."""
+    key = info.parameters.get(TOLERANCE_PARAM) or info.precision
+    tolerance = golden_set.tolerances.get(key)
+    if tolerance is None:
+        raise LoadTestError(
+            f"golden set {path} has no tolerance {key!r} "
+            f"(it has: {', '.join(golden_set.tolerances) or 'none'})"
+        )
+    return tolerance
 
 
 def image_model(model: str) -> str:
@@ -205,12 +216,7 @@ def build_workload(
         )
     if dtype is np.uint8:
         raise LoadTestError(f"golden set {path} holds float inputs but {info.name} takes UINT8")
-    tolerance = golden_set.tolerances.get(info.precision)
-    if tolerance is None:
-        raise LoadTestError(
-            f"golden set {path} has no tolerance for precision {info.precision!r} "
-            f"(it has: {', '.join(golden_set.tolerances) or 'none'})"
-        )
+    tolerance = _tolerance(golden_set, info, path)
     return Workload(
         golden_set.inputs.astype(dtype),
         golden_set.outputs,

@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from cnn_deploy.harness import place, step_config, temporary_server, the_step, verified_step
 from cnn_deploy_core import CnnDeployError
 from cnn_deploy_core.console import stderr, stdout
 from cnn_deploy_core.fsutil import atomic_write_text
@@ -51,10 +52,8 @@ def _server_ms(before: dict, after: dict) -> float | None:
 
 def run(model: str, *, models_dir: Path, concurrency: list[int], window_s: float, output: Path) -> int:
     from clients.client import TritonClient
-    from clients.loadtest import LoadTestConfig, run_loadtest
     from cnn_deploy_core import registry
-    from serving.repository import CpuPlan, place_models, preprocess_model_name
-    from serving.triton import ServerOptions, TritonProcess
+    from serving.repository import CpuPlan, preprocess_model_name
 
     arch = registry.get(model)
     if not (models_dir / model / "model.onnx").is_file():
@@ -64,48 +63,40 @@ def run(model: str, *, models_dir: Path, concurrency: list[int], window_s: float
     preprocess_model = preprocess_model_name(report_json["preprocessing"])
     points = []
     with tempfile.TemporaryDirectory(prefix="bench-images-") as tmp:
-        repo = Path(tmp) / "repo"
         plan = CpuPlan(1, os.cpu_count() or 1)
-        place_models([arch], models_dir=models_dir, repository=repo, cpu=plan, identity=False)
-        opts = ServerOptions.on_free_ports(repo, backend_dir=Path(tmp) / "backends")
-        with TritonProcess(opts, log_path=Path(tmp) / "triton.log").start() as server:
-            server.wait_ready(600)
-            with TritonClient(opts.grpc_url) as client:
-                for c in concurrency:
-                    for kind in ("tensor", "image"):
-                        before = {m: client.statistics(m) for m in (model, preprocess_model)}
-                        config = LoadTestConfig(
-                            url=opts.grpc_url, model=model, input=kind, levels=(c,), warmup_s=window_s,
-                            window_s=window_s, max_windows=6, min_samples=60, repository=repo,
-                        )  # fmt: skip
-                        report = run_loadtest(config)
-                        after = {m: client.statistics(m) for m in (model, preprocess_model)}
-                        (step,) = report.steps
-                        if step.wrong or not step.responses:
-                            problem = f"{step.wrong} wrong, {step.responses} answers"
-                            raise CnnDeployError(f"{kind} input at c={c}: {problem}")
-                        point = {
-                            "input": kind,
-                            "model": model + (IMAGE_SUFFIX if kind == "image" else ""),
-                            "concurrency": c,
-                            "img_s": step.inferences_per_s,
-                            "p50_ms": step.latency_ms.p50,
-                            "p99_ms": step.latency_ms.p99,
-                            "request_kb": report.generator["request_bytes"] / 1024,
-                            "verified": step.verified,
-                            "server_model_ms": _server_ms(before[model], after[model]),
-                            "server_preprocess_ms": _server_ms(
-                                before[preprocess_model], after[preprocess_model]
-                            )
-                            if kind == "image"
-                            else None,
-                        }
-                        points.append(point)
-                        stderr.print(
-                            f"c={c} {kind}: {point['img_s']:.1f} img/s, p50 {point['p50_ms']:.1f} ms, "
-                            f"p99 {point['p99_ms']:.1f} ms, {point['request_kb']:.0f} KB/request",
-                            highlight=False,
-                        )
+        repo = place([arch], models_dir=models_dir, scratch=Path(tmp), plan=plan)
+        with temporary_server(repo, Path(tmp)) as server, TritonClient(server.opts.grpc_url) as client:
+            for c in concurrency:
+                for kind in ("tensor", "image"):
+                    before = {m: client.statistics(m) for m in (model, preprocess_model)}
+                    config = step_config(
+                        server.opts.grpc_url, model, repo, level=c, window_s=window_s, input=kind,
+                        min_samples=60,
+                    )  # fmt: skip
+                    report = verified_step(config, f"{kind} input at c={c}")
+                    after = {m: client.statistics(m) for m in (model, preprocess_model)}
+                    step = the_step(report)
+                    point = {
+                        "input": kind,
+                        "model": model + (IMAGE_SUFFIX if kind == "image" else ""),
+                        "concurrency": c,
+                        "img_s": step.inferences_per_s,
+                        "p50_ms": step.latency_ms.p50,
+                        "p99_ms": step.latency_ms.p99,
+                        "samples": step.samples,
+                        "request_kb": report.generator["request_bytes"] / 1024,
+                        "verified": step.verified,
+                        "server_model_ms": _server_ms(before[model], after[model]),
+                        "server_preprocess_ms": _server_ms(before[preprocess_model], after[preprocess_model])
+                        if kind == "image"
+                        else None,
+                    }
+                    points.append(point)
+                    stderr.print(
+                        f"c={c} {kind}: {point['img_s']:.1f} img/s, p50 {point['p50_ms']:.1f} ms, "
+                        f"p99 {point['p99_ms']:.1f} ms, {point['request_kb']:.0f} KB/request",
+                        highlight=False,
+                    )
     ratios = {
         c: next(p["img_s"] for p in points if p["concurrency"] == c and p["input"] == "image")
         / next(p["img_s"] for p in points if p["concurrency"] == c and p["input"] == "tensor")

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from cnn_deploy.harness import step_config, temporary_server, the_step, verified_step
 from cnn_deploy_core import CnnDeployError, paths
 from cnn_deploy_core.console import stderr, stdout
 from cnn_deploy_core.fsutil import atomic_write_text
@@ -55,44 +55,21 @@ def in_process(model_dir: Path, batch_sizes: list[int], seconds: float) -> dict:
 
 
 def served(model: str, repository: Path, batch_sizes: list[int], window_s: float) -> dict:
-    from clients.loadtest import LoadTestConfig, run_loadtest
-    from serving.triton import ServerOptions, TritonProcess
-
+    """fp32 and INT8 served side by side, requests of each batch size, every answer verified."""
     out: dict = {}
-    with tempfile.TemporaryDirectory(prefix="bench-int8-") as tmp:
-        opts = ServerOptions.on_free_ports(repository, backend_dir=Path(tmp) / "backends")
-        with TritonProcess(opts, log_path=Path(tmp) / "triton.log").start() as server:
-            server.wait_ready(600)
-            for bs in batch_sizes:
-                rates = {}
-                for variant in (model, model + INT8_SUFFIX):
-                    config = LoadTestConfig(
-                        url=opts.grpc_url,
-                        model=variant,
-                        levels=(2,),
-                        batch_size=bs,
-                        warmup_s=window_s,
-                        window_s=window_s,
-                        max_windows=6,
-                        min_samples=20,
-                        repository=repository,
-                    )
-                    (step,) = run_loadtest(config).steps
-                    if step.wrong or not step.responses:
-                        raise CnnDeployError(
-                            f"{variant}: {step.wrong} wrong answers, {step.responses} answers"
-                        )
-                    rates[variant] = step.inferences_per_s
-                ratio = rates[model + INT8_SUFFIX] / rates[model]
-                out[bs] = {
-                    "fp32_img_s": rates[model],
-                    "int8_img_s": rates[model + INT8_SUFFIX],
-                    "ratio": ratio,
-                }
-                int8 = out[bs]["int8_img_s"]
-                stderr.print(
-                    f"served, batch {bs} per request: fp32 {rates[model]:.1f}, int8 {int8:.1f} img/s"
-                )
+    with temporary_server(repository, name="bench-int8") as server:
+        for bs in batch_sizes:
+            rates = {}
+            for variant in (model, model + INT8_SUFFIX):
+                config = step_config(
+                    server.opts.grpc_url, variant, repository, level=2, window_s=window_s,
+                    batch_size=bs, min_samples=20,
+                )  # fmt: skip
+                step = the_step(verified_step(config, f"{variant} at batch {bs}"))
+                rates[variant] = step.inferences_per_s
+            fp32, int8 = rates[model], rates[model + INT8_SUFFIX]
+            out[bs] = {"fp32_img_s": fp32, "int8_img_s": int8, "ratio": int8 / fp32}
+            stderr.print(f"served, batch {bs} per request: fp32 {fp32:.1f}, int8 {int8:.1f} img/s")
     return out
 
 

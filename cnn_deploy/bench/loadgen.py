@@ -28,6 +28,7 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cnn_deploy.harness import place, step_config, temporary_server, the_step, verified_step
 from cnn_deploy_core import CnnDeployError, paths
 from cnn_deploy_core.console import stderr, stdout
 from cnn_deploy_core.fsutil import atomic_write_bytes, atomic_write_text
@@ -152,28 +153,22 @@ def run_perf_analyzer(binary: Path, cache: Path, opts, model: str, c: int, setti
 
 
 def run_ours(opts, model: str, c: int, settings: dict, client, repository: Path) -> Point:
-    from clients.loadtest import LoadTestConfig, run_loadtest
-
-    config = LoadTestConfig(
-        url=opts.grpc_url,
-        model=model,
-        levels=(c,),
-        warmup_s=settings["window_s"],
+    config = step_config(
+        opts.grpc_url,
+        model,
+        repository,
+        level=c,
         window_s=settings["window_s"],
         stability=settings["stability"] / 100,
         max_windows=settings["max_windows"],
         max_step_s=settings["window_s"] * (settings["max_windows"] + 2),
-        repository=repository,
         shared_memory=settings["shared_memory"],
         admin_key=opts.admin_key,
         min_samples=1,  # as perf_analyzer: stable windows, whatever their sample count
     )
     before_count = _server_count(client, model)
-    report = run_loadtest(config)
+    step = the_step(verified_step(config, f"our load test of {model} at c={c}"))
     requests = _server_count(client, model) - before_count
-    (step,) = report.steps
-    if not step.responses:
-        raise CnnDeployError(f"our load test got no answer from {model} at c={c}: {report.failures}")
     generator = step.generator_cpu_ms_per_request or 0.0
     verifier = step.verifier_cpu_ms_per_request or 0.0
     return Point(
@@ -227,8 +222,7 @@ def run_bench(
 ) -> int:
     from clients.client import TritonClient
     from cnn_deploy_core import registry
-    from serving.repository import CpuPlan, place_models
-    from serving.triton import ServerOptions, TritonProcess
+    from serving.repository import CpuPlan
 
     cache = paths.cache_dir() / "perf_analyzer"
     try:
@@ -240,16 +234,11 @@ def run_bench(
     settings = {"window_s": window_s, "stability": 10, "max_windows": 8, "shared_memory": shared_memory}
     points: list[Point] = []
     with tempfile.TemporaryDirectory(prefix="bench-loadgen-") as tmp:
-        repo = Path(tmp) / "repo"
         archs = [registry.get(m) for m in models if m != "identity"]
-        place_models(
-            archs, models_dir=paths.models_dir(), repository=repo, cpu=CpuPlan(1, os.cpu_count() or 1)
-        )
-        opts = ServerOptions.on_free_ports(
-            repo, admin_key="bench-admin-key", backend_dir=Path(tmp) / "backends"
-        )
-        with TritonProcess(opts, log_path=Path(tmp) / "triton.log").start() as server:
-            server.wait_ready(600)
+        plan = CpuPlan(1, os.cpu_count() or 1)
+        repo = place(archs, models_dir=paths.models_dir(), scratch=Path(tmp), plan=plan, identity=True)
+        with temporary_server(repo, Path(tmp), admin_key="bench-admin-key") as server:
+            opts = server.opts
             with TritonClient(opts.grpc_url) as client:
                 for model in models:
                     for c in concurrencies:

@@ -1,5 +1,6 @@
-"""Benchmark: a model served by the local Triton (single-image requests, dynamic batching)
-against in-process ONNX Runtime at its best batch size, in one run.
+"""Benchmark: a model served by the local Triton (single-image requests, dynamic batching, through
+our load test with every answer verified) against in-process ONNX Runtime at its best batch size,
+in one run.
 
 `python -m cnn_deploy bench-serving [--model resnet50]` (`make bench-serving`). In-process ORT is
 measured before and after the served runs and averaged, so a change in the machine's load hits both.
@@ -7,7 +8,6 @@ measured before and after the served runs and averaged, so a change in the machi
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import os
@@ -20,24 +20,25 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from clients.client import AsyncTritonClient, TritonClient
+from cnn_deploy.harness import place, step_config, temporary_server, the_step, verified_step
 from cnn_deploy_core import CnnDeployError
 from cnn_deploy_core.fsutil import atomic_write_text
 from cnn_deploy_core.layout import MODEL_FILE
+from cnn_deploy_core.machine import cpu_flags, cpu_model
 from cnn_deploy_core.registry import get
-from serving.repository import CpuPlan, place_models
-from serving.triton import ServerOptions, TritonProcess
+from serving.repository import CpuPlan
 
 
 @dataclass
 class ServedRun:
     instances: int
-    threads: int
+    threads: int  # 0: decided by the server's policy
+    policy: str  # `serving up --ort-threads` (what decides threads = 0)
     queue_delay_us: int
     concurrency: int
     images_per_s: float
     avg_server_batch: float
-    errors: int
+    verified: int  # answers checked against the golden set (all of them, or the run fails)
 
 
 def ort_best(model_path: Path, batch_sizes: list[int], threads: int, seconds: float) -> dict[int, float]:
@@ -61,31 +62,6 @@ def ort_best(model_path: Path, batch_sizes: list[int], threads: int, seconds: fl
     return out
 
 
-async def _drive(url: str, model: str, concurrency: int, seconds: float, x: np.ndarray) -> tuple[int, int]:
-    done = errors = 0
-    async with AsyncTritonClient(url, timeout=120) as client:
-        await client.model_info(model)
-        stop = time.perf_counter() + seconds
-
-        async def worker():
-            nonlocal done, errors
-            while time.perf_counter() < stop:
-                try:
-                    await client.infer(model, x, retry=False)
-                    done += 1
-                except Exception:
-                    errors += 1
-
-        await asyncio.gather(*[worker() for _ in range(concurrency)])
-    return done, errors
-
-
-def _stats(url: str, model: str) -> tuple[int, int]:
-    with TritonClient(url) as client:
-        s = client.statistics(model)
-    return int(s.get("inference_count", 0)), int(s.get("execution_count", 0))
-
-
 def served(
     models_dir: Path,
     model: str,
@@ -94,45 +70,42 @@ def served(
     concurrencies: list[int],
     seconds: float,
     console: Console,
+    *,
+    policy: str = "cores",
+    beside: list[str] = (),
 ) -> list[ServedRun]:
+    """Single-image requests at each concurrency, through the harness: every answer verified.
+    `beside`: models loaded too, idle (a repository like the demo's); `policy`: the server's
+    thread policy, which decides the threads of a plan without its own (threads 0)."""
     # The registry entry with this run's queue delay: the config is generated, never patched.
     arch = dataclasses.replace(get(model), queue_delay_us=queue_delay_us)
+    runs = []
     with tempfile.TemporaryDirectory() as tmp:
-        repo = Path(tmp) / "repo"
-        place_models(
-            [arch],
-            models_dir=models_dir,
-            repository=repo,
-            cpu=plan,
-            identity=False,
-            console=Console(quiet=True),
-        )
-        opts = ServerOptions.on_free_ports(repo, backend_dir=Path(tmp) / "backends")
-        x = np.random.default_rng(1).standard_normal((1, 3, 224, 224), dtype=np.float32)
-        runs = []
-        with TritonProcess(opts, log_path=Path(tmp) / "triton.log").start() as server:
-            server.wait_ready(600)
-            asyncio.run(_drive(opts.grpc_url, model, max(concurrencies), min(3.0, seconds), x))  # warm-up
+        archs = [arch, *(get(m) for m in beside)]
+        repo = place(archs, models_dir=models_dir, scratch=Path(tmp), plan=plan, identity=bool(beside))
+        with temporary_server(repo, Path(tmp), ort_threads=policy) as server:
+            threads = f"{plan.threads}" if plan.threads else f"{server.share.threads} ({policy})"
             for c in concurrencies:
                 console.print(
-                    f"  served: {plan.instances} instance(s) x {plan.threads} thread(s), "
-                    f"delay {queue_delay_us} us, concurrency {c}"
+                    f"  served: {plan.instances} instance(s) x {threads} thread(s), "
+                    f"{len(beside)} model(s) beside, delay {queue_delay_us} us, concurrency {c}"
                 )
-                before = _stats(opts.grpc_url, model)
-                start = time.perf_counter()
-                done, errors = asyncio.run(_drive(opts.grpc_url, model, c, seconds, x))
-                elapsed = time.perf_counter() - start
-                after = _stats(opts.grpc_url, model)
-                executions = max(1, after[1] - before[1])
+                config = step_config(
+                    server.opts.grpc_url, model, repo, level=c, window_s=seconds / 2,
+                    warmup_s=min(3.0, seconds), max_windows=4, min_samples=1,
+                )  # fmt: skip
+                step = the_step(verified_step(config, f"{model} at concurrency {c}"))
+                batch = step.server.avg_batch if step.server else None
                 runs.append(
                     ServedRun(
                         plan.instances,
                         plan.threads,
+                        policy if not plan.threads else "-",
                         queue_delay_us,
                         c,
-                        done / elapsed,
-                        (after[0] - before[0]) / executions,
-                        errors,
+                        step.inferences_per_s,
+                        batch or 0.0,
+                        step.verified,
                     )
                 )
     return runs
@@ -143,6 +116,8 @@ def run_benchmark(
     models_dir: Path,
     model: str,
     plans: list[CpuPlan],
+    policies: list[str] = ("cores",),
+    beside: list[str] = (),
     delays: list[int],
     concurrencies: list[int],
     seconds: float,
@@ -160,15 +135,24 @@ def run_benchmark(
     ort_before = ort_best(path, batches, cores, seconds)
     runs: list[ServedRun] = []
     for plan in plans:
-        for delay in delays:
-            runs += served(models_dir, model, plan, delay, concurrencies, seconds, console)
+        for policy in policies if not plan.threads else policies[:1]:
+            for delay in delays:
+                runs += served(
+                    models_dir, model, plan, delay, concurrencies, seconds, console,
+                    policy=policy, beside=beside,
+                )  # fmt: skip
     console.print("in-process ONNX Runtime again ...")
     ort_after = ort_best(path, batches, cores, seconds)
     ort = {bs: (ort_before[bs] + ort_after[bs]) / 2 for bs in batches}
     best_bs = max(ort, key=ort.get)
     best = max(runs, key=lambda r: r.images_per_s)
     report = {
-        "command": f"python -m cnn_deploy bench-serving --model {model}",
+        "command": f"python -m cnn_deploy bench-serving --model {model}"
+        + (f" --policies {','.join(policies)}" if any(not p.threads for p in plans) else "")
+        + (f" --beside {','.join(beside)}" if beside else ""),
+        "beside": list(beside),
+        "cpu_flags": cpu_flags(),
+        "cpu_model": cpu_model(),
         "model": model,
         "cores": cores,
         "ort_in_process": {
@@ -195,7 +179,7 @@ def run_benchmark(
         table.add_column(col, justify="right")
     for r in runs:
         table.add_row(
-            f"{r.instances} x {r.threads}",
+            f"{r.instances} x {r.threads or r.policy}",
             str(r.queue_delay_us),
             str(r.concurrency),
             f"{r.images_per_s:.1f}",

@@ -1,11 +1,13 @@
 """`python -m cnn_deploy bench-threads [--models resnet18,alexnet]`: how ONNX Runtime sessions
 should share the cores, measured with two models loaded, in one run.
 
-Settings (the server's environment, read by our backend):
+Settings (`serving up --ort-threads`, and the server's environment read by our backend):
 - ort-default:  every session a thread per core, spinning on (what a Triton ONNX Runtime backend
   does unless told otherwise);
-- cores-nospin: a thread per core, spinning off;
-- share:        the cores split among the sessions, spinning off (serving/threads.py's rule).
+- cores:        a thread per core, spinning off (`--ort-threads cores`);
+- share:        the cores split among the sessions, spinning off (`--ort-threads share`);
+- turns:        a thread per core, spinning off, executions of different models taking turns on
+  the cores through Triton's rate limiter (`--ort-threads turns`).
 
 Scenarios: both models under load at once (one client each, concurrency 2) and the first model
 alone (the other loaded, idle); every answer verified. Settings are measured alternately, two
@@ -20,89 +22,68 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
 
-from cnn_deploy_core import CnnDeployError
+from cnn_deploy.harness import place, step_config, temporary_server, the_step, verified_step_async
 from cnn_deploy_core.console import stderr, stdout
 from cnn_deploy_core.fsutil import atomic_write_text
 from cnn_deploy_core.layout import ENV_ORT_SPINNING, ENV_ORT_THREADS
-from cnn_deploy_core.machine import cpu_flags
+from cnn_deploy_core.machine import cpu_flags, cpu_model
 
-ROUNDS = 2
+ROUNDS = 3
 
 
 async def _both(urls: str, models: list[str], repository: Path, window_s: float) -> dict[str, float]:
-    from clients.loadtest import LoadTestConfig
-    from clients.loadtest.runner import run_loadtest_async
-
+    """Each model under its own load at once, the same fixed time, every answer verified."""
     configs = [
-        LoadTestConfig(
-            url=urls,
-            model=m,
-            levels=(2,),
-            warmup_s=window_s,
+        step_config(
+            urls,
+            m,
+            repository,
+            level=2,
             window_s=window_s,
             max_windows=4,
-            min_samples=10**9,  # both run the same fixed time, side by side
+            min_samples=10**9,
             max_step_s=window_s * 5,
-            repository=repository,
         )
         for m in models
     ]
-    reports = await asyncio.gather(*(run_loadtest_async(c) for c in configs))
-    out = {}
-    for model, report in zip(models, reports, strict=True):
-        (step,) = report.steps
-        if step.wrong or not step.responses:
-            raise CnnDeployError(f"{model}: {step.wrong} wrong answers, {step.responses} answers")
-        out[model] = step.inferences_per_s
-    return out
+    reports = await asyncio.gather(*(verified_step_async(c, c.model) for c in configs))
+    return {c.model: the_step(r).inferences_per_s for c, r in zip(configs, reports, strict=True)}
 
 
 def run(models: list[str], *, models_dir: Path, window_s: float, output: Path) -> int:
     from cnn_deploy_core.registry import get
-    from serving.repository import CpuPlan, place_models
-    from serving.threads import available_cores
-    from serving.triton import ServerOptions, TritonProcess
+    from serving.repository import CpuPlan
+    from serving.threads import DEFAULT_POLICY, available_cores
 
-    for m in models:
-        if not (models_dir / m / "model.onnx").is_file():
-            raise CnnDeployError(f"{m} is not exported in {models_dir}: python -m export build {m}")
     cores = available_cores()
     flags = cpu_flags()
-    stderr.print(f"CPU instruction sets: {', '.join(flags)}; {cores} cores")
-    settings = {
-        "ort-default": ((ENV_ORT_THREADS, "0"), (ENV_ORT_SPINNING, "1")),
-        "cores-nospin": ((ENV_ORT_THREADS, str(cores)), (ENV_ORT_SPINNING, "0")),
-        "share": (),  # what serving/threads.py decides
+    stderr.print(f"CPU: {cpu_model()}; instruction sets: {', '.join(flags)}; {cores} cores")
+    settings = {  # name: (the --ort-threads policy, environment over what it decides)
+        "ort-default": ("cores", ((ENV_ORT_THREADS, "0"), (ENV_ORT_SPINNING, "1"))),
+        "cores": ("cores", ()),
+        "share": ("share", ()),
+        "turns": ("turns", ()),
     }
     scenarios = {"both": models, "alone": models[:1]}
     rates: dict[str, dict[str, list[dict[str, float]]]] = {k: {sc: [] for sc in scenarios} for k in settings}
     described = {}
     with tempfile.TemporaryDirectory(prefix="bench-threads-") as tmp:
-        repository = Path(tmp) / "repository"
-        place_models(
-            [get(m) for m in models],
-            models_dir=models_dir,
-            repository=repository,
-            cpu=CpuPlan(1, 0),
-            identity=False,
-            console=Console(stderr=True, quiet=True),
+        repository = place(
+            [get(m) for m in models], models_dir=models_dir, scratch=Path(tmp), plan=CpuPlan(1, 0)
         )
         for round_ in range(ROUNDS):
-            for name, env in settings.items():
-                opts = ServerOptions.on_free_ports(repository, backend_dir=Path(tmp) / "backends", env=env)
-                with TritonProcess(opts, log_path=Path(tmp) / f"triton-{name}.log").start() as server:
-                    server.wait_ready(600)
-                    threads, spin = dict(env).get(ENV_ORT_THREADS), dict(env).get(ENV_ORT_SPINNING)
+            for name, (policy, env) in settings.items():
+                with temporary_server(
+                    repository, Path(tmp), name=f"triton-{name}", env=env, ort_threads=policy
+                ) as server:
                     described[name] = (
                         server.share.describe()
                         if not env
-                        else f"{threads if threads != '0' else cores} intra-op threads per session, "
-                        f"spinning {'on' if spin == '1' else 'off'}"
+                        else f"{cores} intra-op threads per session (ORT's default), spinning on"
                     )
                     for scenario, loaded in scenarios.items():
-                        result = asyncio.run(_both(opts.grpc_url, loaded, repository, window_s))
+                        result = asyncio.run(_both(server.opts.grpc_url, loaded, repository, window_s))
                         rates[name][scenario].append(result)
                         figures = ", ".join(f"{m} {v:.1f}" for m, v in result.items())
                         stderr.print(f"round {round_ + 1}, {name}, {scenario}: {figures} img/s")
@@ -121,16 +102,20 @@ def run(models: list[str], *, models_dir: Path, window_s: float, output: Path) -
         "mean_img_s": mean,
         "sum_img_s": total,
         "over_ort_default": {k: {sc: v[sc] / base[sc] for sc in scenarios} for k, v in total.items()},
+        "over_cores": {k: {sc: v[sc] / total["cores"][sc] for sc in scenarios} for k, v in total.items()},
+        "default": DEFAULT_POLICY,
+        "cpu_model": cpu_model(),
     }
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output, json.dumps(report, indent=2) + "\n")
     for name in settings:
-        ratio = report["over_ort_default"][name]
+        ratio, cores_ratio = report["over_ort_default"][name], report["over_cores"][name]
+        label = f"{name} (default)" if name == DEFAULT_POLICY else name
         stdout.print(
-            f"{name:12s} ({described[name]}): both {total[name]['both']:.1f} img/s "
-            f"({ratio['both']:.2f}x), {models[0]} alone {total[name]['alone']:.1f} img/s "
-            f"({ratio['alone']:.2f}x)",
+            f"{label:15s}: both {total[name]['both']:.1f} img/s "
+            f"({ratio['both']:.2f}x ort-default), {models[0]} alone {total[name]['alone']:.1f} img/s "
+            f"({ratio['alone']:.2f}x ort-default, {cores_ratio['alone']:.2f}x cores)  [{described[name]}]",
             highlight=False,
         )
-    stdout.print(f"ratios against ort-default, measured side by side; JSON: {output}")
+    stdout.print(f"ratios measured side by side, {ROUNDS} alternated rounds; JSON: {output}")
     return 0

@@ -6,7 +6,8 @@ missing) -> compose v2 (Debian trixie's static plugin when `docker compose` is m
 image (offline: debootstrap + `docker import`, unless CNN_DEPLOY_BASE_IMAGE names one) -> build ->
 up (`--profile cpu up -d triton-cpu`, wait for healthy) -> verify over gRPC and HTTP -> a short
 load test -> non-root and admin-key checks -> down. It leaves no container, network, or engine
-it started behind. Everything talks over 127.0.0.1 (host networking), never a bridge.
+it started behind. Everything talks over 127.0.0.1 (host networking), never a bridge, and gRPC
+over TLS: a throwaway CA (cnn_deploy/checks/pki.py) through CNN_DEPLOY_TLS_DIR (docs/security.md).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class Run:
     admin_key: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     measured: dict = field(default_factory=dict)
     not_here: str | None = None  # what this machine lacks to run Docker at all
+    tls_dir: Path | None = None  # the throwaway CA's files, mounted at /certs
 
     def docker(
         self, *args: str, timeout: float = 600, check: bool = True, **kw
@@ -203,6 +205,16 @@ def step_base_image(run: Run) -> str:
     return f"{BASE_TAG} from debootstrap (bookworm minbase + {DEBOOTSTRAP_PACKAGES})"
 
 
+def step_certificates(run: Run) -> str:
+    from cnn_deploy.checks.pki import compose_certificates
+
+    run.tls_dir = compose_certificates(run.env)
+    return f"throwaway CA in {run.tls_dir}: gRPC over TLS (grpcs://, --ca-cert /certs/ca.crt)"
+
+
+GRPCS = ("--url", "grpcs://127.0.0.1:8001", "--ca-cert", "/certs/ca.crt")
+
+
 def step_build(run: Run) -> str:
     run.env.setdefault("TRITON_ADMIN_KEY", run.admin_key)
     run.admin_key = run.env["TRITON_ADMIN_KEY"]
@@ -245,8 +257,9 @@ def step_up(run: Run) -> str:
 
 def step_verify(run: Run) -> str:
     lines = []
-    for url in ("grpc://127.0.0.1:8001", "http://127.0.0.1:8000"):
-        command = ["python", "-m", "clients", "verify", "--url", url, "--json"]
+    for url in ("grpcs://127.0.0.1:8001", "http://127.0.0.1:8000"):
+        tls = ["--ca-cert", "/certs/ca.crt"] if url.startswith("grpcs") else []
+        command = ["python", "-m", "clients", "verify", "--url", url, *tls, "--json"]
         result = run.compose("run", "--rm", "--no-deps", "verify-cpu", *command, check=False)
         if result.returncode != 0:
             states = [ln for ln in run.compose("logs", "triton-cpu", check=False).stdout.splitlines()
@@ -254,8 +267,9 @@ def step_verify(run: Run) -> str:
             detail = (result.stderr or result.stdout)[-400:]
             raise CnnDeployError(f"verify over {url} failed: {detail}; server: {' | '.join(states[-6:])}")
         verdicts = json.loads(result.stdout)
-        lines.append(f"{url.split(':')[0]}: {len(verdicts)} models/versions pass")
-        run.measured[f"verify_{url.split(':')[0]}"] = verdicts
+        scheme = url.split(":")[0]
+        lines.append(f"{scheme}: {len(verdicts)} models/versions pass")
+        run.measured[f"verify_{scheme.removesuffix('s')}"] = verdicts  # verify_grpc (over TLS), verify_http
     return "; ".join(lines)
 
 
@@ -263,7 +277,7 @@ def step_loadtest(run: Run) -> str:
     model = os.environ.get("CNN_DEPLOY_LOADTEST_MODEL", "resnet18")
     result = run.compose(
         "run", "--rm", "--no-deps", "loadtest-cpu", "python", "-m", "clients", "loadtest",
-        "--url", "grpc://127.0.0.1:8001", "--model", model, "--concurrency", "1,4", "--warmup-s", "1",
+        *GRPCS, "--model", model, "--concurrency", "1,4", "--warmup-s", "1",
         "--window-s", "1.5", "--max-windows", "5", "--min-samples", "30", "--output", "/tmp/reports",
         "--json", "--max-wrong", "0", check=False,
     )  # fmt: skip
@@ -354,6 +368,7 @@ STEPS = [
     Step("engine", _noting_what_is_missing(step_engine)),
     Step("compose v2", _noting_what_is_missing(step_compose)),
     Step("base image", _noting_what_is_missing(step_base_image)),
+    Step("certificates", step_certificates),
     Step("build images", step_build),
     Step("up, until healthy", step_up),
     Step("verify (gRPC, HTTP)", step_verify),
@@ -384,6 +399,8 @@ def run_compose_test(output: Path | None = None) -> int:
             Step("stop engine", stop_engine, required=False),
         ]
         results += run_steps(teardown, run, on_start=start, on_finish=finish, user_errors=(CnnDeployError,))
+        if run.tls_dir is not None:
+            shutil.rmtree(run.tls_dir, ignore_errors=True)  # the throwaway CA's keys go with the run
     from rich.table import Table
 
     table = Table(title="make compose-test")

@@ -1,67 +1,103 @@
 """`make gpu-check` (`python -m cnn_deploy gpu-check`): every GPU check in one bounded run.
 
 Written for the first hour on a GPU host, which may have no network: it uses what is installed,
-runs each check under a deadline, says which parts it skipped and why, and writes one JSON report.
-On a machine without a GPU it says so in one line and exits 2.
+runs the checks within an 8-minute budget with progress on stderr, and writes one JSON report
+(reports/gpu-check.json). Exit 0 only when every check passed; 1 when one failed or had to be
+skipped (a skipped check is never a pass); 2 when nothing could be checked — on a machine without
+a GPU it says so in one line. The judges are pure functions in cnn_deploy.checks.gpu_verdicts.
 
-Checks, per model with an export in the repository (`<repo>/<name>/<v>/model.fp16.onnx`):
-- `ort-tensorrt`: the FP16 model through ONNX Runtime's TensorRT execution provider, in process.
-  ONNX Runtime falls back to CUDA (or CPU) silently when TensorRT cannot run a graph, so the
-  check reads ORT's profile and requires the nodes to have run on `TensorrtExecutionProvider`.
-  Answers are compared with the golden set at the FP16 tolerance.
-- `ort-cuda`: the same through the CUDA provider alone, same tolerance.
-- `served-gpu-config`: the local Triton serving `configs/gpu.pbtxt` (our backend on
-  onnxruntime-gpu), verified against the golden sets; the TensorRT engine cache must fill up
-  (TensorRT, not a fallback, built engines for the served model).
-- `tensorrt-plan`: the `<name>_trt` plan (TensorRT's own engine, built from the same ONNX file
-  with the TensorRT Python API when `tensorrt` is installed) run on the golden inputs.
-  The local tritonserver has no TensorRT backend, so the plan is run by TensorRT itself here;
-  in the Triton image the `engines` service builds it and Triton serves it.
+Per exported model in the repository (`<name>` with model.fp16.onnx, `<name>_int8` with
+model.int8.onnx, each with its golden set):
+- `ort-tensorrt-<precision>`: the file through ONNX Runtime's TensorRT provider in process; ORT's
+  profile must put >= 90% of the node time on TensorRT (it falls back to CUDA silently), and the
+  answers must match the golden set (FP16: the model's own derived tolerance; INT8: the
+  cross-runtime one, the strict same-runtime error reported beside it).
+- `ort-cuda-fp16`: the FP16 file through the CUDA provider alone, same judges.
+- `served-gpu-config` / `served-restart`: the local Triton on the gpu configs (our backend on
+  onnxruntime-gpu). Per model, the backend's own "on [providers]" line must put TensorRT first and
+  name the engine cache it used; that cache must hold engines; `clients verify` must pass; after a
+  restart the model must be READY again with no engine rebuilt.
+- `trtexec-plan`: serving/engines.py builds the `<name>_trt` plan with `trtexec` (the compose
+  `engines` service's path), and TensorRT's Python runtime runs the golden inputs through it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cnn_deploy.checks.gpu_verdicts import (
+    CUDA_PROVIDER,
+    FAIL,
+    SKIPPED,
+    TRT_PROVIDER,
+    Check,
+    backend_lines,
+    engine_cache_verdict,
+    golden_verdict,
+    overall,
+    providers_that_ran,
+    registered_verdict,
+    restart_verdict,
+    served_providers_verdict,
+    share_verdict,
+    status_of,
+)
 from cnn_deploy_core import CnnDeployError, paths
 from cnn_deploy_core.console import stderr, stdout
 from cnn_deploy_core.fsutil import atomic_write_text
-from cnn_deploy_core.golden import GoldenSet
-from cnn_deploy_core.layout import FP16_FILE, GOLDEN_FILE, INPUT_NAME, OUTPUT_NAME, TRT_SUFFIX
+from cnn_deploy_core.golden import INT8_CROSS_RUNTIME, GoldenSet
+from cnn_deploy_core.layout import (
+    FP16_FILE,
+    GOLDEN_FILE,
+    INPUT_NAME,
+    INT8_FILE,
+    INT8_SUFFIX,
+    MODEL_FILE,
+    OUTPUT_NAME,
+    TRT_SUFFIX,
+)
 from cnn_deploy_core.metrics import compare
+from cnn_deploy_core.registry import get
+
+__all__ = ["NO_GPU_EXIT", "NoGpu", "main_args", "providers_that_ran", "run_gpu_check"]
 
 NO_GPU_EXIT = 2
 BUDGET_S = 8 * 60
-TRT_PROVIDER = "TensorrtExecutionProvider"
 
 
 class NoGpu(CnnDeployError):
     """No NVIDIA GPU (or no GPU build of ONNX Runtime) on this machine."""
 
 
-@dataclass
-class Check:
-    name: str
+@dataclass(frozen=True)
+class Target:
+    """One served model and the file, golden set and tolerance gpu-check holds it to."""
+
     model: str
-    status: str  # OK | FAIL | SKIPPED
-    detail: str
-    seconds: float = 0.0
-    data: dict = field(default_factory=dict)
+    version_dir: Path
+    filename: str
+    precision: str  # fp16 | int8
+    tolerance: str  # the golden set's entry: fp16, or int8_cross_runtime for another INT8 runtime
+
+    @property
+    def golden(self) -> GoldenSet:
+        return GoldenSet.load(self.version_dir / GOLDEN_FILE)
 
 
 def gpu_inventory() -> dict:
     """nvidia-smi's view, and whether ONNX Runtime can use the GPU; NoGpu when either is missing."""
     smi = shutil.which("nvidia-smi")
     if smi is None:
-        raise NoGpu("no NVIDIA GPU here (nvidia-smi not found): nothing to check")
+        raise NoGpu("no GPU here (no NVIDIA driver: nvidia-smi not found): nothing to check")
     query = subprocess.run(
         [smi, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
         capture_output=True,
@@ -70,13 +106,13 @@ def gpu_inventory() -> dict:
     )
     gpus = [line.strip() for line in query.stdout.splitlines() if line.strip()]
     if query.returncode != 0 or not gpus:
-        raise NoGpu(f"no NVIDIA GPU here (nvidia-smi: {query.stderr.strip() or 'no GPU listed'})")
+        raise NoGpu(f"no GPU here (nvidia-smi: {query.stderr.strip() or 'no GPU listed'}): nothing to check")
     try:
         import onnxruntime as ort
     except ImportError:
         raise NoGpu("GPU found but onnxruntime is not installed: pip install 'cnn-deploy[gpu]'") from None
     providers = ort.get_available_providers()
-    if "CUDAExecutionProvider" not in providers:
+    if CUDA_PROVIDER not in providers:
         raise NoGpu(
             f"GPU found but ONNX Runtime {ort.__version__} has no CUDA provider ({providers}): "
             "pip install 'cnn-deploy[gpu]' (the CPU package must not be installed beside it)"
@@ -84,152 +120,182 @@ def gpu_inventory() -> dict:
     return {"gpus": gpus, "onnxruntime": ort.__version__, "providers": providers}
 
 
-def exported_models(repository: Path, wanted: list[str] | None) -> list[tuple[str, Path]]:
-    """(model, newest version dir) for every model with an FP16 file and a golden set."""
+def targets(repository: Path, wanted: list[str] | None) -> list[Target]:
+    """The newest version of every `<name>` with an FP16 file and `<name>_int8` with an INT8 file;
+    `--model resnet18` takes resnet18_int8 too."""
     found = []
     for model_dir in sorted(p for p in repository.iterdir() if p.is_dir()) if repository.is_dir() else []:
-        if wanted and model_dir.name not in wanted:
+        name = model_dir.name
+        if wanted and name not in wanted and name.removesuffix(INT8_SUFFIX) not in wanted:
             continue
         numbered = sorted((int(p.name), p) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
-        if numbered and (numbered[-1][1] / FP16_FILE).is_file() and (numbered[-1][1] / GOLDEN_FILE).is_file():
-            found.append((model_dir.name, numbered[-1][1]))
+        if not numbered or not (numbered[-1][1] / GOLDEN_FILE).is_file():
+            continue
+        vdir = numbered[-1][1]
+        if name.endswith(INT8_SUFFIX) and (vdir / INT8_FILE).is_file():
+            found.append(Target(name, vdir, INT8_FILE, "int8", INT8_CROSS_RUNTIME))
+        elif not name.endswith((INT8_SUFFIX, TRT_SUFFIX)) and (vdir / FP16_FILE).is_file():
+            found.append(Target(name, vdir, FP16_FILE, "fp16", "fp16"))
     return found
 
 
-def _fp16_tolerance(golden: GoldenSet) -> dict:
-    return golden.tolerances["fp16"]
+def _judge_golden(target: Target, golden: GoldenSet, got) -> tuple[list[str], dict]:
+    atol, rtol = golden.tolerance(target.tolerance)
+    result = compare(golden.outputs, got, atol=atol, rtol=rtol)
+    data = {"comparison": result.to_dict(), "tolerance": golden.tolerances.get(target.tolerance)}
+    if target.precision == "int8":  # how far from the ONNX Runtime kernels that made the golden set
+        strict_atol, strict_rtol = golden.tolerance("int8")
+        data["same_runtime_int8"] = compare(golden.outputs, got, atol=strict_atol, rtol=strict_rtol).to_dict()
+    problem = golden_verdict(result, target.tolerance)
+    return ([problem] if problem else []), data
 
 
-def _session(path: Path, providers: list, profile_dir: Path | None = None):
+def check_ort(target: Target, provider: str, work: Path) -> Check:
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if profile_dir is not None:
-        opts.enable_profiling = True
-        opts.profile_file_prefix = str(profile_dir / "ort")
-    return ort.InferenceSession(str(path), opts, providers=providers)
-
-
-def providers_that_ran(profile: Path) -> dict[str, float]:
-    """Microseconds of node execution per execution provider, from ORT's profile JSON."""
-    events = json.loads(profile.read_text())
-    per_provider: dict[str, float] = {}
-    for event in events:
-        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
-            provider = event.get("args", {}).get("provider", "?")
-            per_provider[provider] = per_provider.get(provider, 0.0) + float(event.get("dur", 0))
-    return per_provider
-
-
-def check_ort(model: str, version_dir: Path, provider: str, work: Path) -> Check:
-    golden = GoldenSet.load(version_dir / GOLDEN_FILE)
-    tol = _fp16_tolerance(golden)
+    golden = target.golden
+    name = f"ort-{'tensorrt' if provider == TRT_PROVIDER else 'cuda'}-{target.precision}"
+    providers: list = [CUDA_PROVIDER, "CPUExecutionProvider"]
     if provider == TRT_PROVIDER:
-        cache = work / f"trt-cache-{model}"
+        cache = work / f"trt-cache-{target.model}"
         cache.mkdir(parents=True, exist_ok=True)
+        shape = "x".join(str(d) for d in golden.inputs.shape)
         options = {
             "trt_fp16_enable": True,
+            "trt_int8_enable": target.precision == "int8",  # explicit quantization: the QDQ graph
             "trt_engine_cache_enable": True,
             "trt_engine_cache_path": str(cache),
+            **{f"trt_profile_{k}_shapes": f"{INPUT_NAME}:{shape}" for k in ("min", "opt", "max")},
         }
-        providers = [(TRT_PROVIDER, options), "CUDAExecutionProvider", "CPUExecutionProvider"]
-    else:
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    profile_dir = work / f"profile-{model}-{provider}"
-    profile_dir.mkdir(parents=True, exist_ok=True)
-    session = _session(version_dir / FP16_FILE, providers, profile_dir)
+        providers.insert(0, (TRT_PROVIDER, options))
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(work / f"profile-{target.model}-{name}")
+    session = ort.InferenceSession(str(target.version_dir / target.filename), opts, providers=providers)
     registered = session.get_providers()
     got = session.run([OUTPUT_NAME], {INPUT_NAME: golden.inputs})[0]
     ran = providers_that_ran(Path(session.end_profiling()))
-    result = compare(golden.outputs, got, atol=tol["atol"], rtol=tol["rtol"])
+    problems, data = _judge_golden(target, golden, got)
     total = sum(ran.values()) or 1.0
-    data = {
-        "registered_providers": registered,
-        "node_time_share": {k: v / total for k, v in ran.items()},
-        "comparison": result.to_dict(),
-    }
-    problems = []
-    if provider not in registered:
-        problems.append(f"{provider} was not registered (ONNX Runtime fell back to {registered})")
-    elif ran.get(provider, 0.0) == 0.0:
-        problems.append(f"no node ran on {provider} (ran on: {sorted(ran)})")
-    if not result.passed:
-        problems.append(f"answers beyond the FP16 tolerance (max rel err {result.max_rel_err:.2e})")
-    if problems:
-        return Check(f"ort-{_short(provider)}", model, "FAIL", "; ".join(problems), data=data)
+    data.update(registered_providers=registered, node_time_share={k: v / total for k, v in ran.items()})
+    problems = [
+        p for p in (registered_verdict(registered, provider), share_verdict(ran, provider)) if p
+    ] + problems
     share = data["node_time_share"].get(provider, 0.0)
-    detail = f"{share:.0%} of node time on {provider}, max rel err {result.max_rel_err:.2e}"
-    return Check(f"ort-{_short(provider)}", model, "OK", detail, data=data)
+    detail = "; ".join(problems) or (
+        f"{share:.0%} of node time on {provider}, max rel err {data['comparison']['max_rel_err']:.2e}"
+    )
+    return Check(name, target.model, status_of(problems), detail, data=data)
 
 
-def _short(provider: str) -> str:
-    return {"TensorrtExecutionProvider": "tensorrt", "CUDAExecutionProvider": "cuda"}[provider]
+def _engines(cache: str | None) -> dict[str, float]:
+    root = Path(cache) if cache else None
+    if root is None or not root.is_dir():
+        return {}
+    return {str(p): p.stat().st_mtime for p in root.rglob("*.engine") if p.is_file()}
 
 
-def _files(root: Path) -> list[Path]:
-    return [p for p in root.rglob("*") if p.is_file()] if root.is_dir() else []
-
-
-def check_served(repository: Path, models: list[str], work: Path) -> Check:
-    from clients.client import TritonClient
+def _serve_once(repo: Path, work: Path, label: str, models: list[str], verify_now: bool):
+    from clients.sync import TritonClient
     from clients.verify import verify
     from serving.triton import ServerOptions, TritonProcess
 
-    opts = ServerOptions.on_free_ports(repository, config_name="gpu", backend_dir=work / "backends")
-    log = work / "triton-gpu.log"
-    cache_root = Path(tempfile.gettempdir()) / "cnn-deploy-trt-cache"  # where our backend falls back to
-    before = set(_files(cache_root))
+    opts = ServerOptions.on_free_ports(repo, config_name="gpu", backend_dir=work / "backends")
+    log = work / f"triton-gpu-{label}.log"
+    start = time.monotonic()
+    results = []
     with TritonProcess(opts, log_path=log).start() as server:
         server.wait_ready(BUDGET_S / 2)
-        with TritonClient(opts.grpc_url, timeout=300) as client:
-            results = verify(client, models, repository)
-    text = log.read_text(errors="replace")
-    engines = [p for p in _files(cache_root) if p not in before]
-    data = {"verify": [r.to_dict() for r in results], "new_engine_files": [str(p) for p in engines]}
-    problems = [f"{r.model} v{r.version}: {r.error or 'beyond tolerance'}" for r in results if not r.passed]
-    if TRT_PROVIDER not in text:
-        problems.append("the backend did not log TensorrtExecutionProvider among its providers")
-    if not engines and not Path("/trt-cache").is_dir():
-        problems.append(f"no TensorRT engine appeared in {cache_root}: TensorRT did not build the models")
-    status = "FAIL" if problems else "OK"
-    detail = (
-        "; ".join(problems) or f"{len(results)} served version(s) within FP16 tolerance, TRT engines built"
-    )
-    return Check("served-gpu-config", ",".join(models), status, detail, data=data)
+        ready_s = time.monotonic() - start
+        if verify_now:
+            with TritonClient(opts.grpc_url, timeout=300) as client:
+                results = verify(client, models, repo)
+    return backend_lines(log.read_text(errors="replace")), ready_s, {r.model: r for r in results}
 
 
-def check_plan(model: str, version_dir: Path, repository: Path) -> Check:
-    """Build the `<name>_trt` plan with the TensorRT Python API and run the golden inputs through it."""
+def check_served(repository: Path, chosen: list[Target], work: Path) -> list[Check]:
+    """The local Triton on the gpu configs of these models only (a repository of links to them)."""
+    repo = work / "served-repo"
+    repo.mkdir(exist_ok=True)
+    for t in chosen:
+        (repo / t.model).symlink_to((repository / t.model).resolve(), target_is_directory=True)
+    models = [t.model for t in chosen]
+    lines, ready_s, verdicts = _serve_once(repo, work, "first", models, verify_now=True)
+    checks, first = [], {}
+    for m in models:
+        entry = lines.get(m, {})
+        first[m] = _engines(entry.get("engine_cache"))
+        result = verdicts.get(m)
+        problems = [
+            p
+            for p in (
+                served_providers_verdict(m, lines),
+                engine_cache_verdict(m, str(entry.get("engine_cache")), first[m]),
+                None
+                if result and result.passed
+                else f"{m}: clients verify: {result and (result.error or 'beyond tolerance')}",
+            )
+            if p
+        ]
+        data = {"backend": entry, "engines": sorted(first[m]), "ready_s": ready_s}
+        data["verify"] = result.to_dict() if result else None
+        detail = (
+            "; ".join(problems) or f"TensorRT first, {len(first[m])} engine(s), golden set within tolerance"
+        )
+        checks.append(Check("served-gpu-config", m, status_of(problems), detail, data=data))
+    lines2, ready2_s, _ = _serve_once(repo, work, "restart", models, verify_now=False)
+    for m in models:
+        second = _engines(lines2.get(m, {}).get("engine_cache"))
+        problem = restart_verdict(m, first[m], second) or served_providers_verdict(m, lines2)
+        detail = problem or f"READY in {ready2_s:.0f} s (first start {ready_s:.0f} s), engines reused"
+        data = {"ready_s": ready2_s, "first_ready_s": ready_s}
+        checks.append(Check("served-restart", m, status_of([problem] if problem else []), detail, data=data))
+    return checks
+
+
+def _engine_json(repository: Path, target: Target, golden: GoldenSet) -> dict:
+    """The repository's `<name>_trt/engine.json` when `serving repo --tensorrt` wrote one, else the
+    same settings for the newest export."""
+    existing = repository / (target.model + TRT_SUFFIX) / "engine.json"
+    if existing.is_file():
+        spec = json.loads(existing.read_text())
+        spec["source"] = str((existing.parent / spec["source"]).resolve())
+        return spec
+    max_batch = max(get(golden.architecture).max_batch_size, len(golden.inputs))
+    return {
+        "source": str((target.version_dir / MODEL_FILE).resolve()),
+        "version": 1,
+        "input": INPUT_NAME,
+        "input_dims": list(golden.inputs.shape[1:]),
+        "max_batch_size": max_batch,
+        "opt_batch_size": max(1, max_batch // 4),
+        "precision": "fp16",
+    }
+
+
+def check_trtexec(target: Target, repository: Path, work: Path) -> Check:
+    """serving/engines.py builds the plan with trtexec; TensorRT's runtime runs the golden inputs."""
+    from serving import engines
+
+    golden = target.golden
+    trt_dir = work / "plans" / (target.model + TRT_SUFFIX)
+    trt_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(trt_dir / "engine.json", json.dumps(_engine_json(repository, target, golden)))
+    try:
+        (result,) = engines.run(trt_dir.parent)
+    except engines.TrtexecNotFound as e:
+        return Check("trtexec-plan", target.model, SKIPPED, f"{e} (the Triton image has it)")
+    if result.status != "built":
+        return Check("trtexec-plan", target.model, FAIL, f"trtexec: {result.detail}", data=asdict(result))
     try:
         import tensorrt as trt
         import torch
     except ImportError as e:
-        return Check("tensorrt-plan", model, "SKIPPED", f"{e.name} is not installed here")
-    if not torch.cuda.is_available():
-        return Check(
-            "tensorrt-plan", model, "SKIPPED", "torch has no CUDA here (it holds the plan's buffers)"
-        )
-    engine_json = repository / (model + TRT_SUFFIX) / "engine.json"
-    max_batch = json.loads(engine_json.read_text())["max_batch_size"] if engine_json.is_file() else 8
-    golden = GoldenSet.load(version_dir / GOLDEN_FILE)
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse((version_dir / "model.onnx").read_bytes()):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        return Check("tensorrt-plan", model, "FAIL", f"TensorRT cannot parse the ONNX file: {errors}")
-    config = builder.create_builder_config()
-    config.set_flag(trt.BuilderFlag.FP16)
-    profile = builder.create_optimization_profile()
-    dims = tuple(golden.inputs.shape[1:])
-    profile.set_shape(INPUT_NAME, (1, *dims), (max(1, max_batch // 4), *dims), (max_batch, *dims))
-    config.add_optimization_profile(profile)
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        return Check("tensorrt-plan", model, "FAIL", "TensorRT failed to build the plan")
-    engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
+        return Check("trtexec-plan", target.model, SKIPPED, f"plan built; cannot run it: {e.name} missing")
+    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(
+        Path(result.plan).read_bytes()
+    )
     context = engine.create_execution_context()
     x = torch.from_numpy(golden.inputs).cuda().contiguous()
     context.set_input_shape(INPUT_NAME, tuple(x.shape))
@@ -238,67 +304,72 @@ def check_plan(model: str, version_dir: Path, repository: Path) -> Check:
     context.set_tensor_address(OUTPUT_NAME, y.data_ptr())
     stream = torch.cuda.current_stream()
     if not context.execute_async_v3(stream.cuda_stream):
-        return Check("tensorrt-plan", model, "FAIL", "TensorRT execution failed")
+        return Check("trtexec-plan", target.model, FAIL, "TensorRT execution failed")
     stream.synchronize()
-    tol = _fp16_tolerance(golden)
-    result = compare(golden.outputs, y.cpu().numpy(), atol=tol["atol"], rtol=tol["rtol"])
-    status = "OK" if result.passed else "FAIL"
-    detail = f"TensorRT {trt.__version__} FP16 plan, max rel err {result.max_rel_err:.2e}"
-    return Check("tensorrt-plan", model, status, detail, data={"comparison": result.to_dict()})
+    problems, data = _judge_golden(target, golden, y.cpu().numpy())
+    detail = "; ".join(problems) or (
+        f"trtexec plan, TensorRT {trt.__version__}, max rel err {data['comparison']['max_rel_err']:.2e}"
+    )
+    return Check("trtexec-plan", target.model, status_of(problems), detail, data=data)
 
 
 def run_gpu_check(*, repository: Path, models: list[str] | None, output: Path) -> int:
     inventory = gpu_inventory()  # NoGpu: the caller prints one line and exits 2
-    found = exported_models(repository, models)
-    if not found:
+    chosen = targets(repository, models)
+    if not chosen:
         raise CnnDeployError(
-            f"no model with an FP16 export in {repository}: export one first "
-            "(python -m export build resnet18 && python -m serving repo resnet18; "
+            f"no model with an FP16 or INT8 export in {repository}: export one first "
+            "(python -m export build resnet18 --int8 && python -m serving repo resnet18; "
             "--weights random needs no network)"
         )
-    deadline = time.monotonic() + BUDGET_S
+    plan: list[tuple[str, str, Callable[[Path], Check | list[Check]]]] = []
+    for t in chosen:
+        plan.append((f"ort-tensorrt-{t.precision}", t.model, lambda w, t=t: check_ort(t, TRT_PROVIDER, w)))
+        if t.precision == "fp16":
+            plan.append(("ort-cuda-fp16", t.model, lambda w, t=t: check_ort(t, CUDA_PROVIDER, w)))
+    names = ",".join(t.model for t in chosen)
+    plan.append(("served-gpu-config", names, lambda w: check_served(repository, chosen, w)))
+    for t in (t for t in chosen if t.precision == "fp16"):
+        plan.append(("trtexec-plan", t.model, lambda w, t=t: check_trtexec(t, repository, w)))
+
+    started = time.monotonic()
     checks: list[Check] = []
-
-    def timed(fn: Callable[[], Check], name: str, model: str) -> None:
-        if time.monotonic() > deadline:
-            checks.append(Check(name, model, "SKIPPED", f"the {BUDGET_S // 60}-minute budget ran out"))
-            return
-        start = time.monotonic()
-        stderr.print(f"gpu-check: {name} {model} ...", highlight=False)
-        try:
-            check = fn()
-        except Exception as e:  # one broken check must not hide the others
-            check = Check(name, model, "FAIL", f"{e.__class__.__name__}: {e}")
-        check.seconds = time.monotonic() - start
-        checks.append(check)
-        stderr.print(f"  {check.status}: {check.detail}", highlight=False, markup=False)
-
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
-        work = Path(tmp)
-        for model, version_dir in found:
-            for provider in (TRT_PROVIDER, "CUDAExecutionProvider"):
-                timed(
-                    lambda m=model, v=version_dir, p=provider: check_ort(m, v, p, work),
-                    f"ort-{_short(provider)}",
-                    model,
-                )
-        names = [m for m, _ in found]
-        timed(lambda: check_served(repository, names, work), "served-gpu-config", ",".join(names))
-        for model, version_dir in found:
-            timed(lambda m=model, v=version_dir: check_plan(m, v, repository), "tensorrt-plan", model)
+        for i, (name, model, fn) in enumerate(plan, 1):
+            elapsed = time.monotonic() - started
+            if elapsed > BUDGET_S:
+                checks.append(Check(name, model, SKIPPED, f"the {BUDGET_S // 60}-minute budget ran out"))
+                continue
+            stderr.print(
+                f"gpu-check [{i}/{len(plan)}, {elapsed:.0f}/{BUDGET_S} s] {name} {model} ...", highlight=False
+            )
+            t0 = time.monotonic()
+            try:
+                done = fn(Path(tmp))
+            except Exception as e:  # one broken check must not hide the others
+                done = Check(name, model, FAIL, f"{e.__class__.__name__}: {e}")
+            for c in done if isinstance(done, list) else [done]:
+                c.seconds = time.monotonic() - t0
+                checks.append(c)
+                stderr.print(f"  {c.status}: {c.model}: {c.detail}", highlight=False, markup=False)
+    code, summary = overall(checks)
     report = {
         "command": "python -m cnn_deploy gpu-check",
-        "machine": {"platform": platform.platform(), **inventory},
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), **inventory},
         "repository": str(repository),
+        "budget_s": BUDGET_S,
+        "seconds": round(time.monotonic() - started, 1),
         "checks": [asdict(c) for c in checks],
-        "passed": all(c.status != "FAIL" for c in checks),
-        "skipped": [f"{c.name} {c.model}: {c.detail}" for c in checks if c.status == "SKIPPED"],
+        "exit_code": code,
+        "summary": summary,
+        "passed": code == 0,
+        "skipped": [f"{c.name} {c.model}: {c.detail}" for c in checks if c.status == SKIPPED],
     }
     atomic_write_text(output, json.dumps(report, indent=2) + "\n")
     for c in checks:
         stdout.print(f"{c.status:8s} {c.name:18s} {c.model:20s} {c.detail}", highlight=False, markup=False)
-    stdout.print(f"report: {output}", highlight=False)
-    return 0 if report["passed"] else 1
+    stdout.print(f"{summary}; report: {output}", highlight=False)
+    return code
 
 
 def main_args(repository: Path | None, models: list[str] | None, output: Path | None) -> int:

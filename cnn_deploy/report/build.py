@@ -2,11 +2,12 @@
 
 For each architecture, measured in one run on this machine:
 - in-process ONNX Runtime throughput at batch 1 and 8 (fp32, and fp16/int8 where exported), the
-  achieved GFLOP/s, and that as a share of this machine's fp32 GEMM peak, measured in the same run
-  through the same runtime (and its memory bandwidth, for the roofline);
-- served through the real Triton: p50/p99 at concurrency 1, the peak of a short concurrency sweep
-  (our load test, every answer verified), and the memory the loaded model takes (the RSS of the
-  backend process that holds its ONNX Runtime session);
+  achieved GFLOP/s, and that as a share of this machine's compute roof, measured in the same run
+  (the best of several GEMMs, see roof.py; and its memory bandwidth, for the roofline);
+- served through the real Triton: p50/p99 at concurrency 1 with their sample count, the peak of a
+  short concurrency sweep (through the harness: a wrong, unverified or failed answer fails the
+  report), and the memory the loaded model takes (the PSS of the backend processes that hold its
+  ONNX Runtime session);
 - per layer, with ONNX Runtime's profiler: the time of each row of the lecture's table (`export
   analyze`), profiler nodes mapped back through the module paths the exporter records (a
   convolution with its folded BatchNorm, ReLU and residual Add is one row), so each row gains ms
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -33,26 +33,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from cnn_deploy_core import CnnDeployError, __version__
+from cnn_deploy.report.roof import measure_machine, rate
+from cnn_deploy.report.roof import session as ort_session
+from cnn_deploy_core import CnnDeployError
 from cnn_deploy_core.layout import FP16_FILE, INPUT_NAME, INT8_FILE, MODEL_FILE
-from cnn_deploy_core.machine import cpu_flags
+from cnn_deploy_core.machine import children, pss_mb
 from cnn_deploy_core.registry import Architecture
 
-ROUNDS = 3
 PROFILE_RUNS = 10
-GEMM_N = 1024  # the fastest size here, with the weights constant (prepacked, as a model's are)
-BANDWIDTH_FLOATS = 16 << 20  # 64 MB per operand: far beyond the caches
-
-
-@dataclass
-class Machine:
-    cpu: str
-    flags: list[str]
-    cores: int
-    threads: int
-    gemm_gflops: float  # fp32 MatMul through ONNX Runtime, measured in this run
-    bandwidth_gbs: float  # an element-wise Add over 3 x 64 MB, same runtime
-    versions: dict[str, str]
 
 
 @dataclass
@@ -84,109 +72,17 @@ class ArchReport:
     unmapped_share: float = 0.0
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _session(path: Path, threads: int, profile_prefix: str | None = None):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    if profile_prefix:
-        opts.enable_profiling = True
-        opts.profile_file_prefix = profile_prefix
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def _rate(run, work: float, seconds: float, best: bool = False) -> float:
-    """Units of `work` per second: the median of ROUNDS rounds (`best`: the fastest round, for a
-    peak, which a neighbour's load can only lower)."""
-    run()
-    rates = []
-    for _ in range(ROUNDS):
-        n, start = 0, time.perf_counter()
-        while n < 2 or time.perf_counter() - start < seconds / ROUNDS:
-            run()
-            n += 1
-        rates.append(work * n / (time.perf_counter() - start))
-    return float(max(rates) if best else np.median(rates))
-
-
-def _tiny_model(op: str, shapes: list[tuple[int, ...]]):
-    """One op on two float tensors; for MatMul the second is a constant, which ORT prepacks as it
-    does a model's weights (a GEMM whose B changes every call measured 10 % slower here)."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    out_shape = (shapes[0][0], shapes[1][1]) if op == "MatMul" else shapes[0]
-    inputs = [helper.make_tensor_value_info("x0", TensorProto.FLOAT, list(shapes[0]))]
-    initializers = []
-    if op == "MatMul":
-        rng = np.random.default_rng(1)
-        initializers.append(numpy_helper.from_array(rng.standard_normal(shapes[1], dtype=np.float32), "x1"))
-    else:
-        inputs.append(helper.make_tensor_value_info("x1", TensorProto.FLOAT, list(shapes[1])))
-    graph = helper.make_graph(
-        [helper.make_node(op, ["x0", "x1"], ["y"])],
-        op.lower(),
-        inputs,
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(out_shape))],
-        initializer=initializers,
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-
-
-def measure_machine(threads: int, seconds: float) -> Machine:
-    """The fp32 GEMM peak and the memory bandwidth, through ONNX Runtime with `threads`."""
-    import onnxruntime as ort
-    import torch
-
-    rng = np.random.default_rng(0)
-    with tempfile.TemporaryDirectory() as tmp:
-        results = {}
-        for op, shapes, work in (
-            ("MatMul", [(GEMM_N, GEMM_N), (GEMM_N, GEMM_N)], 2 * GEMM_N**3 / 1e9),  # GFLOP per run
-            ("Add", [(BANDWIDTH_FLOATS,), (BANDWIDTH_FLOATS,)], 3 * 4 * BANDWIDTH_FLOATS / 1e9),  # GB per run
-        ):
-            path = Path(tmp) / f"{op}.onnx"
-            onnx.save(_tiny_model(op, shapes), str(path))
-            session = _session(path, threads)
-            names = ["x0"] if op == "MatMul" else ["x0", "x1"]
-            feeds = {n: rng.standard_normal(s, dtype=np.float32) for n, s in zip(names, shapes, strict=False)}
-            results[op] = _rate(lambda s=session, f=feeds: s.run(None, f), work, seconds, best=True)
-    return Machine(
-        cpu=_cpu_name(),
-        flags=cpu_flags(),
-        cores=os.cpu_count() or 1,
-        threads=threads,
-        gemm_gflops=results["MatMul"],
-        bandwidth_gbs=results["Add"],
-        versions={
-            "cnn-deploy": __version__,
-            "python": platform.python_version(),
-            "onnxruntime": ort.__version__,
-            "torch": torch.__version__,
-        },
-    )
-
-
 def in_process(export_dir: Path, threads: int, seconds: float) -> dict[str, dict[int, float]]:
     """img/s at batch 1 and 8 for each precision exported (fp32, fp16, int8)."""
     files = {"fp32": MODEL_FILE, "fp16": FP16_FILE, "int8": INT8_FILE}
-    sessions = {p: _session(export_dir / f, threads) for p, f in files.items() if (export_dir / f).is_file()}
+    sessions = {
+        p: ort_session(export_dir / f, threads) for p, f in files.items() if (export_dir / f).is_file()
+    }
     out: dict[str, dict[int, float]] = defaultdict(dict)
     for bs in (1, 8):
         x = np.random.default_rng(bs).standard_normal((bs, 3, 224, 224), dtype=np.float32)
         for precision, session in sessions.items():
-            out[precision][bs] = _rate(lambda s=session, x=x: s.run(None, {INPUT_NAME: x}), bs, seconds)
+            out[precision][bs] = rate(lambda s=session, x=x: s.run(None, {INPUT_NAME: x}), bs, seconds)
     return dict(out)
 
 
@@ -232,7 +128,7 @@ def profile_layers(model_path: Path, analysis, threads: int) -> tuple[list[Layer
     mapping = node_rows(model, analysis.layers)
     warmup = 2
     with tempfile.TemporaryDirectory() as tmp:
-        session = _session(model_path, threads, profile_prefix=str(Path(tmp) / "profile"))
+        session = ort_session(model_path, threads, profile_prefix=str(Path(tmp) / "profile"))
         x = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
         for _ in range(warmup + PROFILE_RUNS):
             session.run(None, {INPUT_NAME: x})
@@ -267,64 +163,53 @@ def profile_layers(model_path: Path, analysis, threads: int) -> tuple[list[Layer
 # --- served --------------------------------------------------------------------------------------
 
 
-def _stub_rss_mb(server_pid: int, model_dir: Path) -> float | None:
-    """RSS of the backend processes serving one model (Triton's Python stubs, one per instance)."""
-    from serving.triton import children, rss_mb
-
+def _stub_pss_mb(server_pid: int, model_dir: Path) -> float | None:
+    """PSS of the backend processes serving one model (Triton's Python stubs, one per instance):
+    the same measure as the drills' (cnn_deploy_core.machine), shared pages counted once."""
     total, found = 0.0, False
     for pid in children(server_pid):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        rss = rss_mb(pid)
-        if rss is not None and f"{model_dir}/" in cmdline and "stub" in cmdline:
-            total, found = total + rss, True
+        pss = pss_mb(pid)
+        if pss is not None and f"{model_dir}/" in cmdline and "stub" in cmdline:
+            total, found = total + pss, True
     return total if found else None
 
 
 def served(arch: Architecture, models_dir: Path, window_s: float, url: str | None = None) -> dict:
-    """p50/p99 at c=1 and the peak of a short sweep, every answer verified; the model's memory."""
-    from clients.loadtest import LoadTestConfig, run_loadtest
-    from serving.repository import CpuPlan, place_models
-    from serving.triton import ServerOptions, TritonProcess
+    """p50/p99 at c=1 and the peak of a short sweep through the harness (a wrong, unverified or
+    failed answer raises UnverifiedStep: no figure of a wrong model is reported); its memory."""
+    from cnn_deploy.harness import StepFigures, place, step_config, temporary_server, verified_step
+    from serving.repository import CpuPlan
 
     def sweep(target_url: str, repository: Path | None) -> dict:
-        config = LoadTestConfig(
-            url=target_url,
-            model=arch.name,
-            levels=(1, 2, 4),
-            warmup_s=window_s,
-            window_s=window_s,
-            max_windows=5,
-            min_samples=30,
-            repository=repository,
+        config = step_config(
+            target_url, arch.name, repository, level=1, window_s=window_s, levels=(1, 2, 4), max_windows=5
         )
-        report = run_loadtest(config)
-        steps = report.steps
-        if not steps or not steps[0].responses:
-            raise CnnDeployError(f"{arch.name}: no answer from the server: {report.failures}")
+        report = verified_step(config, f"{arch.name} served")
+        steps, checked = report.steps, StepFigures.of(report)
         best = max(steps, key=lambda s: s.inferences_per_s)
         return {
             "p50_ms_c1": steps[0].latency_ms.p50,
             "p99_ms_c1": steps[0].latency_ms.p99,
+            "samples_c1": steps[0].samples,  # the answers those percentiles rest on
             "peak_img_s": best.inferences_per_s,
             "peak_at": best.label,
-            "verified": sum(s.verified for s in steps),
-            "wrong": sum(s.wrong for s in steps),
+            "answered": checked.answered,  # the whole run, warm-up included
+            "verified": checked.verified,
+            "wrong": checked.wrong,
         }
 
     if url:
         return {**sweep(url, None), "memory_mb": None, "url": url}
     with tempfile.TemporaryDirectory(prefix="report-") as tmp:
-        repo = Path(tmp) / "repo"
-        cores = os.cpu_count() or 1
-        place_models([arch], models_dir=models_dir, repository=repo, cpu=CpuPlan(1, cores), identity=False)
-        opts = ServerOptions.on_free_ports(repo, backend_dir=Path(tmp) / "backends")
-        with TritonProcess(opts, log_path=Path(tmp) / "triton.log").start() as server:
-            server.wait_ready(600)
-            memory = _stub_rss_mb(server.process.pid, repo / arch.name)
-            result = sweep(opts.grpc_url, repo)
+        plan = CpuPlan(1, os.cpu_count() or 1)
+        repo = place([arch], models_dir=models_dir, scratch=Path(tmp), plan=plan)
+        with temporary_server(repo, Path(tmp)) as server:
+            memory = _stub_pss_mb(server.process.pid, repo / arch.name)
+            result = sweep(server.opts.grpc_url, repo)
     return {**result, "memory_mb": memory, "url": "local, 1 instance x every core"}
 
 
@@ -344,7 +229,7 @@ def build_report(
     from export.models import weights_enum
 
     threads = os.cpu_count() or 1
-    progress("machine: fp32 GEMM peak and memory bandwidth through ONNX Runtime")
+    progress("machine: compute roof (best of several GEMMs) and memory bandwidth")
     machine = measure_machine(threads, seconds)
     reports = []
     for arch in archs:
@@ -400,6 +285,6 @@ def findings(rows: list[dict]) -> list[str]:
         share = r["peak_share_b8"] or 0.0
         out.append(
             f"{r['architecture']}: {flops:.2f}x {base['architecture']}'s FLOPs, {latency:.2f}x its latency "
-            f"at batch 1 ({r['ms_b1']:.1f} vs {base['ms_b1']:.1f} ms); {share:.0%} of the GEMM peak at b8"
+            f"at batch 1 ({r['ms_b1']:.1f} vs {base['ms_b1']:.1f} ms); {share:.0%} of the compute roof at b8"
         )
     return out

@@ -33,6 +33,13 @@ def _param(config: dict, key: str, default: str | None = None) -> str | None:
     return config.get("parameters", {}).get(key, {}).get("string_value", default)
 
 
+_TRUE = ("1", "true", "True")
+# Config keys the native backend passes to the TensorRT EP under the same name (its README's table).
+_TRT_BOOL = ("trt_timing_cache_enable", "trt_cuda_graph_enable", "trt_force_sequential_engine_build")
+_TRT_INT = ("trt_builder_optimization_level", "trt_max_partition_iterations", "trt_min_subgraph_size")
+_TRT_STR = ("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes")
+
+
 def _tensorrt_options(config: dict, model_name: str) -> dict | None:
     """The native backend's `gpu_execution_accelerator { name: "tensorrt" }`, as TRT EP options."""
     accelerators = config.get("optimization", {}).get("execution_accelerators", {})
@@ -45,10 +52,17 @@ def _tensorrt_options(config: dict, model_name: str) -> dict | None:
         options = {"trt_fp16_enable": precision in ("FP16", "INT8"), "trt_int8_enable": precision == "INT8"}
         if "max_workspace_size_bytes" in params:
             options["trt_max_workspace_size"] = int(params["max_workspace_size_bytes"])
-        if params.get("trt_engine_cache_enable") in ("1", "true", "True"):
+        if params.get("trt_engine_cache_enable") in _TRUE:
             options["trt_engine_cache_enable"] = True
-            cache = params.get("trt_engine_cache_path")
-            options["trt_engine_cache_path"] = _writable_cache(cache, model_name)
+            options["trt_engine_cache_path"] = _writable_cache(
+                params.get("trt_engine_cache_path"), model_name
+            )
+        options.update({k: params[k] in _TRUE for k in _TRT_BOOL if k in params})
+        options.update({k: int(params[k]) for k in _TRT_INT if k in params})
+        options.update({k: params[k] for k in _TRT_STR if k in params})
+        if options.get("trt_timing_cache_enable"):
+            path = params.get("trt_timing_cache_path")
+            options["trt_timing_cache_path"] = _writable_cache(path, "timing-cache")
         return options
     return None
 
@@ -64,6 +78,46 @@ def _writable_cache(path: str | None, model_name: str) -> str:
             except OSError:
                 continue
     raise pb_utils.TritonModelException(f"{model_name}: no writable TensorRT engine cache directory")
+
+
+CPU_EP, CUDA_EP, TRT_EP = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
+# A config parameter: "true" lets a GPU instance serve on whatever ONNX Runtime has (with a warning)
+# instead of refusing to load. Off by default: a GPU deployment quietly on the CPU is the worst case.
+ALLOW_FALLBACK = "allow_provider_fallback"
+FIXES = {
+    CUDA_EP: "install the gpu extra (pip install 'cnn-deploy[gpu]'; uninstall the CPU onnxruntime package, "
+    "which shadows onnxruntime-gpu) on a host with an NVIDIA driver",
+    TRT_EP: "install the TensorRT libraries this onnxruntime-gpu was built for (libnvinfer on the library "
+    "path; the NGC Triton image has them), or drop the tensorrt accelerator from the config",
+}
+
+
+def requested_providers(kind: str, tensorrt: bool) -> list[str]:
+    """What a config asks for: a GPU instance wants CUDA (and TensorRT first when configured)."""
+    if kind != "GPU":
+        return [CPU_EP]
+    return [*([TRT_EP] if tensorrt else []), CUDA_EP, CPU_EP]
+
+
+def check_providers(
+    requested: list[str], available: list[str], kind: str, allow_fallback: bool
+) -> str | None:
+    """Why this instance must not load (None: it may). Pure, so it is unit-tested without a GPU.
+
+    `available` is ONNX Runtime's list before the session, or `session.get_providers()` after it:
+    ORT drops a provider whose libraries fail to load and runs the graph on the next one silently.
+    """
+    missing = [p for p in requested if p not in available]
+    if not missing or allow_fallback:
+        return None
+    # No CUDA is the root cause when TensorRT is missing too: name it, with its fix.
+    first = CUDA_EP if CUDA_EP in missing else missing[0]
+    fallback = next((p for p in requested if p in available), CPU_EP)
+    return (
+        f"KIND_{kind} instance refused: ONNX Runtime has no {first} (it has {available}), so it would "
+        f"run on {fallback}. Fix: {FIXES.get(first, 'install it')}; or, to serve on {fallback} anyway, "
+        f'set parameters {{ key: "{ALLOW_FALLBACK}" value: {{ string_value: "true" }} }}'
+    )
 
 
 class TritonPythonModel:
@@ -93,7 +147,14 @@ class TritonPythonModel:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.inter_op_num_threads = int(_param(config, "inter_op_thread_count", "0"))
         opts.log_severity_level = 3
-        providers = self._providers(args, config)
+        kind = str(args.get("model_instance_kind", "CPU"))
+        trt = _tensorrt_options(config, self.name) if kind == "GPU" else None
+        requested = requested_providers(kind, trt is not None)
+        allow = (_param(config, ALLOW_FALLBACK, "false") or "").strip().lower() in ("1", "true", "yes")
+        # Refuse before loading (the CPU onnxruntime package on a GPU host) and after (ORT drops a
+        # provider whose libraries fail to load, e.g. TensorRT, and only logs it).
+        self._refuse(check_providers(requested, ort.get_available_providers(), kind, allow))
+        providers = self._providers(args, requested, trt)
         try:
             self.session = ort.InferenceSession(path, opts, providers=providers)
         except Exception as e:  # corrupt or truncated file: this model only goes UNAVAILABLE
@@ -101,24 +162,31 @@ class TritonPythonModel:
                 f"{self.name}: cannot load {path} with ONNX Runtime: {e}"
             ) from e
         self.providers = self.session.get_providers()
+        self._refuse(check_providers(requested, self.providers, kind, allow))
+        if any(p not in self.providers for p in requested):  # only with the fallback allowed
+            pb_utils.Logger.log_warn(
+                f"{self.name}: KIND_{kind} instance asked for {requested}, serving on {self.providers} "
+                f"({ALLOW_FALLBACK} is set)"
+            )
+        cache = trt.get("trt_engine_cache_path") if trt and TRT_EP in self.providers else None
+        # gpu-check reads this line per model (cnn_deploy/checks/gpu_verdicts.py): keep
+        # "<model>: ONNX Runtime <version> on [<providers>]" and ", TensorRT engine cache <path>".
         pb_utils.Logger.log_info(
             f"{self.name}: ONNX Runtime {ort.__version__} on {self.providers}, "
             f"intra-op threads {opts.intra_op_num_threads or 'auto'}, "
             f"spinning {'off' if os.environ.get(ENV_ORT_SPINNING) == '0' else 'on'}"
+            + (f", TensorRT engine cache {cache}" if cache else "")
         )
 
-    def _providers(self, args: dict, config: dict) -> list:
+    def _refuse(self, problem: str | None) -> None:
+        if problem:  # Triton marks this model UNAVAILABLE with this reason
+            raise pb_utils.TritonModelException(f"{self.name}: {problem}")
+
+    def _providers(self, args: dict, requested: list[str], trt: dict | None) -> list:
         available = ort.get_available_providers()
-        if args.get("model_instance_kind") != "GPU" or "CUDAExecutionProvider" not in available:
-            return ["CPUExecutionProvider"]
         device = {"device_id": int(args.get("model_instance_device_id", 0))}
-        providers = []
-        trt = _tensorrt_options(config, self.name)
-        if trt is not None and "TensorrtExecutionProvider" in available:
-            providers.append(("TensorrtExecutionProvider", {**device, **trt}))
-        providers.append(("CUDAExecutionProvider", device))
-        providers.append("CPUExecutionProvider")
-        return providers
+        options = {TRT_EP: {**device, **(trt or {})}, CUDA_EP: device}
+        return [(p, options[p]) if p in options else p for p in requested if p in available]
 
     def _validate(self, array: np.ndarray) -> str | None:
         # Triton checks shapes and dtypes against the config before we are called; this

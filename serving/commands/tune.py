@@ -1,0 +1,158 @@
+"""`serving tune MODEL --p99-ms X`: the command around serving/tune.py's search."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from rich.table import Table
+
+from cnn_deploy_core import paths, registry
+from cnn_deploy_core.console import stderr, stdout
+from serving import ServingError
+from serving.commands import repository as _repository
+
+
+def add_parsers(sub, repo_opt, json_opt, state_opt) -> dict:
+    t = sub.add_parser(
+        "tune",
+        parents=[repo_opt, json_opt],
+        help="the fastest serving configuration under a p99 SLO, every answer verified",
+    )
+    t.add_argument("model", metavar="MODEL", help="a model in the repository, e.g. resnet50")
+    t.add_argument("--p99-ms", type=float, required=True, help="the latency objective (client p99, ms)")
+    t.add_argument("--budget-s", type=float, default=900.0, help="search time at most (default 900)")
+    t.add_argument(
+        "--precisions",
+        default=None,
+        help="comma-separated, of fp32,int8 (default: what is exported; fp16 is the gpu config's)",
+    )
+    t.add_argument(
+        "--plans", default=None, help="instances x threads, e.g. 1x2,2x1 (default: within the cores)"
+    )
+    t.add_argument("--delays", default=None, help="queue delays to try, us (default 2000,500,8000)")
+    t.add_argument(
+        "--max-batch-sizes", default=None, help="max_batch_size values (default: registry's, a quarter)"
+    )
+    t.add_argument("--preferred", default=None, help="preferred batch sizes to try, e.g. none,4+8 (default)")
+    t.add_argument(
+        "--concurrency", default=None, help="client concurrencies, doubled until saturated (1..32)"
+    )
+    t.add_argument("--window-s", type=float, default=2.0, help="load test window, seconds (default 2)")
+    t.add_argument(
+        "--config-name", default="tuned", help="the config the winner is written as (default tuned)"
+    )
+    t.add_argument("--force", action="store_true", help="allow --config-name cpu or gpu (overwrites it)")
+    t.add_argument("--output", type=Path, default=None, help="JSON report (default reports/tune-MODEL.json)")
+    return {"tune": cmd_tune}
+
+
+def _list(text: str | None, parse, option: str):
+    if text is None:
+        return None
+    try:
+        return tuple(parse(v.strip()) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ServingError(f"{option}: cannot read {text!r}") from None
+
+
+def cmd_tune(args) -> int:
+    from serving import tune
+
+    repository = _repository(args)
+    name = registry.get(args.model).name
+    if not (repository / name).is_dir():
+        raise ServingError(f"{name} is not in {repository}; place it first: python -m serving repo {name}")
+    arch = registry.get(name)
+    space = tune.default_space(arch.max_batch_size, tune.cores(), tune.has_int8(repository, name))
+    plans = _list(args.plans, lambda v: tuple(int(x) for x in v.lower().split("x")), "--plans")
+    preferred = _list(
+        args.preferred, lambda v: () if v == "none" else tuple(int(x) for x in v.split("+")), "--preferred"
+    )
+    precisions = _list(args.precisions, lambda v: v.lower(), "--precisions")
+    if precisions is not None:
+        from serving.tune_judge import check_precisions
+
+        precisions = check_precisions(precisions, tune.has_int8(repository, name))
+    space = tune.Space(
+        precisions=precisions or space.precisions,
+        plans=plans or space.plans,
+        max_batch_sizes=_list(args.max_batch_sizes, int, "--max-batch-sizes") or space.max_batch_sizes,
+        preferred=preferred or space.preferred,
+        delays=_list(args.delays, int, "--delays") or space.delays,
+        concurrency=_list(args.concurrency, int, "--concurrency") or space.concurrency,
+    )
+    if "int8" in space.precisions and not tune.has_int8(repository, name):
+        raise ServingError(f"no INT8 export of {name}: python -m export build {name} --int8")
+    output = args.output or paths.reports_dir() / f"tune-{name}.json"
+    stderr.print(f"tuning {name} for p99 <= {args.p99_ms:g} ms within {args.budget_s:.0f}s", highlight=False)
+    results = tune.search(
+        name,
+        repository,
+        slo_ms=args.p99_ms,
+        budget_s=args.budget_s,
+        space=space,
+        window_s=args.window_s,
+        progress=lambda m: stderr.print(m, highlight=False, markup=False),
+    )
+    best = tune.winner(results)
+    baseline = results[0]
+    written = (
+        tune.write_tuned(name, repository, best.candidate, args.config_name, args.force) if best else None
+    )
+    report = {
+        "command": "python -m serving tune " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "",
+        "model": name,
+        "slo_p99_ms": args.p99_ms,
+        "space": {k: list(v) for k, v in vars(space).items()},
+        "candidates": [m.to_dict() for m in results],
+        "baseline": baseline.to_dict(),
+        "winner": best.to_dict() if best else None,
+        "speedup_vs_baseline": (best.best["infer_per_s"] / baseline.best["infer_per_s"])
+        if best and baseline.best
+        else None,
+        "written": str(written) if written else None,
+        "state": str(repository / name / "serving.json"),
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    from cnn_deploy_core.fsutil import atomic_write_text
+
+    atomic_write_text(output, json.dumps(report, indent=2) + "\n")
+    tune.plot(results, args.p99_ms, output.with_suffix(".png"))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        table = Table(title=f"{name}: candidates (p99 objective {args.p99_ms:g} ms)")
+        for col in ("#", "configuration", "best infer/s", "at c", "p50", "p99", "verified", "rejected", "s"):
+            table.add_column(col, justify="left" if col in ("configuration", "rejected") else "right")
+        for i, m in enumerate(results, 1):
+            b = m.best or {}
+            mark = " [green]<- winner[/]" if best is m else ""
+            table.add_row(
+                str(i),
+                m.candidate.label() + mark,
+                f"{b['infer_per_s']:.1f}" if b else "-",
+                str(b.get("concurrency", "-")),
+                f"{b['p50_ms']:.1f}" if b else "-",
+                f"{b['p99_ms']:.1f}" if b else "-",
+                str(sum(p["verified"] for p in m.points)),
+                m.rejected or "",
+                f"{m.seconds:.0f}",
+            )
+        stdout.print(table)
+        if best:
+            speed = report["speedup_vs_baseline"]
+            point = best.best
+            line = f"winner: {best.candidate.label()}, {point['infer_per_s']:.1f} infer/s"
+            line += f" at c={point['concurrency']}"
+            stdout.print(line + (f" ({speed:.2f}x the current config)" if speed else ""), highlight=False)
+            stdout.print(
+                f"written: {written}; serve it with `python -m serving up --config-name {args.config_name}`"
+            )
+        stdout.print(f"JSON: {output}  chart: {output.with_suffix('.png')}", highlight=False)
+    if best is None:
+        raise ServingError(
+            f"no configuration of {name} met p99 <= {args.p99_ms:g} ms with every answer right"
+        )
+    return 0
