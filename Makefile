@@ -26,7 +26,7 @@ help:
 	@echo "make tune          the fastest ResNet-50 serving config under P99_MS (default 300), answers verified"
 	@echo "make report        the lecture's costs beside measured serving costs for MODELS: HTML in reports/"
 	@echo "make compose-test  the CPU compose deployment run for real: build, up, verify, load test, down"
-	@echo "make bench-threads two models at once: ORT default threads vs the cores' share, one run"
+	@echo "make bench-threads one and two models busy: ORT default, cores, share, turns, side by side"
 	@echo "make drills        failure drills (replica killed, restarted, overload, 10-min soak): < 15 min"
 	@echo "make gpu-check     every GPU check in one run, JSON in reports/ (exit 2 without a GPU)"
 

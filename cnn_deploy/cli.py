@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dr.add_argument("--output", type=Path, default=None, help="JSON report (default reports/drills.json)")
     bt = sub.add_parser(
-        "bench-threads", help="two models at once: ORT default threads vs a share of the cores"
+        "bench-threads", help="one and two models busy: ORT's default vs the --ort-threads policies"
     )
     bt.add_argument("--models", default="resnet18,alexnet", help="comma-separated (default resnet18,alexnet)")
     bt.add_argument("--window-s", type=float, default=3.0, help="measurement window (default 3)")
