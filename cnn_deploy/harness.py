@@ -12,6 +12,8 @@ figure. A check added here holds for every benchmark and drill.
 from __future__ import annotations
 
 import contextlib
+import os
+import secrets
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -149,9 +151,11 @@ def temporary_server(
 ) -> Iterator:
     """A tritonserver of `repository` on free ports, ready; stopped (and gone) on exit. Its log and
     backends go to `scratch` (default: a temporary folder). `options` are ServerOptions fields
-    (admin_key, env, cpus ...)."""
+    (admin_key, env, cpus ...). Its admin APIs are behind a key, as `serving up`'s are: the given
+    one, else $TRITON_ADMIN_KEY, else a random one (nothing of ours opens them)."""
     from serving.triton import ServerOptions
 
+    options.setdefault("admin_key", os.environ.get("TRITON_ADMIN_KEY") or secrets.token_urlsafe(18))
     with contextlib.ExitStack() as stack:
         if scratch is None:
             scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"{name}-")))

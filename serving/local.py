@@ -35,6 +35,7 @@ from serving.triton import (
 )
 
 STATE_NAME = "server.json"
+ADMIN_KEY_NAME = "admin.key"  # the running server's admin key, 0600, beside (never inside) its record
 LOG_NAME = "triton.log"
 SPEC_NAME = ".supervisor-spec.json"  # the detached supervisor's orders (holds the key: 0600, read once)
 SUPERVISOR_LOG = "supervisor.log"
@@ -45,9 +46,22 @@ def state_file(state_dir: Path | None = None) -> Path:
     return (state_dir or paths.state_dir()) / STATE_NAME
 
 
+def keep_admin_key(state_dir: Path, key: str | None) -> str:
+    """Write the server's admin key to its own private file (0600) in the state dir and return the
+    path: the record (server.json), which `status --json` and users read, names the file only."""
+    path = state_dir / ADMIN_KEY_NAME
+    if not key:
+        path.unlink(missing_ok=True)
+        return ""
+    from cnn_deploy_core.secrets import write_private
+
+    return str(write_private(path, key + "\n"))
+
+
 @dataclass
 class ServerState:
-    """What `status` and `down` need to find a detached server; written 0600 (it holds the key)."""
+    """What `status` and `down` need to find a detached server; written 0600. The admin key is not
+    in it: `admin_key_file` names the private file that holds it (`admin_key` reads it)."""
 
     pid: int
     http_url: str
@@ -55,7 +69,7 @@ class ServerState:
     metrics_url: str
     repository: str
     config_name: str
-    admin_key: str
+    admin_key_file: str
     log: str
     replicas: list[dict] = field(default_factory=list)  # the others: pid, *_url, log (same keys)
     # The supervisor: the foreground `serving up`, or the detached `python -m serving.supervisor`.
@@ -64,6 +78,16 @@ class ServerState:
     state: str = "ready"
     restarts: int = 0
     last_exit: str | None = None
+
+    @property
+    def admin_key(self) -> str:
+        """The admin key from its private file ("" when the server has none or the file is gone)."""
+        if not self.admin_key_file:
+            return ""
+        try:
+            return Path(self.admin_key_file).read_text().strip()
+        except OSError:
+            return ""
 
     def all(self) -> list[dict]:
         """Every replica, this record's first: pid, *_url, log, state, restarts, last_exit."""
@@ -81,7 +105,10 @@ class ServerState:
     @classmethod
     def load(cls, path: Path) -> ServerState | None:
         try:
-            return cls(**json.loads(path.read_text()))
+            data = json.loads(path.read_text())
+            data.pop("admin_key", None)  # a record written before the key moved to its own file
+            data.setdefault("admin_key_file", "")
+            return cls(**data)
         except FileNotFoundError:
             return None
         except (OSError, ValueError, TypeError) as e:
@@ -92,12 +119,18 @@ REPLICA_KEYS = ("pid", "http_url", "grpc_url", "metrics_url", "log", "state", "r
 
 
 def record_replicas(path: Path, fixed: dict, records: list[dict]) -> ServerState:
-    """Write the state file: `fixed` (repository, config_name, admin_key, supervisor_pid) and every
+    """Write the state file: `fixed` (repository, config_name, admin_key_file, supervisor_pid) and every
     replica's record (serving.supervisor.Replica.record), the first at the top level."""
     first = {k: records[0][k] for k in REPLICA_KEYS}
     state = ServerState(**first, **fixed, replicas=records[1:])
     state.save(path)
     return state
+
+
+def forget(path: Path) -> None:
+    """Remove a stopped server's record and the admin key file beside it."""
+    path.unlink(missing_ok=True)
+    (path.parent / ADMIN_KEY_NAME).unlink(missing_ok=True)
 
 
 def state_path_of_spec(spec: Path) -> Path:
@@ -250,7 +283,7 @@ def start(
             process.stop()
         raise
     records = [Replica(k, p.opts, p.log_path, p, state="ready").record() for k, p in enumerate(processes)]
-    state = record_replicas(state_file(state_dir), partial_record(opts, os.getpid()), records)
+    state = record_replicas(state_file(state_dir), partial_record(opts, os.getpid(), state_dir), records)
     return processes, state
 
 
@@ -267,8 +300,10 @@ def _start_detached(
     path.unlink(missing_ok=True)
     log_path = state_dir / SUPERVISOR_LOG
     # The package's own folder first: `-m serving.supervisor` must import this very code.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_package_root(), os.environ.get(
-        "PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [_package_root(), os.environ.get("PYTHONPATH")])),
+    }
     with open(log_path, "ab") as log:
         child = subprocess.Popen(
             [sys.executable, "-m", "serving.supervisor", str(spec)],
@@ -301,13 +336,15 @@ def _last_line(path: Path) -> str:
 
 
 def supervise(
-    processes: list[TritonProcess], state_dir: Path | None = None, policy: RestartPolicy | None = None,
+    processes: list[TritonProcess],
+    state_dir: Path | None = None,
+    policy: RestartPolicy | None = None,
     say=None,
 ) -> Supervisor:
     """A supervisor of the foreground servers `start` returned; it keeps the state file current.
     `run()` it; `stop_all()` when done (idempotent)."""
     path = state_file(state_dir)
-    fixed = partial_record(processes[0].opts, os.getpid())
+    fixed = partial_record(processes[0].opts, os.getpid(), path.parent)
     replicas = [Replica(k, p.opts, p.log_path, p, state="ready") for k, p in enumerate(processes)]
     kwargs = {"say": say} if say else {}
     return Supervisor(
@@ -347,7 +384,7 @@ def down(timeout: float = 30.0, state_dir: Path | None = None) -> str:
         except ProcessLookupError:
             pids.remove(pid)
     if not pids and not supervised:
-        path.unlink(missing_ok=True)
+        forget(path)
         return "no server running"
     deadline = time.monotonic() + timeout
     while any(pid_alive(pid) for pid in pids) and time.monotonic() < deadline:
@@ -359,7 +396,7 @@ def down(timeout: float = 30.0, state_dir: Path | None = None) -> str:
             kill_tree(pid)  # its backend stubs too: they outlive a SIGKILLed server
     for replica in state.all():  # what a killed (or crashed) server could not remove
         remove_shm_regions(urlsplit(replica["grpc_url"]).port)
-    path.unlink(missing_ok=True)
+    forget(path)
     stopped = [str(state.supervisor_pid)] if supervised else []
     return f"stopped server pid {', '.join(map(str, pids or [r['pid'] for r in state.all()]))}" + (
         f" (supervisor pid {stopped[0]})" if stopped else ""

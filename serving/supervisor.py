@@ -243,7 +243,7 @@ def spec_from_json(text: str) -> tuple[list[ServerOptions], list[Path], RestartP
 
 def main(argv: list[str]) -> int:
     """The detached supervisor: start the replicas (its children), record them, supervise."""
-    from serving.local import record_replicas, state_path_of_spec
+    from serving.local import forget, record_replicas, state_path_of_spec
 
     spec_path = Path(argv[0])
     try:
@@ -265,7 +265,7 @@ def main(argv: list[str]) -> int:
                 r.process.stop()
         say(f"error: {e}")
         return 1
-    record = partial_record(every[0], os.getpid())
+    record = partial_record(every[0], os.getpid(), state_path.parent)
     record_replicas(state_path, record, [r.record() for r in replicas])
     supervisor = Supervisor(
         replicas,
@@ -277,15 +277,18 @@ def main(argv: list[str]) -> int:
     try:
         return supervisor.run()
     finally:
-        state_path.unlink(missing_ok=True)
+        forget(state_path)
 
 
-def partial_record(first: ServerOptions, supervisor_pid: int) -> dict:
-    """The state-file fields that do not change while supervising."""
+def partial_record(first: ServerOptions, supervisor_pid: int, state_dir: Path) -> dict:
+    """The state-file fields that do not change while supervising (the admin key goes to its own
+    private file in `state_dir`, named here)."""
+    from serving.local import keep_admin_key
+
     return {
         "repository": str(first.repository),
         "config_name": first.config_name,
-        "admin_key": first.admin_key or "",
+        "admin_key_file": keep_admin_key(state_dir, first.admin_key),
         "supervisor_pid": supervisor_pid,
     }
 

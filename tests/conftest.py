@@ -48,18 +48,26 @@ def port_args() -> tuple[tuple[str, ...], str]:
     return ("--http-port", http, "--grpc-port", grpc, "--metrics-port", metrics), grpc
 
 
-def run_cli(*args: str, timeout: float = 600, cwd: Path | None = None, home: Path | None = None):
+def run_cli(
+    *args: str,
+    timeout: float = 600,
+    cwd: Path | None = None,
+    home: Path | None = None,
+    env: dict | None = None,
+):
     """Run `python -m ...` as a user would; returns the CompletedProcess (never raises).
 
-    `home` is the project folder (CNN_DEPLOY_HOME) the command's default paths are anchored to.
+    `home` is the project folder (CNN_DEPLOY_HOME) the command's default paths are anchored to;
+    `env`, variables to set (a user's exported key).
     """
     import subprocess
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    extra_env, env = env, {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
     env.pop("CNN_DEPLOY_HOME", None)
     env.pop("CNN_DEPLOY_STATE_DIR", None)
     if home is not None:
         env["CNN_DEPLOY_HOME"] = str(home)
+    env.update(extra_env or {})
     return subprocess.run(
         [sys.executable, "-m", *args],
         capture_output=True,

@@ -9,17 +9,22 @@ import os
 import pytest
 
 from tests.conftest import run_cli
+from tests.leaks import ENV_ADMIN_KEY, leaks, printed
 
 pytestmark = pytest.mark.integration
 
 
 def test_short_drills_keep_their_promises(models_dir, tmp_path):
     out = tmp_path / "drills.json"
+    scratch = tmp_path / "tmp"  # the drills' scratch (servers' logs, state) under the scanned folder
+    scratch.mkdir()
     result = run_cli(
         "cnn_deploy", "drills", "--short", "--model", "resnet18", "--models", str(models_dir),
-        "--output", str(out), timeout=900,
+        "--output", str(out), timeout=900, env={"TRITON_ADMIN_KEY": ENV_ADMIN_KEY, "TMPDIR": str(scratch)},
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+    # The user's key (the servers' admin key) in no file the drills wrote and nowhere in their output.
+    assert leaks(tmp_path, (ENV_ADMIN_KEY,)) == [] and printed([result], (ENV_ADMIN_KEY,)) == []
     report = json.loads(out.read_text())
     assert report["passed"] and [d["name"] for d in report["drills"]] == [
         "kill",

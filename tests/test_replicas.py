@@ -70,10 +70,10 @@ def test_cpu_share_counts_sessions_across_models_and_replicas(tmp_path):
     sessions = count_sessions(tmp_path, "cpu")
     assert (sessions.shared, sessions.pinned, sessions.pinned_threads) == (2, 1, 1)
     cores = available_cores()
-    default = cpu_share(tmp_path, "cpu", replicas=2)  # "cores": every core, ÷ the replicas
-    assert not default.turns and default.threads == max(1, cores // 2) and not default.spinning
-    turns = cpu_share(tmp_path, "cpu", replicas=2, policy="turns")  # the same, taking turns
-    assert turns.turns and turns.threads == max(1, cores // 2) and not turns.spinning
+    default = cpu_share(tmp_path, "cpu", replicas=2)  # "turns": every core, ÷ the replicas, in turns
+    assert default.turns and default.threads == max(1, cores // 2) and not default.spinning
+    free = cpu_share(tmp_path, "cpu", replicas=2, policy="cores")  # the same, without the turns
+    assert not free.turns and free.threads == max(1, cores // 2) and not free.spinning
     share = cpu_share(tmp_path, "cpu", replicas=2, policy="share")
     assert not share.turns and share.sessions == 4
     assert share.threads == max(1, cores // 4) and not share.spinning

@@ -20,6 +20,7 @@ from cnn_deploy.report.roof import Gemm, best_gemm
 from cnn_deploy_core.registry import get
 from export.analysis import analyze
 from tests.conftest import run_cli
+from tests.leaks import ENV_ADMIN_KEY, leaks, printed
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -119,9 +120,10 @@ def test_the_compute_roof_is_the_best_gemm_and_says_how_it_was_measured():
 
 
 def _report_cli(models, output, home, *, seconds: float):
-    """`python -m cnn_deploy report resnet18`, briefly, into `output`."""
+    """`python -m cnn_deploy report resnet18`, briefly, into `output`, with the user's key exported."""
     args = ["--models", str(models), "--seconds", str(seconds), "--window-s", "0.5", "--output", str(output)]
-    return run_cli("cnn_deploy", "report", "resnet18", *args, home=home, timeout=900)
+    env = {"TRITON_ADMIN_KEY": ENV_ADMIN_KEY, "TMPDIR": str(home)}  # its scratch under the scanned folder
+    return run_cli("cnn_deploy", "report", "resnet18", *args, home=home, timeout=900, env=env)
 
 
 @pytest.mark.integration
@@ -179,6 +181,8 @@ def test_the_html_report_renders_every_table_and_chart_in_a_browser(models_dir, 
     output = tmp_path / "report"
     result = _report_cli(models_dir, output, tmp_path, seconds=0.6)
     assert result.returncode == 0, result.stderr[-3000:]
+    # The user's key (the server's admin key) in no file the report wrote and nowhere it printed.
+    assert leaks(tmp_path, (ENV_ADMIN_KEY,)) == [] and printed([result], (ENV_ADMIN_KEY,)) == []
     report = json.loads(output.with_suffix(".json").read_text())
     (arch,) = report["architectures"]
     assert arch["served"]["wrong"] == 0 and arch["served"]["verified"] == arch["served"]["answered"] > 0

@@ -3,7 +3,7 @@
 One server started as a user would (`serving up --detach` with `--admin-key-file`,
 `--inference-key-file` and gRPC TLS from a throwaway CA), then verify and a short load test (shared
 memory: the admin key is used), `serving status`, `serving down`. Every file the run wrote is
-scanned for both keys: only the files that exist to hold a key (the key files, the server's 0600
+scanned for both keys: only the files that exist to hold a key (the key files, not the server's
 record) may contain one, and they must be private. Without the inference key, inference is refused
 with an error naming --key-file; with it (file, or $TRITON_API_KEY to loopback), the answers are
 exact (verify against the golden set)."""
@@ -12,43 +12,29 @@ from __future__ import annotations
 
 import json
 import os
-import stat
-from pathlib import Path
 
 import pytest
 
 from cnn_deploy.checks.pki import make_pki
 from cnn_deploy_core.registry import get
 from tests.conftest import port_args, run_cli
+from tests.leaks import leaks, printed
 
 ARCH = "resnet18"
 ADMIN_KEY = "admin-3f9c1e7a5b2d4c6e"
 API_KEY = "infer-8b1d2e4f6a7c9e0b"
-# Files whose job is to hold a key: the key files, and `serving up`'s record of the detached server
-# (`status`, `rollback` and the load test's shared-memory mode read the admin key from it).
-KEY_HOLDERS = {"admin.key", "api.key", "server.json", ".supervisor-spec.json", "tls.key", "client.key"}
-
-
-def leaks(root: Path, secrets: tuple[str, ...]) -> list[str]:
-    """Files under `root` that hold a secret and are not a private key holder (verdict)."""
-    found = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        data = path.read_bytes()
-        if not any(s.encode() in data for s in secrets):
-            continue
-        private = stat.S_IMODE(path.stat().st_mode) & 0o077 == 0
-        if path.name not in KEY_HOLDERS or not private:
-            found.append(f"{path.relative_to(root)} ({stat.S_IMODE(path.stat().st_mode):04o})")
-    return found
 
 
 def test_the_leak_scan_says_no(tmp_path):
     (tmp_path / "report.json").write_text(f'{{"command": "--admin-key {ADMIN_KEY}"}}')
-    (tmp_path / "server.json").write_text(ADMIN_KEY)
-    (tmp_path / "server.json").chmod(0o644)
-    assert leaks(tmp_path, (ADMIN_KEY,)) == ["report.json (0644)", "server.json (0644)"]
+    (tmp_path / "server.json").write_text(f'{{"admin_key": "{ADMIN_KEY}"}}')
+    (tmp_path / "server.json").chmod(0o600)  # private, but a record is no place for a key
+    (tmp_path / "admin.key").write_text(ADMIN_KEY)
+    (tmp_path / "admin.key").chmod(0o644)
+    assert leaks(tmp_path, (ADMIN_KEY,)) == ["admin.key (0644)", "report.json (0644)", "server.json (0600)"]
     (tmp_path / "report.json").unlink()
-    (tmp_path / "server.json").chmod(0o600)
+    (tmp_path / "server.json").write_text('{"admin_key_file": "admin.key"}')
+    (tmp_path / "admin.key").chmod(0o600)
     assert leaks(tmp_path, (ADMIN_KEY,)) == []
 
 
@@ -143,9 +129,10 @@ def test_no_key_in_any_file_or_output_of_the_run(keyed_server):
     keyed_server["outputs"].append(text)
     assert "admin key in its own command line" in text.stdout.replace("\n", " ")
     assert "admin key in its own command line" in keyed_server["outputs"][0].stdout.replace("\n", " ")  # up
+    running = leaks(keyed_server["root"], (ADMIN_KEY, API_KEY))  # the record names the key's file only
+    assert running == [] and (keyed_server["state"] / "admin.key").stat().st_mode & 0o077 == 0
     down = run_cli("serving", "down", "--state-dir", str(keyed_server["state"]), timeout=120)
     keyed_server["outputs"].append(down)
     assert leaks(keyed_server["root"], (ADMIN_KEY, API_KEY)) == []
-    for out in keyed_server["outputs"]:
-        text = out.stdout + out.stderr
-        assert ADMIN_KEY not in text and API_KEY not in text, text[-2000:]
+    assert not (keyed_server["state"] / "admin.key").exists()  # `down` removed the server's copy
+    assert printed(keyed_server["outputs"], (ADMIN_KEY, API_KEY)) == []

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import port_args, run_cli
+from tests.leaks import ENV_ADMIN_KEY, leaks, printed
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +28,10 @@ def test_detached_server_lifecycle_up_status_down_from_any_directory(repository,
         started = json.loads(up.stdout.split("detached, supervised by")[0])
         assert started["grpc"] == f"grpc://127.0.0.1:{grpc}"
         assert {m["name"]: m["state"] for m in started["models"]}["resnet18"] == "READY"
-        assert (home / "build" / "serving" / "server.json").stat().st_mode & 0o077 == 0  # holds the key
+        record = home / "build" / "serving" / "server.json"
+        key_file = Path(json.loads(record.read_text())["admin_key_file"])
+        assert key_file == record.parent / "admin.key" and key_file.stat().st_mode & 0o077 == 0
+        assert key_file.read_text().strip() not in record.read_text()  # the record names the key file only
         assert not (here / "build").exists()
 
         status = run_cli("serving", "status", "--json", cwd=elsewhere, home=home)
@@ -83,9 +88,12 @@ def test_up_rejects_an_invalid_port_in_one_line(repository, tmp_path):
 def test_make_demo_runs_end_to_end(tmp_path):
     """The main job, in a fresh directory: export, serve, classify, verify, load-test, stop."""
     result = run_cli(
-        "cnn_deploy", "demo", "--models", "resnet18", "--json", cwd=tmp_path, home=tmp_path, timeout=900
-    )
+        "cnn_deploy", "demo", "--models", "resnet18", "--json", cwd=tmp_path, home=tmp_path, timeout=900,
+        env={"TRITON_ADMIN_KEY": ENV_ADMIN_KEY},
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-5000:]
+    # The user's key (exported, as the README says) in no file the demo wrote and nowhere it printed.
+    assert leaks(tmp_path, (ENV_ADMIN_KEY,)) == [] and printed([result], (ENV_ADMIN_KEY,)) == []
     summary = json.loads(result.stdout)
     steps = {s["step"]: s["status"] for s in summary["steps"]}
     assert steps == {

@@ -7,6 +7,7 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from pathlib import Path
 
 from clients import BadInputError, ClientError, LoadTestError
 from clients.aio import AsyncTritonClient
@@ -54,7 +55,12 @@ def admin_key(config: LoadTestConfig, endpoint) -> str | None:
         return None
     replicas = [state, *state.get("replicas", [])]
     mine = {parse_url(r.get(key, "grpc://x:1")) for r in replicas for key in ("grpc_url", "http_url")}
-    return state.get("admin_key") if endpoint in mine else None
+    if endpoint not in mine or not state.get("admin_key_file"):
+        return None
+    try:  # the record names the key's own private file (serving.local.keep_admin_key)
+        return Path(state["admin_key_file"]).read_text().strip() or None
+    except OSError:
+        return None
 
 
 def make_transport(config: LoadTestConfig, payloads: Payloads, slots: int):

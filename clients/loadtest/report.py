@@ -196,5 +196,3 @@ def write_reports(report: dict, output: Path) -> ReportPaths:
     write_private(paths.csv, to_csv(report).encode())
     write_private(paths.png, to_png(report))
     return paths
-
-

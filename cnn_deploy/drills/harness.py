@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -74,6 +75,8 @@ class Replicas:
             metrics_port=base + 2,
             backend_dir=scratch / "backends",
             cpus=cpus,
+            # admin APIs behind a key, as `serving up`'s are (nothing of ours opens them)
+            admin_key=os.environ.get("TRITON_ADMIN_KEY") or secrets.token_urlsafe(18),
         )
         self.options = replica_options(opts, count)
         self.scratch = scratch

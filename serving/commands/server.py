@@ -134,7 +134,7 @@ def _exposure_warning(host: str, tls_cert, inference_key_file) -> None:
 
 
 def cmd_up(args) -> int:
-    from serving.local import admin_key, inference_key, start, state_file, supervise
+    from serving.local import admin_key, forget, inference_key, start, state_file, supervise
     from serving.triton import ServerOptions, server_share
 
     repository = _repository(args)
@@ -181,14 +181,14 @@ def cmd_up(args) -> int:
         code = supervisor.run()
     finally:
         supervisor.stop_all()
-        state_file(args.state_dir).unlink(missing_ok=True)
+        forget(state_file(args.state_dir))
     stdout.print("server stopped")
     return code
 
 
 def _announce(args, state) -> None:
     """Endpoints and every model's state; a listing failure must not orphan the server."""
-    from serving.local import model_table, state_file
+    from serving.local import model_table
 
     try:
         models = model_table(state.http_url, state.admin_key)
@@ -211,8 +211,9 @@ def _announce(args, state) -> None:
             f"Triton ready (pid {state.pid}, config '{state.config_name}', repository {state.repository})"
         )
         stdout.print(f"  HTTP    {state.http_url}\n  gRPC    {state.grpc_url}\n  metrics {state.metrics_url}")
-        key_file = state_file(args.state_dir)
-        stdout.print(f"  log     {state.log}\n  admin APIs need header 'admin-key' (key in {key_file})")
+        stdout.print(
+            f"  log     {state.log}\n  admin APIs need header 'admin-key' (key in {state.admin_key_file})"
+        )
         stdout.print(f"  {ARGV_NOTE}", highlight=False)
         for k, replica in enumerate(state.replicas, 2):
             stdout.print(f"  replica {k}: pid {replica['pid']}, {replica['http_url']}, {replica['grpc_url']}")
