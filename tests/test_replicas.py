@@ -93,8 +93,8 @@ def test_only_sessions_without_their_own_thread_count_take_turns_on_the_cores(tm
     from tritonclient.grpc import model_config_pb2
 
     from cnn_deploy_core.registry import get
-    from serving.repository import CpuPlan, cpu_config, served_versions
-    from serving.threads import CORES_RESOURCE, server_args
+    from serving.repository import CpuPlan, cpu_config, gpu_config, served_versions
+    from serving.threads import CORES_RESOURCE, DEFAULT_POLICY, count_sessions, server_args
     from tests.test_serving_config import _version_dir
 
     _version_dir(tmp_path / "resnet50", 1)
@@ -108,8 +108,16 @@ def test_only_sessions_without_their_own_thread_count_take_turns_on_the_cores(tm
     assert limiter(CpuPlan(1, 0)) == [(CORES_RESOURCE, 1)]
     assert limiter(CpuPlan(2, 1)) == []
     limit = ["--rate-limit=execution_count", f"--rate-limit-resource={CORES_RESOURCE}:1"]
-    assert server_args("turns") == limit
+    assert server_args("turns") == limit and DEFAULT_POLICY == "turns"
     assert server_args("share") == server_args("cores") == []
+    # GPU configs are unaffected: their instances name no resource (the rate limiter lets an
+    # instance without one run whenever it is free), and no CPU session is counted for them.
+    text = gpu_config(get("resnet50"), served).to_pbtxt()
+    gpu = text_format.Parse(text, model_config_pb2.ModelConfig())
+    assert all(not g.rate_limiter.resources for g in gpu.instance_group)
+    (tmp_path / "resnet50" / "configs").mkdir()
+    (tmp_path / "resnet50" / "configs" / "gpu.pbtxt").write_text(text)
+    assert count_sessions(tmp_path, "gpu").shared == 0
 
 
 # --- a silent server: timeouts are not retried ---------------------------------------------------
