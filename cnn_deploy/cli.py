@@ -49,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument(
         "--policies",
-        default="cores",
-        help="`serving up --ort-threads` policies to try with the 'default' plan (default cores)",
+        default="turns",
+        help="`serving up --ort-threads` policies to try with the 'default' plan (default turns, "
+        "serving up's)",
     )
     b.add_argument(
         "--beside",

@@ -7,7 +7,9 @@ Settings (`serving up --ort-threads`, and the server's environment read by our b
 - cores:        a thread per core, spinning off (`--ort-threads cores`);
 - share:        the cores split among the sessions, spinning off (`--ort-threads share`);
 - turns:        a thread per core, spinning off, executions of different models taking turns on
-  the cores through Triton's rate limiter (`--ort-threads turns`).
+  the cores through Triton's rate limiter (`--ort-threads turns`);
+- turns-spinning: turns with ORT's spinning on (CNN_DEPLOY_ORT_SPINNING=1);
+- turns-spin-run: turns with spinning within a run only (CNN_DEPLOY_ORT_SPINNING=run).
 
 Scenarios: both models under load at once (one client each, concurrency 2) and the first model
 alone (the other loaded, idle); every answer verified. Settings are measured alternately, two
@@ -30,6 +32,7 @@ from cnn_deploy_core.layout import ENV_ORT_SPINNING, ENV_ORT_THREADS
 from cnn_deploy_core.machine import cpu_flags, cpu_model
 
 ROUNDS = 3
+SPINNING = {"1": "on", "run": "within a run only (session.force_spinning_stop)"}
 
 
 async def _both(urls: str, models: list[str], repository: Path, window_s: float) -> dict[str, float]:
@@ -64,6 +67,8 @@ def run(models: list[str], *, models_dir: Path, window_s: float, output: Path) -
         "cores": ("cores", ()),
         "share": ("share", ()),
         "turns": ("turns", ()),
+        "turns-spinning": ("turns", ((ENV_ORT_SPINNING, "1"),)),
+        "turns-spin-run": ("turns", ((ENV_ORT_SPINNING, "run"),)),
     }
     scenarios = {"both": models, "alone": models[:1]}
     rates: dict[str, dict[str, list[dict[str, float]]]] = {k: {sc: [] for sc in scenarios} for k in settings}
@@ -81,6 +86,8 @@ def run(models: list[str], *, models_dir: Path, window_s: float, output: Path) -
                         server.share.describe()
                         if not env
                         else f"{cores} intra-op threads per session (ORT's default), spinning on"
+                        if name == "ort-default"
+                        else server.share.describe().replace("off", SPINNING[dict(env)[ENV_ORT_SPINNING]])
                     )
                     for scenario, loaded in scenarios.items():
                         result = asyncio.run(_both(server.opts.grpc_url, loaded, repository, window_s))

@@ -120,6 +120,9 @@ def check_providers(
     )
 
 
+SPINNING_WORDS = {"0": "off", "1": "on", "run": "within a run only"}
+
+
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
@@ -142,9 +145,14 @@ class TritonPythonModel:
         # ORT's default (a thread per core: the native backend's behaviour).
         threads = int(_param(config, "intra_op_thread_count", "0") or 0)
         opts.intra_op_num_threads = threads or int(os.environ.get(ENV_ORT_THREADS, "0") or 0)
-        if os.environ.get(ENV_ORT_SPINNING) == "0":
+        spinning = os.environ.get(ENV_ORT_SPINNING)
+        if spinning == "0":
             # Other sessions share these cores: an idle worker sleeps rather than spin on them.
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        elif spinning == "run":
+            # Spin within a run, stop the moment it returns: the next session to take the cores
+            # ("turns") finds no worker of this one spinning on them.
+            opts.add_session_config_entry("session.force_spinning_stop", "1")
         opts.inter_op_num_threads = int(_param(config, "inter_op_thread_count", "0"))
         opts.log_severity_level = 3
         kind = str(args.get("model_instance_kind", "CPU"))
@@ -174,7 +182,7 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(
             f"{self.name}: ONNX Runtime {ort.__version__} on {self.providers}, "
             f"intra-op threads {opts.intra_op_num_threads or 'auto'}, "
-            f"spinning {'off' if os.environ.get(ENV_ORT_SPINNING) == '0' else 'on'}"
+            f"spinning {SPINNING_WORDS.get(spinning or '1', spinning)}"
             + (f", TensorRT engine cache {cache}" if cache else "")
         )
 
