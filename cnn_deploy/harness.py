@@ -12,8 +12,6 @@ figure. A check added here holds for every benchmark and drill.
 from __future__ import annotations
 
 import contextlib
-import os
-import secrets
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -153,9 +151,10 @@ def temporary_server(
     backends go to `scratch` (default: a temporary folder). `options` are ServerOptions fields
     (admin_key, env, cpus ...). Its admin APIs are behind a key, as `serving up`'s are: the given
     one, else $TRITON_ADMIN_KEY, else a random one (nothing of ours opens them)."""
+    from serving.local import admin_key as serving_admin_key
     from serving.triton import ServerOptions
 
-    options.setdefault("admin_key", os.environ.get("TRITON_ADMIN_KEY") or secrets.token_urlsafe(18))
+    options.setdefault("admin_key", serving_admin_key(None))
     with contextlib.ExitStack() as stack:
         if scratch is None:
             scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"{name}-")))

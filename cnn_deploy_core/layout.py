@@ -25,3 +25,5 @@ IDENTITY_MODEL = "identity"  # a no-compute model with a classifier's wire forma
 # How `serving up` tells the ONNX Runtime backend its share of the cores (see serving/threads.py)
 ENV_ORT_THREADS = "CNN_DEPLOY_ORT_THREADS"  # intra-op threads of a session whose config names none
 ENV_ORT_SPINNING = "CNN_DEPLOY_ORT_SPINNING"  # "0": idle ORT workers sleep instead of spinning
+# ENV_ORT_SPINNING's values, in words (unset: ORT's default, on)
+SPINNING_MODES = {"0": "off", "1": "on", "run": "within a run only"}

@@ -28,11 +28,10 @@ import numpy as np
 from cnn_deploy.harness import place, step_config, temporary_server, the_step, verified_step_async
 from cnn_deploy_core.console import stderr, stdout
 from cnn_deploy_core.fsutil import atomic_write_text
-from cnn_deploy_core.layout import ENV_ORT_SPINNING, ENV_ORT_THREADS
+from cnn_deploy_core.layout import ENV_ORT_SPINNING, ENV_ORT_THREADS, SPINNING_MODES
 from cnn_deploy_core.machine import cpu_flags, cpu_model
 
 ROUNDS = 3
-SPINNING = {"1": "on", "run": "within a run only (session.force_spinning_stop)"}
 
 
 async def _both(urls: str, models: list[str], repository: Path, window_s: float) -> dict[str, float]:
@@ -82,12 +81,11 @@ def run(models: list[str], *, models_dir: Path, window_s: float, output: Path) -
                 with temporary_server(
                     repository, Path(tmp), name=f"triton-{name}", env=env, ort_threads=policy
                 ) as server:
+                    spinning = SPINNING_MODES[dict(env).get(ENV_ORT_SPINNING, "0")]
                     described[name] = (
-                        server.share.describe()
-                        if not env
-                        else f"{cores} intra-op threads per session (ORT's default), spinning on"
+                        f"{cores} intra-op threads per session (ORT's default), spinning on"
                         if name == "ort-default"
-                        else server.share.describe().replace("off", SPINNING[dict(env)[ENV_ORT_SPINNING]])
+                        else server.share.describe().replace("spinning off", f"spinning {spinning}")
                     )
                     for scenario, loaded in scenarios.items():
                         result = asyncio.run(_both(server.opts.grpc_url, loaded, repository, window_s))

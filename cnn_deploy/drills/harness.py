@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -64,6 +63,7 @@ class Replicas:
     """N tritonservers of one repository on consecutive port blocks; killed, restarted at will."""
 
     def __init__(self, repository: Path, scratch: Path, count: int, cpus: tuple[int, ...] = ()):
+        from serving.local import admin_key as serving_admin_key
         from serving.local import replica_options
         from serving.triton import ServerOptions, free_port_block
 
@@ -76,7 +76,7 @@ class Replicas:
             backend_dir=scratch / "backends",
             cpus=cpus,
             # admin APIs behind a key, as `serving up`'s are (nothing of ours opens them)
-            admin_key=os.environ.get("TRITON_ADMIN_KEY") or secrets.token_urlsafe(18),
+            admin_key=serving_admin_key(None),
         )
         self.options = replica_options(opts, count)
         self.scratch = scratch

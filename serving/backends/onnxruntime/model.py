@@ -22,7 +22,7 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 from cnn_deploy_core.dtypes import config_to_kserve, kserve_to_numpy
-from cnn_deploy_core.layout import ENV_ORT_SPINNING, ENV_ORT_THREADS
+from cnn_deploy_core.layout import ENV_ORT_SPINNING, ENV_ORT_THREADS, SPINNING_MODES
 
 
 def _numpy_dtype(config_type: str) -> np.dtype:
@@ -120,9 +120,6 @@ def check_providers(
     )
 
 
-SPINNING_WORDS = {"0": "off", "1": "on", "run": "within a run only"}
-
-
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
@@ -182,7 +179,7 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(
             f"{self.name}: ONNX Runtime {ort.__version__} on {self.providers}, "
             f"intra-op threads {opts.intra_op_num_threads or 'auto'}, "
-            f"spinning {SPINNING_WORDS.get(spinning or '1', spinning)}"
+            f"spinning {SPINNING_MODES.get(spinning or '1', spinning)}"
             + (f", TensorRT engine cache {cache}" if cache else "")
         )
 
