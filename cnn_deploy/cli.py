@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--seconds", type=float, default=8.0, help="measuring time per point (default 8)")
     b.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="alternated rounds (in-process, then every served point), figures averaged (default 1)",
+    )
+    b.add_argument(
         "--output", type=Path, default=None, help="JSON path (default reports/serving-benchmark.json)"
     )
     b.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
@@ -169,6 +175,8 @@ def cmd_bench_serving(args) -> int:
         raise CnnDeployError(
             f"--plans must look like 1x2,2x1 (instances x threads) or default, got {args.plans!r}"
         ) from None
+    if args.rounds < 1:
+        raise CnnDeployError(f"--rounds must be at least 1, got {args.rounds}")
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     if not policies or set(policies) - set(POLICIES):
         raise CnnDeployError(f"--policies must be among {', '.join(POLICIES)}, got {args.policies!r}")
@@ -181,6 +189,7 @@ def cmd_bench_serving(args) -> int:
         delays=_ints(args.queue_delay_us, "--queue-delay-us"),
         concurrencies=_ints(args.concurrency, "--concurrency"),
         seconds=args.seconds,
+        rounds=args.rounds,
         output=args.output or paths.reports_dir() / "serving-benchmark.json",
         console=stderr,
         out=stdout,

@@ -25,5 +25,9 @@ IDENTITY_MODEL = "identity"  # a no-compute model with a classifier's wire forma
 # How `serving up` tells the ONNX Runtime backend its share of the cores (see serving/threads.py)
 ENV_ORT_THREADS = "CNN_DEPLOY_ORT_THREADS"  # intra-op threads of a session whose config names none
 ENV_ORT_SPINNING = "CNN_DEPLOY_ORT_SPINNING"  # "0": idle ORT workers sleep instead of spinning
+# "adapt" (serving/threads.py, cnn_deploy_core/cores.py): the threads of a session's narrow twin,
+# and the folder of the server's gate that says which of the two runs
+ENV_ORT_NARROW = "CNN_DEPLOY_ORT_NARROW"
+ENV_ORT_GATE = "CNN_DEPLOY_ORT_GATE"
 # ENV_ORT_SPINNING's values, in words (unset: ORT's default, on)
 SPINNING_MODES = {"0": "off", "1": "on", "run": "within a run only"}

@@ -4,20 +4,23 @@ Every model instance of every served version of every CPU model is its own backe
 its own ORT thread pool. Left at ORT's default (a thread per core each), two busy models run
 twice as many threads as there are cores, and ORT's spinning workers burn the cores the other
 model's threads are waiting for. Policies (`serving up --ort-threads`):
-- "turns" (default): every session gets all the cores (÷ the replicas on this machine), and the
-  executions of different models take turns on them through Triton's rate limiter (each CPU
-  instance holds the "cores" resource while it runs; the server has one): one busy model runs
-  as fast as alone, and two busy models do not fight (the batches that wait grow instead);
-- "cores": the same threads, without the turns;
+- "adapt" (default): a run that finds nobody else computing gets every core (÷ the replicas on
+  this machine); a run that finds another model computing runs beside it on a narrow twin of
+  its session, with its share of the cores (cores ÷ sessions), built the first time it is
+  needed. One file lock per server says which (cnn_deploy_core/cores.py). One busy model runs
+  as with "cores", two busy models as with "share";
+- "turns": every session gets every core, and executions of different models take turns on
+  them through Triton's rate limiter (each CPU instance holds the "cores" resource while it
+  runs; the server has one);
+- "cores": every core for each session, without turns;
 - "share": the sessions the repository loads split the cores (each gets cores ÷ sessions).
 A config that names its own `intra_op_thread_count` (`--cpu-threads`, or `serving tune`'s
-winner) keeps it and runs free of turns. Spinning is turned off as soon as more than one session
-shares the machine. The numbers behind the default (README, "The cores are shared"; `make
-bench-threads`, 3 alternated rounds): one model busy, "turns" 1.05x "cores", "share" 0.58x;
-two models busy, over ORT's own default: "turns" 1.35x, "cores" 1.17x, "share" 1.40x (but
-"share" halves the common case). A lock in our backend instead of Triton's rate limiter was
-measured too and lost (1.18x, 0.99x): it takes its batch before waiting for the cores, where
-the rate limiter lets the batch grow while it waits.
+winner) keeps it and runs free of turns and twins. Spinning is turned off as soon as more than
+one session shares the machine. The numbers behind the default are in the README ("The cores are
+shared") and `make bench-threads` (alternated rounds, ratios side by side). A lock in our
+backend *instead* of Triton's rate limiter, making runs wait for all the cores, lost to it
+(1.18x, 0.99x): it takes its batch before waiting, where the rate limiter lets the batch grow.
+"adapt"'s runs never wait while a core is free for them.
 
 The backend reads the decision from the environment (ENV_ORT_THREADS, ENV_ORT_SPINNING), because Triton
 starts it per model and it cannot see the others.
@@ -32,7 +35,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from cnn_deploy_core.layout import ENV_ORT_SPINNING, ENV_ORT_THREADS
+from cnn_deploy_core.layout import ENV_ORT_NARROW, ENV_ORT_SPINNING, ENV_ORT_THREADS, SPINNING_MODES
 
 
 @dataclass(frozen=True)
@@ -41,17 +44,21 @@ class CpuShare:
     pinned_threads: int  # threads claimed by sessions with an explicit count
     cores: int
     threads: int  # per shared session
-    spinning: bool
+    spinning: str  # a key of SPINNING_MODES: "1" on, "0" off, "run" within a run only
     turns: bool = False  # executions take turns on the cores (Triton's rate limiter)
+    narrow: int = 0  # "adapt": the threads of a run beside another (0: no narrow twin)
 
     def environment(self) -> dict[str, str]:
-        return {ENV_ORT_THREADS: str(self.threads), ENV_ORT_SPINNING: "1" if self.spinning else "0"}
+        env = {ENV_ORT_THREADS: str(self.threads), ENV_ORT_SPINNING: self.spinning}
+        return env | ({ENV_ORT_NARROW: str(self.narrow)} if self.narrow else {})
 
     def describe(self) -> str:
         how = "taking turns on them" if self.turns else "shared" if self.threads < self.cores else "all each"
+        if self.narrow:
+            how = f"alone, {self.narrow} beside another run"
         return (
             f"{self.sessions} ONNX Runtime session(s), {self.cores} cores: "
-            f"{self.threads} intra-op thread(s) each, {how}, spinning {'on' if self.spinning else 'off'}"
+            f"{self.threads} intra-op thread(s) each, {how}, spinning {SPINNING_MODES[self.spinning]}"
             + (f"; {self.pinned_threads} more thread(s) set in configs" if self.pinned_threads else "")
         )
 
@@ -103,8 +110,8 @@ def count_sessions(repository: Path, config_name: str = "cpu") -> Sessions:
     return Sessions(shared, pinned, pinned_threads)
 
 
-POLICIES = ("turns", "share", "cores")
-DEFAULT_POLICY = "turns"
+POLICIES = ("adapt", "turns", "share", "cores")
+DEFAULT_POLICY = "adapt"
 # The rate-limiter resource a CPU instance holds while it runs (count 1; the server has 1).
 CORES_RESOURCE = "cores"
 
@@ -157,11 +164,20 @@ def cpu_share(
     # machine (separate servers, each meant to have its slice of the machine).
     shared = sessions.shared if policy == "share" else replicas
     threads = max(1, cores // shared) if shared else cores
+    # "adapt": a narrow twin per session with its share of this server's cores, when that is less
+    narrow = 0
+    if policy == "adapt" and sessions.shared > replicas:
+        narrow = max(1, threads // -(-sessions.shared // replicas))
+        narrow = narrow if narrow < threads else 0
     # Spinning only for a session truly alone. Not for one busy model beside the identity model:
     # measured in `make drills`' soak, a spinning resnet18 beside a client on the same 2 cores
     # fell behind for a minute (p99 from 22 ms to 2.6 s) and its memory grew 25% with the
     # backlog. (Spinning was not the whole cause: a soak with it off fell behind too, until the
-    # drills pinned the load generator to a core of its own.)
-    spinning = sessions.shared + sessions.pinned <= 1
+    # drills pinned the load generator to a core of its own.) Nor within a run only
+    # (CNN_DEPLOY_ORT_SPINNING=run, ORT's `session.force_spinning_stop`): under "turns" in `make
+    # bench-threads` it was even with "off" in one run and 8% behind it in the next.
     turns = policy == "turns"
-    return CpuShare(sessions.shared, sessions.pinned_threads, cores, threads, spinning, turns=turns)
+    spinning = "1" if sessions.shared + sessions.pinned <= 1 else "0"
+    return CpuShare(
+        sessions.shared, sessions.pinned_threads, cores, threads, spinning, turns=turns, narrow=narrow
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cnn_deploy_core import paths
+from cnn_deploy_core.layout import ENV_ORT_GATE
 from cnn_deploy_core.machine import children, pss_mb, rss_mb  # noqa: F401  (re-exported for callers)
 from serving import ServingError
 from serving.ports import check_ports, free_port_block, free_ports, port_free  # noqa: F401  (re-exported)
@@ -220,6 +222,11 @@ def is_ready(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
+def gate_dir(opts: ServerOptions) -> Path:
+    """Where the backends of this server ("adapt") keep the lock files of its cores' gate."""
+    return backend_dir(opts).resolve() / f"cores-{opts.grpc_port}"
+
+
 def server_share(opts: ServerOptions) -> CpuShare:
     """The ONNX Runtime threads each session of this server gets (see serving/threads.py)."""
     return cpu_share(
@@ -253,6 +260,8 @@ class TritonProcess:
         self.share = server_share(self.opts)
         for key, value in self.share.environment().items():
             env.setdefault(key, value)  # the user's own setting wins
+        if self.share.narrow:  # "adapt": the gate of this server's cores (cnn_deploy_core/cores.py)
+            env.setdefault(ENV_ORT_GATE, str(gate_dir(self.opts)))
         env.update(self.opts.env)
         if self.log_path:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -298,6 +307,7 @@ class TritonProcess:
                 self.kill()
         if self.process is not None:
             remove_shm_regions(self.opts.grpc_port)  # left behind if it crashed or was killed
+            shutil.rmtree(gate_dir(self.opts), ignore_errors=True)
         if self._log_file:
             self._log_file.close()
             self._log_file = None

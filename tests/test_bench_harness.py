@@ -79,3 +79,19 @@ def test_the_same_benchmark_reports_the_undamaged_model(models_dir):
 
     (run,) = served(models_dir, "resnet18", CpuPlan(1, 2), 2000, [2], 1.0, stderr)
     assert run.verified > 0 and run.images_per_s > 0
+
+
+def test_served_figures_are_averaged_point_by_point_over_the_rounds():
+    from cnn_deploy.bench.serving import ServedRun, mean_runs
+
+    def point(c, rate, batch, verified=10):
+        return ServedRun(1, 0, "turns", 2000, c, rate, batch, verified)
+
+    rounds = [[point(2, 20.0, 2.0), point(8, 24.0, 4.0)], [point(2, 22.0, 2.0), point(8, 18.0, 3.0)]]
+    mean = mean_runs(rounds)
+    assert [(r.concurrency, r.images_per_s, r.avg_server_batch, r.verified) for r in mean] == [
+        (2, 21.0, 2.0, 20),
+        (8, 21.0, 3.5, 20),
+    ]
+    with pytest.raises(ValueError, match="same points"):
+        mean_runs([rounds[0], rounds[1][:1]])

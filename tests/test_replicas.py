@@ -70,25 +70,45 @@ def test_cpu_share_counts_sessions_across_models_and_replicas(tmp_path):
     sessions = count_sessions(tmp_path, "cpu")
     assert (sessions.shared, sessions.pinned, sessions.pinned_threads) == (2, 1, 1)
     cores = available_cores()
-    default = cpu_share(tmp_path, "cpu", replicas=2)  # "turns": every core, ÷ the replicas, in turns
-    assert default.turns and default.threads == max(1, cores // 2) and not default.spinning
+    turns = cpu_share(tmp_path, "cpu", replicas=2, policy="turns")  # every core, ÷ replicas, in turns
+    assert turns.turns and turns.threads == max(1, cores // 2) and turns.spinning == "0"
+    assert turns.environment()["CNN_DEPLOY_ORT_SPINNING"] == "0" and not turns.narrow
     free = cpu_share(tmp_path, "cpu", replicas=2, policy="cores")  # the same, without the turns
-    assert not free.turns and free.threads == max(1, cores // 2) and not free.spinning
+    assert not free.turns and free.threads == max(1, cores // 2) and free.spinning == "0"
     share = cpu_share(tmp_path, "cpu", replicas=2, policy="share")
     assert not share.turns and share.sessions == 4
-    assert share.threads == max(1, cores // 4) and not share.spinning
+    assert share.threads == max(1, cores // 4) and share.spinning == "0"
     assert share.environment()["CNN_DEPLOY_ORT_SPINNING"] == "0"
+    # "adapt": every core alone; beside another run, the sessions' share of the server's cores
+    adapt = cpu_share(tmp_path, "cpu", replicas=1, policy="adapt", cores=8)
+    assert (adapt.threads, adapt.narrow, adapt.spinning, adapt.turns) == (8, 4, "0", False)
+    assert cpu_share(tmp_path, "cpu", cores=8) == adapt  # the default
+    assert adapt.environment()["CNN_DEPLOY_ORT_NARROW"] == "4"
+    halves = cpu_share(tmp_path, "cpu", replicas=2, policy="adapt", cores=8)  # each replica its half
+    assert (halves.threads, halves.narrow) == (4, 2)
+    assert cpu_share(tmp_path, "cpu", replicas=1, policy="adapt", cores=1).narrow == 0  # 1 thread
+    assert "CNN_DEPLOY_ORT_NARROW" not in every_core_env(tmp_path)
     every = cpu_share(tmp_path, "cpu", replicas=1, policy="cores")  # each session every core
-    assert every.threads == cores and not every.spinning and not every.turns
+    assert every.threads == cores and every.spinning == "0" and not every.turns
     alone = tmp_path / "alone"
     _place_gather(alone, instances=1)
-    assert cpu_share(alone, "cpu").spinning and cpu_share(alone, "cpu").threads == cores
+    assert cpu_share(alone, "cpu", policy="adapt").narrow == 0  # alone: no narrow twin
+    for policy in ("adapt", "turns", "cores", "share"):  # a session alone spins, whatever the policy
+        assert cpu_share(alone, "cpu", policy=policy).spinning == "1"
+        assert cpu_share(alone, "cpu", policy=policy).threads == cores
+
+
+def every_core_env(repository):
+    from serving.threads import cpu_share
+
+    return cpu_share(repository, "cpu", policy="cores").environment()
 
 
 def test_only_sessions_without_their_own_thread_count_take_turns_on_the_cores(tmp_path):
     """The CPU config's instance holds the rate limiter's "cores" resource while it runs, unless
     its thread count is its own (--cpu-threads, the tuner's winner); a server started with policy
-    "turns" (the default) has one such resource, so executions of different models take turns."""
+    "turns" has one such resource, so executions of different models take turns. The default,
+    "adapt", needs no rate limiter (cnn_deploy_core/cores.py)."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
@@ -108,8 +128,8 @@ def test_only_sessions_without_their_own_thread_count_take_turns_on_the_cores(tm
     assert limiter(CpuPlan(1, 0)) == [(CORES_RESOURCE, 1)]
     assert limiter(CpuPlan(2, 1)) == []
     limit = ["--rate-limit=execution_count", f"--rate-limit-resource={CORES_RESOURCE}:1"]
-    assert server_args("turns") == limit and DEFAULT_POLICY == "turns"
-    assert server_args("share") == server_args("cores") == []
+    assert server_args("turns") == limit and DEFAULT_POLICY == "adapt"
+    assert server_args("adapt") == server_args("share") == server_args("cores") == []
     # GPU configs are unaffected: their instances name no resource (the rate limiter lets an
     # instance without one run whenever it is free), and no CPU session is counted for them.
     text = gpu_config(get("resnet50"), served).to_pbtxt()
@@ -340,7 +360,7 @@ def test_a_killed_replica_fails_over_and_is_restarted(replicas):
     assert "restarts 1, last exit: killed by SIGKILL" in status.stdout, status.stdout
 
 
-@pytest.mark.parametrize("policy", ["turns", "share", "cores"])
+@pytest.mark.parametrize("policy", ["adapt", "turns", "share", "cores"])
 def test_the_backend_runs_with_the_threads_serving_up_decided(policy, tmp_path):
     from serving.threads import available_cores
     from serving.triton import ServerOptions, TritonProcess
@@ -353,11 +373,52 @@ def test_the_backend_runs_with_the_threads_serving_up_decided(policy, tmp_path):
     with TritonProcess(opts, log_path=log).start() as server:
         server.wait_ready(120)
         expected = max(1, available_cores() // 2) if policy == "share" else available_cores()
-        assert server.share.threads == expected and not server.share.spinning
+        narrow = available_cores() // 2 if policy == "adapt" else 0  # a twin for runs side by side
+        assert server.share.threads == expected and server.share.describe().endswith("spinning off")
+        assert server.share.narrow == narrow
     text = log.read_text(errors="replace")
-    assert text.count(f"intra-op threads {expected}, spinning off") == 2, text[-3000:]
+    threads = f"{expected} alone, {narrow} beside another run" if narrow else f"{expected}"
+    assert text.count(f"intra-op threads {threads}, spinning off") == 2, text[-3000:]
     # "turns": the server's rate limiter is on, and each instance holds the cores while it runs
     assert ("EXEC_COUNT" in text) == (policy == "turns"), text[-3000:]
+
+
+def test_adapt_runs_beside_another_on_a_narrow_twin_built_when_first_needed(tmp_path):
+    """The default policy, "adapt", on the real server: a run that finds another computing (here
+    the test holds the gate as a narrow run would) is answered at once by the wide session while
+    the narrow twin is built in the background, and by the twin afterwards, every answer right."""
+    import fcntl
+    import os
+
+    from cnn_deploy_core.cores import BUSY
+    from serving.threads import available_cores
+    from serving.triton import ServerOptions, TritonProcess, gate_dir
+
+    if available_cores() < 2:
+        pytest.skip("one core: no narrow twin to build")
+    repo = tmp_path / "repo"
+    _place_gather(repo)
+    _place_gather_copy(repo, "gather_b")
+    opts = ServerOptions.on_free_ports(repo, backend_dir=tmp_path / "backends")
+    log = tmp_path / "triton.log"
+    x = np.array([[3, 1, 2, 0]], dtype=np.float32)
+    with TritonProcess(opts, log_path=log).start() as server, TritonClient(opts.grpc_url) as client:
+        server.wait_ready(120)
+        np.testing.assert_array_equal(client.infer(GATHER_MODEL, x), _expected(x))  # alone: wide
+        assert "narrow twin ready" not in log.read_text(errors="replace")  # not built unasked
+        busy = os.open(gate_dir(opts) / BUSY, os.O_RDWR)
+        fcntl.flock(busy, fcntl.LOCK_SH)  # another model's narrow run computes
+        try:
+            deadline = time.monotonic() + 30
+            while "gather: narrow twin ready" not in log.read_text(errors="replace"):
+                assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+                np.testing.assert_array_equal(client.infer(GATHER_MODEL, x), _expected(x))
+                time.sleep(0.2)
+            np.testing.assert_array_equal(client.infer(GATHER_MODEL, x), _expected(x))  # the twin
+        finally:
+            os.close(busy)
+        assert "gather_b: narrow twin" not in log.read_text(errors="replace")  # it never ran beside
+    assert not gate_dir(opts).exists()  # stopped: its lock files go with it
 
 
 def test_a_pinned_server_keeps_to_its_cpus_and_a_killed_one_leaves_no_shared_memory(tmp_path):

@@ -2,8 +2,10 @@
 our load test with every answer verified) against in-process ONNX Runtime at its best batch size,
 in one run.
 
-`python -m cnn_deploy bench-serving [--model resnet50]` (`make bench-serving`). In-process ORT is
-measured before and after the served runs and averaged, so a change in the machine's load hits both.
+`python -m cnn_deploy bench-serving [--model resnet50] [--rounds 3]` (`make bench-serving`).
+In-process ORT is measured before each round of served runs and once after the last, and every
+figure is the mean over the rounds: the machine is shared and its speed moves by 10% from minute
+to minute, so a ratio means something only when both sides were measured alternately.
 """
 
 from __future__ import annotations
@@ -59,6 +61,24 @@ def ort_best(model_path: Path, batch_sizes: list[int], threads: int, seconds: fl
             sess.run(None, {"input": x})
             n += 1
         out[bs] = bs * n / (time.perf_counter() - start)
+    return out
+
+
+def mean_runs(rounds: list[list[ServedRun]]) -> list[ServedRun]:
+    """Each point's figures averaged over the rounds (the same points, in the same order, in each)."""
+    if not rounds or any(len(r) != len(rounds[0]) for r in rounds):
+        raise ValueError("every round must measure the same points")
+    out = []
+    for points in zip(*rounds, strict=True):
+        first = points[0]
+        out.append(
+            dataclasses.replace(
+                first,
+                images_per_s=float(np.mean([p.images_per_s for p in points])),
+                avg_server_batch=float(np.mean([p.avg_server_batch for p in points])),
+                verified=sum(p.verified for p in points),
+            )
+        )
     return out
 
 
@@ -125,44 +145,54 @@ def run_benchmark(
     console: Console,
     out: Console,
     as_json: bool,
+    rounds: int = 1,
 ) -> dict:
     path = models_dir / model / MODEL_FILE
     if not path.is_file():
         raise CnnDeployError(f"no export of {model} in {models_dir}; run: python -m export build {model}")
     cores = os.cpu_count() or 1
     batches = [1, 2, 4, 8, 16]
-    console.print(f"in-process ONNX Runtime, {cores} threads, batch {batches} ...")
-    ort_before = ort_best(path, batches, cores, seconds)
-    runs: list[ServedRun] = []
-    for plan in plans:
-        for policy in policies if not plan.threads else policies[:1]:
-            for delay in delays:
-                runs += served(
-                    models_dir, model, plan, delay, concurrencies, seconds, console,
-                    policy=policy, beside=beside,
-                )  # fmt: skip
+    ort_runs: list[dict[int, float]] = []
+    served_rounds: list[list[ServedRun]] = []
+    for round_ in range(rounds):
+        console.print(
+            f"round {round_ + 1} of {rounds}: in-process ONNX Runtime, {cores} threads, batch {batches} ..."
+        )
+        ort_runs.append(ort_best(path, batches, cores, seconds))
+        this_round: list[ServedRun] = []
+        for plan in plans:
+            for policy in policies if not plan.threads else policies[:1]:
+                for delay in delays:
+                    this_round += served(
+                        models_dir, model, plan, delay, concurrencies, seconds, console,
+                        policy=policy, beside=beside,
+                    )  # fmt: skip
+        served_rounds.append(this_round)
     console.print("in-process ONNX Runtime again ...")
-    ort_after = ort_best(path, batches, cores, seconds)
-    ort = {bs: (ort_before[bs] + ort_after[bs]) / 2 for bs in batches}
+    ort_runs.append(ort_best(path, batches, cores, seconds))
+    ort = {bs: float(np.mean([r[bs] for r in ort_runs])) for bs in batches}
     best_bs = max(ort, key=ort.get)
+    runs = mean_runs(served_rounds)
     best = max(runs, key=lambda r: r.images_per_s)
     report = {
         "command": f"python -m cnn_deploy bench-serving --model {model}"
         + (f" --policies {','.join(policies)}" if any(not p.threads for p in plans) else "")
-        + (f" --beside {','.join(beside)}" if beside else ""),
+        + (f" --beside {','.join(beside)}" if beside else "")
+        + (f" --rounds {rounds}" if rounds > 1 else ""),
         "beside": list(beside),
+        "rounds": rounds,
         "cpu_flags": cpu_flags(),
         "cpu_model": cpu_model(),
         "model": model,
         "cores": cores,
         "ort_in_process": {
-            "images_per_s": ort,
-            "before": ort_before,
-            "after": ort_after,
+            "images_per_s": ort,  # the mean of the measurements below
+            "measured": ort_runs,  # before each round, and after the last
             "best_batch": best_bs,
             "best_images_per_s": ort[best_bs],
         },
-        "served": [asdict(r) for r in runs],
+        "served": [asdict(r) for r in runs],  # means over the rounds
+        "served_rounds": [[asdict(r) for r in rr] for rr in served_rounds],
         "best_served": asdict(best),
         "ratio_best_served_to_ort": best.images_per_s / ort[best_bs],
     }
@@ -174,6 +204,7 @@ def run_benchmark(
     table = Table(
         title=f"{model}: Triton (1 image per request) vs in-process ONNX Runtime "
         f"(best: batch {best_bs}, {ort[best_bs]:.1f} img/s)"
+        + (f", means of {rounds} alternated rounds" if rounds > 1 else "")
     )
     for col in ("instances x threads", "queue delay us", "concurrency", "img/s", "server batch", "vs ORT"):
         table.add_column(col, justify="right")

@@ -8,11 +8,13 @@ Settings (`serving up --ort-threads`, and the server's environment read by our b
 - share:        the cores split among the sessions, spinning off (`--ort-threads share`);
 - turns:        a thread per core, spinning off, executions of different models taking turns on
   the cores through Triton's rate limiter (`--ort-threads turns`);
-- turns-spinning: turns with ORT's spinning on (CNN_DEPLOY_ORT_SPINNING=1);
-- turns-spin-run: turns with spinning within a run only (CNN_DEPLOY_ORT_SPINNING=run).
+- adapt:        every core for a run alone, the sessions' share beside another model's run (a
+  narrow twin of the session; `--ort-threads adapt`, the default).
+Measured before and dropped (README): turns with spinning on (0.69x with two busy), or within a
+run only (no better than off).
 
 Scenarios: both models under load at once (one client each, concurrency 2) and the first model
-alone (the other loaded, idle); every answer verified. Settings are measured alternately, two
+alone (the other loaded, idle); every answer verified. Settings are measured alternately, three
 rounds, averaged: the machine is shared and noisy, so only ratios side by side mean anything.
 """
 
@@ -66,8 +68,7 @@ def run(models: list[str], *, models_dir: Path, window_s: float, output: Path) -
         "cores": ("cores", ()),
         "share": ("share", ()),
         "turns": ("turns", ()),
-        "turns-spinning": ("turns", ((ENV_ORT_SPINNING, "1"),)),
-        "turns-spin-run": ("turns", ((ENV_ORT_SPINNING, "run"),)),
+        "adapt": ("adapt", ()),
     }
     scenarios = {"both": models, "alone": models[:1]}
     rates: dict[str, dict[str, list[dict[str, float]]]] = {k: {sc: [] for sc in scenarios} for k in settings}
@@ -81,11 +82,12 @@ def run(models: list[str], *, models_dir: Path, window_s: float, output: Path) -
                 with temporary_server(
                     repository, Path(tmp), name=f"triton-{name}", env=env, ort_threads=policy
                 ) as server:
-                    spinning = SPINNING_MODES[dict(env).get(ENV_ORT_SPINNING, "0")]
+                    decided = SPINNING_MODES[server.share.spinning]
+                    spinning = SPINNING_MODES[dict(env).get(ENV_ORT_SPINNING, server.share.spinning)]
                     described[name] = (
                         f"{cores} intra-op threads per session (ORT's default), spinning on"
                         if name == "ort-default"
-                        else server.share.describe().replace("spinning off", f"spinning {spinning}")
+                        else server.share.describe().replace(f"spinning {decided}", f"spinning {spinning}")
                     )
                     for scenario, loaded in scenarios.items():
                         result = asyncio.run(_both(server.opts.grpc_url, loaded, repository, window_s))

@@ -39,10 +39,12 @@ def add_parsers(sub, repo_opt, json_opt, state_opt) -> dict:
         "--ort-threads",
         choices=POLICIES,
         default=DEFAULT_POLICY,
-        help="ONNX Runtime threads of sessions without their own count: cores (default) gives each "
-        "every core (÷ replicas), spinning off when several share them; turns does the same and "
-        "lets executions of different models take turns on the cores (Triton's rate limiter); "
-        "share splits the cores among all sessions (best when several models are always busy)",
+        help="ONNX Runtime threads of sessions without their own count: adapt (default) gives a run "
+        "every core (÷ replicas) when no other model computes, and its share of them beside another "
+        "(a narrow twin of the session, built when first needed); turns gives each every core and "
+        "lets executions of different models take turns on them (Triton's rate limiter); cores "
+        "gives each every core; share splits the cores among all sessions. Spinning is off "
+        "whenever several sessions share the cores",
     )
     u.add_argument(
         "--config-name",

@@ -16,13 +16,21 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
+from cnn_deploy_core.cores import CoreGate
 from cnn_deploy_core.dtypes import config_to_kserve, kserve_to_numpy
-from cnn_deploy_core.layout import ENV_ORT_SPINNING, ENV_ORT_THREADS, SPINNING_MODES
+from cnn_deploy_core.layout import (
+    ENV_ORT_GATE,
+    ENV_ORT_NARROW,
+    ENV_ORT_SPINNING,
+    ENV_ORT_THREADS,
+    SPINNING_MODES,
+)
 
 
 def _numpy_dtype(config_type: str) -> np.dtype:
@@ -124,6 +132,10 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         self.name = args["model_name"]
+        self.narrow: ort.InferenceSession | None = None  # "adapt" only, once built
+        self.gate: CoreGate | None = None
+        self._twin: tuple | None = None  # what the narrow twin is built from
+        self._builder: threading.Thread | None = None
         self.max_batch = int(config.get("max_batch_size", 0))
         (inp,) = config["input"]
         (out,) = config["output"]
@@ -168,18 +180,22 @@ class TritonPythonModel:
             ) from e
         self.providers = self.session.get_providers()
         self._refuse(check_providers(requested, self.providers, kind, allow))
-        if any(p not in self.providers for p in requested):  # only with the fallback allowed
-            pb_utils.Logger.log_warn(
-                f"{self.name}: KIND_{kind} instance asked for {requested}, serving on {self.providers} "
-                f"({ALLOW_FALLBACK} is set)"
-            )
+        # "adapt": a narrow twin of the session runs while another model computes (the gate says).
+        # Built the first time it is needed, in the background (until then such runs are wide, as
+        # with "cores"): a model never busy beside another costs no second copy of its weights.
+        wide, narrow = opts.intra_op_num_threads, int(os.environ.get(ENV_ORT_NARROW, "0") or 0)
+        if kind == "CPU" and not threads and 0 < narrow < wide:
+            self.gate = CoreGate(os.environ[ENV_ORT_GATE])
+            opts.intra_op_num_threads = narrow  # the wide session has its own copy of the options
+            self._twin = (path, opts, providers)
         cache = trt.get("trt_engine_cache_path") if trt and TRT_EP in self.providers else None
         # gpu-check reads this line per model (cnn_deploy/checks/gpu_verdicts.py): keep
         # "<model>: ONNX Runtime <version> on [<providers>]" and ", TensorRT engine cache <path>".
         pb_utils.Logger.log_info(
             f"{self.name}: ONNX Runtime {ort.__version__} on {self.providers}, "
-            f"intra-op threads {opts.intra_op_num_threads or 'auto'}, "
-            f"spinning {SPINNING_MODES.get(spinning or '1', spinning)}"
+            f"intra-op threads {wide or 'auto'}"
+            + (f" alone, {narrow} beside another run" if self.gate else "")
+            + f", spinning {SPINNING_MODES.get(spinning or '1', spinning)}"
             + (f", TensorRT engine cache {cache}" if cache else "")
         )
 
@@ -250,8 +266,37 @@ class TritonPythonModel:
         return responses
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        (logits,) = self.session.run([self.output_name], {self.input_name: batch})
+        if self.gate is None:
+            (logits,) = self.session.run([self.output_name], {self.input_name: batch})
+        else:
+            with self.gate.run() as alone:
+                session = self.session if alone else self._beside()
+                (logits,) = session.run([self.output_name], {self.input_name: batch})
         return logits.astype(self.output_dtype, copy=False)
+
+    def _beside(self) -> ort.InferenceSession:
+        """The session for a run beside another model's: the narrow twin once it is built."""
+        if self.narrow is not None:
+            return self.narrow
+        if self._builder is None:  # once: a failed build logged why, and runs stay wide
+            self._builder = threading.Thread(target=self._build_twin, name="narrow-twin", daemon=True)
+            self._builder.start()
+        return self.session
+
+    def _build_twin(self) -> None:
+        path, opts, providers = self._twin
+        try:
+            twin = ort.InferenceSession(path, opts, providers=providers)
+            dims = [d if d > 0 else 1 for d in self.input_dims]  # warm before it serves
+            twin.run(None, {self.input_name: np.zeros([1, *dims], self.input_dtype)})
+        except Exception as e:  # never the request's failure: the wide session answers instead
+            pb_utils.Logger.log_warn(f"{self.name}: no narrow twin ({e}); runs beside others stay wide")
+            return
+        self.narrow = twin
+        pb_utils.Logger.log_info(
+            f"{self.name}: narrow twin ready ({opts.intra_op_num_threads} intra-op threads), "
+            "for runs beside another model's"
+        )
 
     def _response(self, logits: np.ndarray):
         return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, logits)])
@@ -262,4 +307,6 @@ class TritonPythonModel:
         )
 
     def finalize(self) -> None:
-        self.session = None
+        self.session = self.narrow = None
+        if self.gate is not None:
+            self.gate.close()
