@@ -49,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument(
         "--policies",
-        default="turns",
-        help="`serving up --ort-threads` policies to try with the 'default' plan (default turns, "
+        default="adapt",
+        help="`serving up --ort-threads` policies to try with the 'default' plan (default adapt, "
         "serving up's)",
     )
     b.add_argument(

@@ -47,7 +47,7 @@ class ServerOptions:
     log_verbose: int = 0
     extra_args: tuple[str, ...] = field(default_factory=tuple)
     replicas: int = 1  # servers on this machine sharing the cores (see serving/threads.py)
-    ort_threads: str = DEFAULT_POLICY  # see serving/threads.py: "turns", "share" or "cores"
+    ort_threads: str = DEFAULT_POLICY  # see serving/threads.py: POLICIES
     env: tuple[tuple[str, str], ...] = ()  # extra environment, e.g. a fixed thread count
     # Pin the server and its backend processes to these CPUs (as a container's cpuset does), e.g.
     # to keep a load generator on the same machine off the server's cores; () = not pinned.
