@@ -114,7 +114,7 @@ def test_only_sessions_without_their_own_thread_count_take_turns_on_the_cores(tm
 
     from cnn_deploy_core.registry import get
     from serving.repository import CpuPlan, cpu_config, gpu_config, served_versions
-    from serving.threads import CORES_RESOURCE, DEFAULT_POLICY, count_sessions, server_args
+    from serving.threads import CORES_RESOURCE, DEFAULT_POLICY, count_sessions, cpu_share, server_args
     from tests.test_serving_config import _version_dir
 
     _version_dir(tmp_path / "resnet50", 1)
@@ -138,6 +138,9 @@ def test_only_sessions_without_their_own_thread_count_take_turns_on_the_cores(tm
     (tmp_path / "resnet50" / "configs").mkdir()
     (tmp_path / "resnet50" / "configs" / "gpu.pbtxt").write_text(text)
     assert count_sessions(tmp_path, "gpu").shared == 0
+    # nor by "adapt": no CPU session, so no narrow twin and no gate (the backend also builds a
+    # twin for KIND_CPU instances only)
+    assert cpu_share(tmp_path, "gpu", policy="adapt", cores=8).narrow == 0
 
 
 # --- a silent server: timeouts are not retried ---------------------------------------------------

@@ -161,6 +161,9 @@ def test_a_killed_replica_is_restarted_in_the_foreground_while_the_other_serves(
     up = subprocess.Popen(
         [sys.executable, "-m", *_up_args(small_repository, state)], cwd=ROOT, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # Ctrl-C reaches it, even when pytest itself runs as a background job (`make test &`),
+        # whose children a shell starts with SIGINT ignored: Python then installs no handler
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
         _wait(lambda: (state / "server.json").exists() or up.poll() is not None, 300, "servers ready")

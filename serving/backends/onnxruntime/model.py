@@ -187,9 +187,14 @@ class TritonPythonModel:
             ) from e
         self.providers = self.session.get_providers()
         self._refuse(check_providers(requested, self.providers, kind, allow))
+        if any(p not in self.providers for p in requested):  # only with the fallback allowed
+            pb_utils.Logger.log_warn(
+                f"{self.name}: KIND_{kind} instance asked for {requested}, serving on {self.providers} "
+                f"({ALLOW_FALLBACK} is set)"
+            )
         # "adapt": a narrow twin of the session runs while another model computes (the gate says).
-        # Built the first time it is needed, in the background (until then such runs are wide, as
-        # with "cores"): a model never busy beside another costs no second copy of its weights.
+        # Built in the background once it is needed (until then such runs are wide, as with
+        # "cores"): a model never busy beside another costs no second copy of its weights.
         wide, narrow = opts.intra_op_num_threads, int(os.environ.get(ENV_ORT_NARROW, "0") or 0)
         if kind == "CPU" and not threads and 0 < narrow < wide:
             self.gate = CoreGate(os.environ[ENV_ORT_GATE])
