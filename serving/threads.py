@@ -173,11 +173,16 @@ def cpu_share(
     # measured in `make drills`' soak, a spinning resnet18 beside a client on the same 2 cores
     # fell behind for a minute (p99 from 22 ms to 2.6 s) and its memory grew 25% with the
     # backlog. (Spinning was not the whole cause: a soak with it off fell behind too, until the
-    # drills pinned the load generator to a core of its own.) Nor within a run only
-    # (CNN_DEPLOY_ORT_SPINNING=run, ORT's `session.force_spinning_stop`): under "turns" in `make
-    # bench-threads` it was even with "off" in one run and 8% behind it in the next.
+    # drills pinned the load generator to a core of its own.) Under "adapt", spinning within a run
+    # only (ORT's `session.force_spinning_stop`): a wide run has the cores to itself (a narrow run
+    # waits for it to end), and its workers stop spinning the moment it returns. Measured with
+    # ResNet-50 served (best of c=2/4/8 ÷ in-process, 5 alternated rounds): ahead of "off" in 4.
+    # Not under "turns": even with "off" in one `make bench-threads` run, 8% behind in the next.
     turns = policy == "turns"
-    spinning = "1" if sessions.shared + sessions.pinned <= 1 else "0"
+    if sessions.shared + sessions.pinned <= 1:
+        spinning = "1"
+    else:
+        spinning = "run" if narrow else "0"
     return CpuShare(
         sessions.shared, sessions.pinned_threads, cores, threads, spinning, turns=turns, narrow=narrow
     )

@@ -81,7 +81,7 @@ def test_cpu_share_counts_sessions_across_models_and_replicas(tmp_path):
     assert share.environment()["CNN_DEPLOY_ORT_SPINNING"] == "0"
     # "adapt": every core alone; beside another run, the sessions' share of the server's cores
     adapt = cpu_share(tmp_path, "cpu", replicas=1, policy="adapt", cores=8)
-    assert (adapt.threads, adapt.narrow, adapt.spinning, adapt.turns) == (8, 4, "0", False)
+    assert (adapt.threads, adapt.narrow, adapt.spinning, adapt.turns) == (8, 4, "run", False)
     assert cpu_share(tmp_path, "cpu", cores=8) == adapt  # the default
     assert adapt.environment()["CNN_DEPLOY_ORT_NARROW"] == "4"
     halves = cpu_share(tmp_path, "cpu", replicas=2, policy="adapt", cores=8)  # each replica its half
@@ -377,11 +377,12 @@ def test_the_backend_runs_with_the_threads_serving_up_decided(policy, tmp_path):
         server.wait_ready(120)
         expected = max(1, available_cores() // 2) if policy == "share" else available_cores()
         narrow = available_cores() // 2 if policy == "adapt" else 0  # a twin for runs side by side
-        assert server.share.threads == expected and server.share.describe().endswith("spinning off")
+        spinning = "within a run only" if narrow else "off"
+        assert server.share.threads == expected and server.share.describe().endswith(f"spinning {spinning}")
         assert server.share.narrow == narrow
     text = log.read_text(errors="replace")
     threads = f"{expected} alone, {narrow} beside another run" if narrow else f"{expected}"
-    assert text.count(f"intra-op threads {threads}, spinning off") == 2, text[-3000:]
+    assert text.count(f"intra-op threads {threads}, spinning {spinning}") == 2, text[-3000:]
     # "turns": the server's rate limiter is on, and each instance holds the cores while it runs
     assert ("EXEC_COUNT" in text) == (policy == "turns"), text[-3000:]
 
