@@ -1,8 +1,9 @@
 """Who computes on a server's cores right now: a run alone takes them all, runs at once share them.
 
 Each CPU model instance of a server is its own backend process with its own ONNX Runtime session
-(serving/threads.py, policy "adapt"). Every instance holds two sessions of its model: a wide one
-(every core) and a narrow one (its share of the cores). Before each run it asks this gate:
+(serving/threads.py, policy "adapt"). Every instance holds a wide session of its model (every
+core) and, once it has run beside others, a narrow twin (its share of the cores). Before each run
+it asks this gate:
 - nobody else computing: the gate is taken exclusively and the run is wide, so one busy model
   runs as fast as it would alone;
 - another run in progress: the run is narrow and shares the gate with the other narrow runs, so

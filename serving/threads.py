@@ -6,8 +6,8 @@ twice as many threads as there are cores, and ORT's spinning workers burn the co
 model's threads are waiting for. Policies (`serving up --ort-threads`):
 - "adapt" (default): a run that finds nobody else computing gets every core (÷ the replicas on
   this machine); a run that finds another model computing runs beside it on a narrow twin of
-  its session, with its share of the cores (cores ÷ sessions), built the first time it is
-  needed. One file lock per server says which (cnn_deploy_core/cores.py). One busy model runs
+  its session, with its share of the cores (cores ÷ sessions), built once it has run beside
+  others a few times. One file lock per server says which (cnn_deploy_core/cores.py). One busy model runs
   as with "cores", two busy models as with "share";
 - "turns": every session gets every core, and executions of different models take turns on
   them through Triton's rate limiter (each CPU instance holds the "cores" resource while it
@@ -16,14 +16,15 @@ model's threads are waiting for. Policies (`serving up --ort-threads`):
 - "share": the sessions the repository loads split the cores (each gets cores ÷ sessions).
 A config that names its own `intra_op_thread_count` (`--cpu-threads`, or `serving tune`'s
 winner) keeps it and runs free of turns and twins. Spinning is turned off as soon as more than
-one session shares the machine. The numbers behind the default are in the README ("The cores are
-shared") and `make bench-threads` (alternated rounds, ratios side by side). A lock in our
-backend *instead* of Triton's rate limiter, making runs wait for all the cores, lost to it
-(1.18x, 0.99x): it takes its batch before waiting, where the rate limiter lets the batch grow.
-"adapt"'s runs never wait while a core is free for them.
+one session shares the machine, but within an "adapt" run (see `cpu_share`). The numbers behind
+the default are in the README ("The cores are shared") and `make bench-threads` (alternated
+rounds, ratios side by side). A lock in our backend *instead* of Triton's rate limiter, making
+runs wait for all the cores, lost to it (1.18x, 0.99x): it takes its batch before waiting, where
+the rate limiter lets the batch grow. "adapt"'s runs never wait while a core is free for them.
 
-The backend reads the decision from the environment (ENV_ORT_THREADS, ENV_ORT_SPINNING), because Triton
-starts it per model and it cannot see the others.
+The backend reads the decision from the environment (ENV_ORT_THREADS, ENV_ORT_SPINNING, and for
+"adapt" ENV_ORT_NARROW and ENV_ORT_GATE), because Triton starts it per model and it cannot see the
+others.
 """
 
 from __future__ import annotations

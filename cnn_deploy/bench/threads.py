@@ -10,8 +10,8 @@ Settings (`serving up --ort-threads`, and the server's environment read by our b
   the cores through Triton's rate limiter (`--ort-threads turns`);
 - adapt:        every core for a run alone, the sessions' share beside another model's run (a
   narrow twin of the session; `--ort-threads adapt`, the default).
-Measured before and dropped (README): turns with spinning on (0.69x with two busy), or within a
-run only (no better than off).
+Measured before and dropped (README): turns with spinning on (0.69x with two busy), or on within
+a run only (no better than off under turns).
 
 Scenarios: both models under load at once (one client each, concurrency 2) and the first model
 alone (the other loaded, idle); every answer verified. Settings are measured alternately, three
@@ -30,7 +30,7 @@ import numpy as np
 from cnn_deploy.harness import place, step_config, temporary_server, the_step, verified_step_async
 from cnn_deploy_core.console import stderr, stdout
 from cnn_deploy_core.fsutil import atomic_write_text
-from cnn_deploy_core.layout import ENV_ORT_SPINNING, ENV_ORT_THREADS, SPINNING_MODES
+from cnn_deploy_core.layout import ENV_ORT_SPINNING, ENV_ORT_THREADS
 from cnn_deploy_core.machine import cpu_flags, cpu_model
 
 ROUNDS = 3
@@ -82,12 +82,10 @@ def run(models: list[str], *, models_dir: Path, window_s: float, output: Path) -
                 with temporary_server(
                     repository, Path(tmp), name=f"triton-{name}", env=env, ort_threads=policy
                 ) as server:
-                    decided = SPINNING_MODES[server.share.spinning]
-                    spinning = SPINNING_MODES[dict(env).get(ENV_ORT_SPINNING, server.share.spinning)]
                     described[name] = (
                         f"{cores} intra-op threads per session (ORT's default), spinning on"
                         if name == "ort-default"
-                        else server.share.describe().replace(f"spinning {decided}", f"spinning {spinning}")
+                        else server.share.describe()
                     )
                     for scenario, loaded in scenarios.items():
                         result = asyncio.run(_both(server.opts.grpc_url, loaded, repository, window_s))

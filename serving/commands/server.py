@@ -43,8 +43,8 @@ def add_parsers(sub, repo_opt, json_opt, state_opt) -> dict:
         "every core (÷ replicas) when no other model computes, and its share of them beside another "
         "(a narrow twin of the session, built when first needed); turns gives each every core and "
         "lets executions of different models take turns on them (Triton's rate limiter); cores "
-        "gives each every core; share splits the cores among all sessions. Spinning is off "
-        "whenever several sessions share the cores",
+        "gives each every core; share splits the cores among all sessions. When several sessions "
+        "share the cores, ORT's spinning is off, but within an adapt run",
     )
     u.add_argument(
         "--config-name",

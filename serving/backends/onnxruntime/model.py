@@ -166,8 +166,8 @@ class TritonPythonModel:
             # Other sessions share these cores: an idle worker sleeps rather than spin on them.
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         elif spinning == "run":
-            # Spin within a run, stop the moment it returns: the next session to take the cores
-            # ("turns") finds no worker of this one spinning on them.
+            # Spin within a run, stop the moment it returns ("adapt": a wide run has the cores to
+            # itself): the next run of another model finds no worker of this one spinning on them.
             opts.add_session_config_entry("session.force_spinning_stop", "1")
         opts.inter_op_num_threads = int(_param(config, "inter_op_thread_count", "0"))
         opts.log_severity_level = 3
@@ -196,8 +196,9 @@ class TritonPythonModel:
         # Built in the background once it is needed (until then such runs are wide, as with
         # "cores"): a model never busy beside another costs no second copy of its weights.
         wide, narrow = opts.intra_op_num_threads, int(os.environ.get(ENV_ORT_NARROW, "0") or 0)
-        if kind == "CPU" and not threads and 0 < narrow < wide:
-            self.gate = CoreGate(os.environ[ENV_ORT_GATE])
+        gate = os.environ.get(ENV_ORT_GATE)  # set by `serving up` with the narrow count
+        if kind == "CPU" and not threads and 0 < narrow < wide and gate:
+            self.gate = CoreGate(gate)
             opts.intra_op_num_threads = narrow  # the wide session has its own copy of the options
             self._twin = (path, opts, providers)
         cache = trt.get("trt_engine_cache_path") if trt and TRT_EP in self.providers else None
