@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="exported models loaded beside the measured one, idle (the demo's: alexnet,resnet18)",
     )
-    b.add_argument("--queue-delay-us", default="2000", help="dynamic batcher delays to try (default 2000)")
+    b.add_argument(
+        "--queue-delay-us", default="0", help="dynamic batcher delays to try (default 0: the CPU configs')"
+    )
     b.add_argument(
         "--concurrency", default="1,4,8,16", help="single-image requests in flight (default 1,4,8,16)"
     )

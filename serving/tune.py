@@ -61,7 +61,7 @@ class Candidate:
     threads: int = 2
     max_batch_size: int = 32
     preferred: tuple[int, ...] = ()
-    queue_delay_us: int = 2000
+    queue_delay_us: int = 0
 
     def label(self) -> str:
         pref = ",".join(map(str, self.preferred)) or "-"
@@ -100,7 +100,7 @@ def default_space(max_batch: int, cores: int, has_int8: bool) -> Space:
         plans=tuple(sorted(plans)),
         max_batch_sizes=tuple(sorted({max_batch, max(2, max_batch // 4)}, reverse=True)),
         preferred=((), (4, 8)),
-        delays=(2000, 500, 8000),
+        delays=(0, 500, 2000, 8000),
         concurrency=(1, 2, 4, 8, 16, 32),
     )
 
@@ -218,7 +218,7 @@ def search(
         # A share (0) is what the tuner's one-model server would give it: the cores / instances.
         threads=state.cpu.threads or max(1, cores() // state.cpu.instances),
         max_batch_size=arch.max_batch_size,
-        queue_delay_us=arch.queue_delay_us,
+        queue_delay_us=arch.cpu_queue_delay_us,
     )
     results: dict[Candidate, Measured] = {}
     dimensions = (

@@ -86,7 +86,8 @@ def test_cpu_config_has_everything_the_issue_asks_for(tmp_path):
     assert cfg.input[0].format == model_config_pb2.ModelInput.FORMAT_NCHW
     assert cfg.output[0].label_filename == "labels.txt"
     assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
-    assert cfg.dynamic_batching.max_queue_delay_microseconds > 0
+    assert cfg.HasField("dynamic_batching")  # no delay on the CPU: a batch is what queued during a run
+    assert cfg.dynamic_batching.max_queue_delay_microseconds == 0
     assert not cfg.dynamic_batching.preferred_batch_size
     assert [w.batch_size for w in cfg.model_warmup] == [1, cfg.max_batch_size]
     assert cfg.parameters["intra_op_thread_count"].string_value == "2"
@@ -99,6 +100,7 @@ def test_cpu_config_has_everything_the_issue_asks_for(tmp_path):
 
 def test_gpu_config_uses_tensorrt_fp16_with_engine_cache_on_the_fp16_model(tmp_path):
     cfg = parse_pbtxt(_configs(tmp_path)["resnet50.gpu.pbtxt"].to_pbtxt())
+    assert cfg.dynamic_batching.max_queue_delay_microseconds == 2000  # a bigger batch is nearly free there
     assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
     (acc,) = cfg.optimization.execution_accelerators.gpu_execution_accelerator
     assert acc.name == "tensorrt" and acc.parameters["precision_mode"] == "FP16"

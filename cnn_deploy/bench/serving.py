@@ -98,7 +98,7 @@ def served(
     `beside`: models loaded too, idle (a repository like the demo's); `policy`: the server's
     thread policy, which decides the threads of a plan without its own (threads 0)."""
     # The registry entry with this run's queue delay: the config is generated, never patched.
-    arch = dataclasses.replace(get(model), queue_delay_us=queue_delay_us)
+    arch = dataclasses.replace(get(model), cpu_queue_delay_us=queue_delay_us)
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         archs = [arch, *(get(m) for m in beside)]

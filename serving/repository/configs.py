@@ -66,7 +66,7 @@ class CpuPlan:
             raise ServingError("CPU instances must be >= 1 and threads >= 0 (0: a share of the cores)")
 
 
-def _shared(arch: Architecture, served: list[Version], precision: str) -> dict:
+def _shared(arch: Architecture, served: list[Version], precision: str, queue_delay_us: int) -> dict:
     """What every config of one architecture has in common: signature, batching, warmup, provenance."""
     default = served[0]
     report = default.report
@@ -75,7 +75,7 @@ def _shared(arch: Architecture, served: list[Version], precision: str) -> dict:
         "inputs": (Tensor(INPUT_NAME, arch.input_shape, format="FORMAT_NCHW"),),
         "outputs": (Tensor(OUTPUT_NAME, (arch.num_classes,), label_filename=LABELS_FILE),),
         "max_batch_size": arch.max_batch_size,
-        "queue_delay_us": arch.queue_delay_us,
+        "queue_delay_us": queue_delay_us,
         "warmup_batch_sizes": (1, arch.max_batch_size),
         "versions": tuple(v.number for v in served),
         "parameters": export_parameters(
@@ -96,7 +96,7 @@ def _shared(arch: Architecture, served: list[Version], precision: str) -> dict:
 
 
 def cpu_config(arch: Architecture, served: list[Version], plan: CpuPlan) -> ModelConfig:
-    shared = _shared(arch, served, "fp32")
+    shared = _shared(arch, served, "fp32", arch.cpu_queue_delay_us)
     # The native ORT backend's parameter names; our Python backend reads the same ones.
     shared["parameters"].update(intra_op_thread_count=str(plan.threads), inter_op_thread_count="1")
     return ModelConfig(
@@ -137,7 +137,7 @@ def gpu_config(arch: Architecture, served: list[Version], *, cuda_graph: bool = 
         # within the FP16 tolerance the export measured against PyTorch.
         default_model_filename=FP16_FILE,
         accelerator=tensorrt_accelerator(arch, "FP16", arch.name, cuda_graph=cuda_graph),
-        **_shared(arch, served, "fp16"),
+        **_shared(arch, served, "fp16", arch.gpu_queue_delay_us),
     )
 
 
@@ -169,7 +169,7 @@ def int8_gpu_config(arch: Architecture, served: list[Version], *, cuda_graph: bo
 
 def candidate_config(arch: Architecture, served: list[Version], tuned: dict) -> ModelConfig:
     """A CPU config with a tuner's settings: precision, instances x threads, batching."""
-    arch = replace(arch, max_batch_size=tuned["max_batch_size"], queue_delay_us=tuned["queue_delay_us"])
+    arch = replace(arch, max_batch_size=tuned["max_batch_size"], cpu_queue_delay_us=tuned["queue_delay_us"])
     plan = CpuPlan(tuned["instances"], tuned["threads"])
     config = (int8_cpu_config if tuned["precision"] == "int8" else cpu_config)(arch, served, plan)
     preferred = tuple(b for b in tuned.get("preferred", ()) if b <= arch.max_batch_size)
@@ -179,7 +179,7 @@ def candidate_config(arch: Architecture, served: list[Version], tuned: dict) -> 
 def trt_config(arch: Architecture, served: list[Version]) -> ModelConfig:
     # engines.py builds the plan of one export only, in the version directory of that export;
     # pinned (`specific`) like every variant, so a rollback reaches the plan too.
-    shared = _shared(arch, served[:1], "fp16")
+    shared = _shared(arch, served[:1], "fp16", arch.gpu_queue_delay_us)
     return ModelConfig(
         name=arch.name + TRT_SUFFIX, platform="tensorrt_plan", instance_kind="KIND_GPU", **shared
     )
