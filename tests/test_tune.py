@@ -24,7 +24,7 @@ def test_tune_writes_a_named_config_that_serves_and_verifies(repository, tmp_pat
     output = tmp_path / "tune.json"
     result = run_cli(
         "serving", "tune", "resnet18", "--p99-ms", "10000", "--budget-s", "300", "--repository", str(repo),
-        "--precisions", "fp32,int8", "--plans", "1x2", "--delays", "2000", "--max-batch-sizes", "32",
+        "--precisions", "fp32,int8", "--plans", "1x2", "--delays", "0", "--max-batch-sizes", "32",
         "--preferred", "none", "--concurrency", "1,2", "--window-s", "1", "--output", str(output),
         home=tmp_path, timeout=900,
     )  # fmt: skip
@@ -77,7 +77,7 @@ def test_tune_rejects_a_damaged_model_on_the_real_server(repository, tmp_path):
     output = tmp_path / "tune.json"
     result = run_cli(
         "serving", "tune", "resnet18", "--p99-ms", "10000", "--budget-s", "300", "--repository", str(repo),
-        "--precisions", "fp32", "--plans", "1x1", "--delays", "2000", "--max-batch-sizes", "32",
+        "--precisions", "fp32", "--plans", "1x1", "--delays", "0", "--max-batch-sizes", "32",
         "--preferred", "none", "--concurrency", "2", "--window-s", "1", "--output", str(output),
         home=tmp_path, timeout=900,
     )  # fmt: skip
