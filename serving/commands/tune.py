@@ -31,7 +31,7 @@ def add_parsers(sub, repo_opt, json_opt, state_opt) -> dict:
     t.add_argument(
         "--plans", default=None, help="instances x threads, e.g. 1x2,2x1 (default: within the cores)"
     )
-    t.add_argument("--delays", default=None, help="queue delays to try, us (default 2000,500,8000)")
+    t.add_argument("--delays", default=None, help="queue delays to try, us (default 0,500,2000,8000)")
     t.add_argument(
         "--max-batch-sizes", default=None, help="max_batch_size values (default: registry's, a quarter)"
     )
