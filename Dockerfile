@@ -3,12 +3,15 @@
 #   serving-cpu  the real tritonserver from the nvidia-pytriton wheel + our ONNX Runtime backend,
 #                on CPU (the compose `cpu` profile), no PyTorch
 #   export       PyTorch (CPU build) -> ONNX -> model repository (the GPU profile's `export`)
-# The GPU server itself is NVIDIA's Triton image.
+#   triton-gpu   the GPU server: NVIDIA's Triton image (TRITON_IMAGE) plus what the image
+#                ensembles' preprocessing model imports (deploy/triton-gpu/requirements.txt)
 #
 # BASE_IMAGE: python:3.11-slim where a registry is reachable; any Debian bookworm image with
 # python3, python3-venv and ca-certificates otherwise (`make compose-test` builds one offline with
 # debootstrap). EXTRA_CA_CERT: PEM text of a CA that a TLS-intercepting proxy signs with, for pip.
 ARG BASE_IMAGE=python:3.11-slim
+# docker-compose.yml passes the release it pins for the engines and the server.
+ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:24.10-py3
 
 FROM ${BASE_IMAGE} AS base
 ARG EXTRA_CA_CERT=""
@@ -78,3 +81,12 @@ ENV TORCH_HOME=/cache/torch \
 WORKDIR /work
 USER 1000:1000
 CMD ["python", "-m", "export", "--help"]
+
+# Last, so that building any other target never pulls NVIDIA's image. Without Pillow the
+# preprocessing model fails to load, and with --strict-readiness=true the server is never ready.
+FROM ${TRITON_IMAGE} AS triton-gpu
+COPY deploy/triton-gpu/requirements.txt /tmp/triton-gpu-requirements.txt
+RUN pip3 install --no-cache-dir --disable-pip-version-check -r /tmp/triton-gpu-requirements.txt \
+    && rm /tmp/triton-gpu-requirements.txt
+# triton-server, the non-root user the Triton image creates (docker-compose.yml runs it as 1000:1000)
+USER 1000:1000

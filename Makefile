@@ -121,8 +121,21 @@ compose-test: venv
 	$(PY) -m serving repo $(MODELS)
 	$(PY) -m cnn_deploy compose-test
 
-gpu-check: venv
-	$(PY) -m cnn_deploy gpu-check
+# gpu-check has its own venv: the `gpu` extra's onnxruntime-gpu installs the same `onnxruntime`
+# module as the `cpu` extra's package, so the two must never share one. With no network on the GPU
+# host, `python -m cnn_deploy gpu-check` in any Python with PyTorch still measures what is there.
+GPU_VENV ?= .venv-gpu
+GPU_PY   := $(GPU_VENV)/bin/python
+
+$(GPU_VENV)/.installed: pyproject.toml constraints.txt
+	rm -rf $(GPU_VENV)
+	$(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_PY) -m pip install --quiet --upgrade pip
+	$(GPU_PY) -m pip install --quiet -c constraints.txt -e '.[export,serving,gpu]'
+	touch $@
+
+gpu-check: $(GPU_VENV)/.installed
+	$(GPU_PY) -m cnn_deploy gpu-check
 
 clean:
 	rm -rf build reports

@@ -32,7 +32,7 @@ from clients import (
 )
 from clients.endpoints import Endpoint, RoundRobin, describe, parse_urls
 from clients.errors import classify, safe_to_resend
-from clients.keys import restricted_error
+from clients.keys import admin_headers, restricted_error
 from clients.model_info import ModelInfo, Prediction
 from clients.tls import NO_TLS, TlsOptions, check_schemes, handshake_error, with_mutual_tls_hint
 from cnn_deploy_core.dtypes import numpy_to_kserve
@@ -226,12 +226,15 @@ class AsyncTritonClient:
                 await asyncio.sleep(delays.pop(0))
                 tried.clear()
 
-    async def server_ready(self) -> bool:
-        """Whether any endpoint is ready (each one is asked; the unreachable are marked down)."""
+    async def server_ready(self, *, live: bool = False) -> bool:
+        """Whether any endpoint is ready (each one is asked; the unreachable are marked down); with
+        `live`, whether any answers at all (a strictly ready server is ready only when every model is)."""
 
         async def ready(i: int) -> bool:
+            client = self._client(i)
+            ask = client.is_server_live if live else client.is_server_ready
             try:
-                ok = await asyncio.wait_for(self._client(i).is_server_ready(**self._kw()), self.timeout)
+                ok = await asyncio.wait_for(ask(**self._kw()), self.timeout)
             except Exception:
                 self._rotation.failed(i)
                 return False
@@ -243,7 +246,9 @@ class AsyncTritonClient:
 
     async def wait_until_ready(self, model: str | None = None, *, timeout: float = 60.0, poll: float = 0.5):
         deadline = time.monotonic() + timeout
-        while not await self.server_ready():
+        # With a model named, the server need only answer: another model that failed to load keeps
+        # a strictly ready server not ready, and must not hold up a client of this one.
+        while not await self.server_ready(live=model is not None):
             if time.monotonic() > deadline:
                 raise ServerUnavailableError(f"Triton server at {self.where} not ready after {timeout:.0f}s")
             await asyncio.sleep(poll)
@@ -386,6 +391,14 @@ class AsyncTritonClient:
             lambda c: c.get_inference_statistics(model, version, **self._kw(as_json=True)), model
         )
         return list(stats.get("model_stats") or [])
+
+    async def repository_index(self, admin_key: str | None) -> list[dict]:
+        """Every model the repository configures, each version with its state and, when not ready,
+        Triton's reason: `{"name", "version", "state", "reason"}` (an admin API: it needs the key)."""
+        kw = self._kw(as_json=True)
+        kw["headers"] = {**(self.headers or {}), **admin_headers(admin_key, self.endpoint.protocol)} or None
+        index = await self._call(lambda c: c.get_model_repository_index(**kw))
+        return list(index.get("models", []) if isinstance(index, dict) else index)
 
     async def ready_models(self, candidates: list[str]) -> list[str]:
         """Which of the candidate names the server has ready (no admin key needed)."""

@@ -14,7 +14,7 @@ from rich.table import Table
 from clients import ClientError
 from clients.aio import PREPROCESS_CHOICES
 from clients.endpoints import add_url_argument, url_from_args
-from clients.keys import add_key_argument
+from clients.keys import add_admin_key_argument, add_key_argument
 from cnn_deploy_core import paths
 from cnn_deploy_core.console import dispatch, error, stderr, stdout
 
@@ -58,14 +58,25 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         dest="models",
         metavar="NAME",
-        help="models to verify (default: every registered model that is ready)",
+        help="models to verify (default: every model the server's repository configures, from "
+        "Triton's repository index: one that is not READY fails with Triton's reason; needs the admin key)",
     )
     v.add_argument(
         "--repository",
         type=Path,
         default=None,
-        help="where the golden sets are: REPO/<model>/<version>/golden.npz "
-        "(default: model_repository in the project)",
+        help="where the golden sets are: REPO/<model>/<version>/golden.npz, or the file the served "
+        "config names (cnn_deploy.golden) (default: model_repository in the project)",
+    )
+    add_admin_key_argument(v, why="to list every model of the server (Triton's repository index)")
+    v.add_argument(
+        "--once-per-start",
+        type=Path,
+        default=None,
+        metavar="MARKER",
+        help="a health check's mode: verify fully, then record this server start in MARKER; later runs "
+        "only check that the server is ready and has not restarted or reloaded a model since (its "
+        "inference counts never went down), and verify again when it has",
     )
 
     loadtest_cli.add_parser(sub)  # its own options: --url, --timeout and --json included
@@ -78,9 +89,7 @@ def _client(args):
     from clients.sync import TritonClient
     from clients.tls import tls_from_args
 
-    headers = inference_headers(
-        args.key_file, parse_urls(args.url), warn=lambda m: stderr.print(m, markup=False, highlight=False)
-    )
+    headers = inference_headers(args.key_file, parse_urls(args.url), warn=_warn)
     return TritonClient(
         args.url, timeout=args.timeout, retries=args.retries, tls=tls_from_args(args), headers=headers
     )
@@ -128,16 +137,27 @@ def cmd_infer(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from clients.verify import verify
+    from clients.endpoints import parse_urls
+    from clients.keys import admin_key
+    from clients.verify import FAIL, verify, verify_once
 
+    repository = args.repository or paths.repository()
+    key = None
+    if not args.models:
+        key = admin_key(args.admin_key_file, parse_urls(args.url), warn=_warn)
     with _client(args) as client:
-        results = verify(client, args.models, args.repository or paths.repository())
+        if args.once_per_start:
+            results, held = verify_once(client, args.models, repository, args.once_per_start, admin_key=key)
+            if held:
+                stdout.print(f"ready, and verified since it started ({args.once_per_start})")
+                return 0
+        else:
+            results = verify(client, args.models, repository, admin_key=key)
+        ready = client.server_ready() if args.once_per_start else True
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:
-        table = Table(
-            title=f"verify {args.url} against the golden sets in {args.repository or paths.repository()}"
-        )
+        table = Table(title=f"verify {args.url} against the golden sets in {repository}")
         for col in (
             "model",
             "version",
@@ -156,14 +176,25 @@ def cmd_verify(args) -> int:
                 if c
                 else ["", "", ""]
             )
-            verdict = "[green]PASS[/]" if r.passed else f"[bold red]FAIL[/] {r.error or ''}"
+            verdict = {
+                "PASS": "[green]PASS[/]",
+                "SKIP": f"[yellow]SKIP[/] {r.skipped}",
+                "FAIL": f"[bold red]FAIL[/] {r.error or ''}",
+            }[r.status]
             table.add_row(r.model, r.version, r.precision, str(r.samples), *cells, verdict)
         stdout.print(table)
-    failed = [r.model for r in results if not r.passed]
+    failed = [r.model for r in results if r.status == FAIL]
     if failed:
-        error(f"verification failed for {', '.join(failed)}")
+        error(f"verification failed for {', '.join(dict.fromkeys(failed))}")
+        return 1
+    if not ready:
+        error(f"every model passed, but the server at {args.url} is not ready")
         return 1
     return 0
+
+
+def _warn(message: str) -> None:
+    stderr.print(message, markup=False, highlight=False)
 
 
 def cmd_loadtest(args) -> int:

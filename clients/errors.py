@@ -3,8 +3,9 @@
 Used by the client (:mod:`clients.aio`), the load generator's transports and the failure drills, so
 all three count and retry alike. It is keyed on status codes (gRPC's `StatusCode`, the HTTP status,
 the Python exception type), not on message text, with two exceptions where Triton's code alone is
-ambiguous: a full queue (sent as UNAVAILABLE, like an unreachable server) and a model that is
-known but not loaded (sent as a plain error).
+ambiguous: a request the queue policy refused (queue full or timed out in the queue: sent as
+UNAVAILABLE / 503, like an unreachable server) and a model that is known but not loaded (sent as a
+plain error).
 
 What each class means for a retry:
 
@@ -13,7 +14,9 @@ What each class means for a retry:
   (inference is idempotent).
 - :class:`RequestTimeoutError`: sent, and no answer within the timeout. Never retried: the request
   may still be running, and a retry would multiply the load on a server already too slow.
-- :class:`ServerOverloadedError`: the server's queue policy refused it. Never retried.
+- :class:`ServerOverloadedError`: the server's queue policy refused it (its queue was full, or it
+  waited in the queue past the policy's timeout). Never retried, never failed over: load shed by a
+  queue policy is a failure to count, not a server to route around.
 - :class:`ModelNotFoundError`: the server does not know the name. :class:`ModelNotReadyError`: it
   knows the model but cannot serve it (loading, failed to load, version not served).
 - :class:`BadInputError`: the server rejected the request (shape, datatype, batch size).
@@ -61,8 +64,9 @@ _TIMEOUT = {"DEADLINE_EXCEEDED", "504"}
 _BAD_INPUT = {"INVALID_ARGUMENT", "OUT_OF_RANGE", "FAILED_PRECONDITION", "400", "413", "422"}
 _NOT_FOUND = {"NOT_FOUND", "404"}
 _OVERLOADED = {"RESOURCE_EXHAUSTED", "429"}
-# Triton's wording for the two states its codes do not tell apart (checked against 2.51's messages).
-_QUEUE_FULL = "exceeds maximum queue size"
+# Triton's wording for the states its codes do not tell apart (checked against 2.51's messages):
+# its queue policy refuses a request when the queue is full or when it waited past the timeout.
+_SHED = ("exceeds maximum queue size", "request timeout expired")
 _NOT_LOADED = ("is not ready", "not at ready state", "no available versions", "unavailable version")
 # A version the server does not serve counts as "not ready", as the client's own version check says.
 _VERSION_MISSING = re.compile(r"version \S+ is not found")
@@ -89,7 +93,7 @@ def classify_status(
     lowered = message.lower()
     if key_error := restricted_error(message, target):  # gRPC sends it as UNAVAILABLE: not "unreachable"
         return key_error
-    if _QUEUE_FULL in lowered or code in _OVERLOADED:
+    if any(s in lowered for s in _SHED) or code in _OVERLOADED:
         # Sent as UNAVAILABLE, but the server is up: not "unreachable", and not retried (a retry
         # adds load where there is too much).
         return ServerOverloadedError(f"{model}: the server at {target} is overloaded: {message}")

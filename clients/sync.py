@@ -91,5 +91,11 @@ class TritonClient:
     def statistics(self, model: str, version: str = "") -> dict:
         return self._run(self._async.statistics(model, version))
 
+    def model_statistics(self, model: str = "", version: str = "") -> list[dict]:
+        return self._run(self._async.model_statistics(model, version))
+
     def ready_models(self, candidates: list[str]) -> list[str]:
         return self._run(self._async.ready_models(candidates))
+
+    def repository_index(self, admin_key: str | None) -> list[dict]:
+        return self._run(self._async.repository_index(admin_key))

@@ -4,9 +4,10 @@ Triton on free ports, and load-test steps whose every answer is checked.
     with temporary_server(repository, scratch) as server:
         report = verified_step(step_config(server.opts.grpc_url, "resnet18", repository, level=4), "c=4")
 
-`verified_step` raises `UnverifiedStep` unless every answer the step got was verified and right
-and no request failed (`step_problems`, a pure function): a figure measured on wrong answers is no
-figure. A check added here holds for every benchmark and drill.
+`verified_step` raises `UnverifiedStep` when cnn_deploy_core.judge finds a problem in the step's
+report under HARNESS_OBJECTIVES (a failed, wrong, unverified or dropped request, nothing measured):
+a figure measured on wrong answers is no figure. A check added here holds for every benchmark and
+drill.
 """
 
 from __future__ import annotations
@@ -14,55 +15,27 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from cnn_deploy_core import CnnDeployError
+from cnn_deploy_core.judge import Objectives, problems
 
 READY_TIMEOUT_S = 600.0  # a cold start loads every model and warms it up: VGG takes minutes here
 
 
 class UnverifiedStep(CnnDeployError):
-    """A load-test step whose answers were not all verified and right, or whose requests failed."""
+    """A load-test step the judge found a problem in: its figures cannot be trusted."""
 
 
-@dataclass(frozen=True)
-class StepFigures:
-    """What a step's judge reads, over the whole run (warm-up included: no answer is hidden)."""
-
-    answered: int
-    verified: int
-    wrong: int
-    failed: int
-
-    @classmethod
-    def of(cls, report) -> StepFigures:
-        totals = report.totals
-        failed = sum(totals.errors.values())
-        return cls(totals.requests - failed, totals.verified, totals.wrong, failed)
+# A figure measured on a failed, wrong, unverified or dropped request is no figure.
+HARNESS_OBJECTIVES = Objectives()
 
 
-def step_problems(f: StepFigures, *, allow_failed: bool = False) -> list[str]:
-    """Why a step's figures cannot be trusted, one phrase each; empty when every answer was checked
-    and right (and, unless `allow_failed`, no request failed)."""
-    problems = []
-    if f.answered <= 0:
-        problems.append("no answer")
-    if f.wrong:
-        problems.append(f"{f.wrong} wrong answers of {f.verified} verified")
-    if f.verified != f.answered:
-        problems.append(f"{f.verified} of {f.answered} answers verified")
-    if f.failed and not allow_failed:
-        problems.append(f"{f.failed} failed requests")
-    return problems
-
-
-def require_verified(report, what: str, *, allow_failed: bool = False):
-    """The report, or UnverifiedStep saying what was wrong with it."""
-    problems = step_problems(StepFigures.of(report), allow_failed=allow_failed)
-    problems += list(report.failures)
-    if problems:
-        raise UnverifiedStep(f"{what}: {'; '.join(problems)}: no figure of it is reported")
+def require_verified(report, what: str, *, objectives: Objectives = HARNESS_OBJECTIVES):
+    """The report, or UnverifiedStep listing what cnn_deploy_core.judge found wrong with it."""
+    found = problems(report, objectives)
+    if found:
+        raise UnverifiedStep(f"{what}: {'; '.join(map(str, found))}: no figure of it is reported")
     return report
 
 
@@ -86,19 +59,19 @@ def step_config(url: str, model: str, repository: Path | None, *, level: float, 
     return LoadTestConfig(**settings)
 
 
-def verified_step(config, what: str, *, allow_failed: bool = False):
-    """Run one load-test step; its report, when every answer was verified and right."""
+def verified_step(config, what: str, *, objectives: Objectives = HARNESS_OBJECTIVES):
+    """Run one load-test step; its report, when the judge finds nothing wrong with it."""
     from clients.loadtest import run_loadtest
 
-    return require_verified(run_loadtest(config), what, allow_failed=allow_failed)
+    return require_verified(run_loadtest(config, objectives=objectives), what, objectives=objectives)
 
 
-async def verified_step_async(config, what: str, *, allow_failed: bool = False, **kwargs):
+async def verified_step_async(config, what: str, *, objectives: Objectives = HARNESS_OBJECTIVES, **kwargs):
     """`verified_step` inside a running event loop (several steps side by side)."""
     from clients.loadtest import run_loadtest_async
 
-    report = await run_loadtest_async(config, **kwargs)
-    return require_verified(report, what, allow_failed=allow_failed)
+    report = await run_loadtest_async(config, objectives=objectives, **kwargs)
+    return require_verified(report, what, objectives=objectives)
 
 
 def the_step(report):
@@ -131,16 +104,10 @@ def place(archs, *, models_dir: Path, scratch: Path, plan, identity: bool = Fals
 
 
 def start_server(opts, log_path: Path):
-    """A started and ready TritonProcess; stopped again if it never became ready."""
-    from serving.triton import TritonProcess
+    """A started TritonProcess with every model ready; stopped again if it never became ready."""
+    from serving.triton import serve
 
-    server = TritonProcess(opts, log_path=log_path).start()
-    try:
-        server.wait_ready(READY_TIMEOUT_S)
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return serve(opts, log_path, READY_TIMEOUT_S)
 
 
 @contextlib.contextmanager
@@ -149,12 +116,10 @@ def temporary_server(
 ) -> Iterator:
     """A tritonserver of `repository` on free ports, ready; stopped (and gone) on exit. Its log and
     backends go to `scratch` (default: a temporary folder). `options` are ServerOptions fields
-    (admin_key, env, cpus ...). Its admin APIs are behind a key, as `serving up`'s are: the given
-    one, else $TRITON_ADMIN_KEY, else a random one (nothing of ours opens them)."""
-    from serving.local import admin_key as serving_admin_key
+    (admin_key, env, cpus ...). Its admin APIs are behind a key, as every server's are: the given
+    one, else a random one (ServerOptions)."""
     from serving.triton import ServerOptions
 
-    options.setdefault("admin_key", serving_admin_key(None))
     with contextlib.ExitStack() as stack:
         if scratch is None:
             scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"{name}-")))

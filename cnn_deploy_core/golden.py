@@ -7,18 +7,41 @@ from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from cnn_deploy_core import CnnDeployError
-from cnn_deploy_core.layout import PARAM_PREFIX
+from cnn_deploy_core.layout import GOLDEN_FILE, IMAGE_SUFFIX, PARAM_PREFIX, TRT_SUFFIX
 
 # A served config's parameter naming the golden tolerance it is held to, when its precision's own
 # does not fit the runtime: the TensorRT INT8 config says "int8_cross_runtime".
 TOLERANCE_PARAM = PARAM_PREFIX + "tolerance"
 INT8_CROSS_RUNTIME = "int8_cross_runtime"
+# A served config's parameter naming its golden set, a file in the served version's folder: the set
+# made by the very file the config serves. `<name>_int8` holds two (its cpu config serves the UINT8
+# file, answered by the folder's golden.npz; its gpu config the S8S8 file, by golden.int8.s8s8.npz).
+GOLDEN_PARAM = PARAM_PREFIX + "golden"
+
+
+def golden_path(repository: Path, model: str, version: str, parameters: Mapping[str, str]) -> Path:
+    """The golden set a served config answers to (verdict on the name it gives): the file its
+    GOLDEN_PARAM names in `<repository>/<model>/<version>/`, golden.npz where it names none."""
+    name = parameters.get(GOLDEN_PARAM) or GOLDEN_FILE
+    if Path(name).name != name or not name.endswith(".npz"):
+        raise CnnDeployError(
+            f"{model}: its config's {GOLDEN_PARAM} {name!r} is not a golden set file name, like {GOLDEN_FILE}"
+        )
+    return repository / model / version / name
+
+
+def has_golden(repository: Path, model: str) -> bool:
+    """Whether a golden set in the repository describes `model` (an image ensemble and a TensorRT
+    plan answer to their tensor model's). The server's readiness and `clients verify` both ask it."""
+    base = model.removesuffix(IMAGE_SUFFIX).removesuffix(TRT_SUFFIX)
+    return any((repository / base).glob(f"*/{GOLDEN_FILE}"))
 
 
 @dataclass

@@ -8,12 +8,26 @@ MODEL_FILE = "model.onnx"
 FP16_FILE = "model.fp16.onnx"
 INT8_FILE = "model.int8.onnx"
 INT8_GOLDEN_FILE = "golden.int8.npz"  # the INT8 graph's own answers on the golden inputs
+# The INT8 graph in TensorRT's form (signed, symmetric: export/int8.py's SCHEMES), for the GPU,
+# and its own answers on the golden inputs
+INT8_S8S8_FILE = "model.int8.s8s8.onnx"
+INT8_S8S8_GOLDEN_FILE = "golden.int8.s8s8.npz"
 RAW_FILE = "model.raw.onnx"
 GOLDEN_FILE = "golden.npz"
 LABELS_FILE = "labels.txt"
 REPORT_FILE = "export.json"
 # Files a repository version is made of; all of them are compared when a re-export is placed.
-VERSION_FILES = (MODEL_FILE, FP16_FILE, GOLDEN_FILE, REPORT_FILE, LABELS_FILE, INT8_FILE, INT8_GOLDEN_FILE)
+VERSION_FILES = (
+    MODEL_FILE,
+    FP16_FILE,
+    GOLDEN_FILE,
+    REPORT_FILE,
+    LABELS_FILE,
+    INT8_FILE,
+    INT8_GOLDEN_FILE,
+    INT8_S8S8_FILE,
+    INT8_S8S8_GOLDEN_FILE,
+)
 
 PARAM_PREFIX = "cnn_deploy."  # export metadata in ONNX metadata_props and Triton config parameters
 TRT_SUFFIX = "_trt"  # <name>_trt: the native TensorRT-plan variant of <name>

@@ -5,6 +5,9 @@ what the tuner, the drills, the benchmarks and the report read.
     step = report.steps[0]
     step.inferences_per_s, step.latency_ms.p99, step.verified, step.wrong, step.errors
 
+Whether a run was sound is decided by one pure function over this report,
+:func:`cnn_deploy_core.judge.problems`, each caller with its own objectives.
+
 Readers use the attributes, never the JSON's keys: a renamed field then fails at import or in a
 type checker, not silently as a missing key. The JSON carries `schema_version`; a reader refuses a
 report of another version with :class:`ReportSchemaError` instead of misreading it. Adding a field
@@ -163,12 +166,25 @@ class Totals:
 
 
 @dataclass(frozen=True)
+class ReplicaResult:
+    """One replica's share of a run over several URLs (all steps, warm-up included)."""
+
+    url: str
+    responses: int
+    errors: dict[str, int]
+    failovers: int  # requests it could not take that went to another replica
+    service_ms: dict | None = None  # p50, p99 of its answers
+
+
+@dataclass(frozen=True)
 class SloResult:
+    """The verdict of cnn_deploy_core.judge as the report records it."""
+
     objectives: dict
     passed: bool
-    violations: list[str]  # every objective missed, one line each
-    # The violations that mean the run itself failed (failed requests, wrong or unverified
-    # answers) rather than missed a latency objective: they set the exit code apart.
+    violations: list[str]  # every problem the judge found, one line each
+    # The problems that mean the run itself failed (failed requests, wrong or unverified answers,
+    # a lost replica, nothing measured) rather than missed a latency objective.
     failing: list[str] = field(default_factory=list)
 
 
@@ -191,12 +207,14 @@ class LoadTestReport:
     slo: SloResult
     generator: dict
     generator_capacity: dict | None
-    failures: list[str]  # run problems besides the SLO (a step without one good response)
-    replicas: list[dict] = field(default_factory=list)  # with several URLs: each one's figures
+    failures: list[str]  # what went wrong in the run itself (a sweep that stopped), judged as problems
+    replicas: list[ReplicaResult] = field(default_factory=list)  # with several URLs: each one's figures
     schema_version: int = SCHEMA_VERSION
 
     @property
     def passed(self) -> bool:
+        """The verdict recorded with the report; callers with their own objectives ask
+        cnn_deploy_core.judge.problems instead."""
         return self.slo.passed and not self.failures
 
     @property

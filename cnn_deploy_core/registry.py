@@ -38,6 +38,33 @@ class Int8Guard:
 
 
 @dataclass(frozen=True)
+class GpuSizing:
+    """The GPU configs' batching and instances, sized for one H100/H200-class GPU (80-141 GB):
+    batches big enough to fill its SMs, two instances so one batch's copies overlap another's
+    compute. Reasoning and what was (not) measured: docs/deploy-gpu.md."""
+
+    max_batch_size: int = 128
+    instances: int = 2
+    preferred_batch_sizes: tuple[int, ...] = (64, 128)
+
+    def __post_init__(self) -> None:
+        sizes = self.preferred_batch_sizes
+        if self.max_batch_size < 2 or self.instances < 1:
+            raise ValueError("GPU max_batch_size must be >= 2 and instances >= 1")
+        if (
+            not sizes
+            or list(sizes) != sorted(set(sizes))
+            or not 1 <= sizes[0] <= sizes[-1] <= self.max_batch_size
+        ):
+            raise ValueError(f"GPU preferred batch sizes {sizes} must rise within 1..{self.max_batch_size}")
+
+    @property
+    def opt_batch_size(self) -> int:
+        """The batch TensorRT tunes its kernels for: the smallest batch the batcher prefers to form."""
+        return self.preferred_batch_sizes[0]
+
+
+@dataclass(frozen=True)
 class Architecture:
     """One lecture architecture and everything the pipeline needs to know about it."""
 
@@ -52,7 +79,8 @@ class Architecture:
     # differently); its accuracy against PyTorch is the guard's job.
     int8: Tolerance = Tolerance(atol=1e-3, rtol=2e-2)
     int8_guard: Int8Guard = Int8Guard()
-    max_batch_size: int = 32
+    max_batch_size: int = 32  # the CPU configs' (and the image ensemble's); the GPU's: `gpu`
+    gpu: GpuSizing = GpuSizing()
     # The dynamic batcher's max_queue_delay_microseconds, per device. CPU: none. A batch of N
     # costs about N batches of 1 there, so waiting for one to fill only idles the instance;
     # requests that arrive during a run still meet in the next batch (README, "Batching on the
@@ -77,13 +105,22 @@ class Architecture:
 LOOSE_FP16 = Tolerance(atol=1e-4, rtol=2e-2)
 
 
+# GPU sizes by compute per image (GMACs, DESIGN.md): the lighter the model, the bigger the batch
+# it takes to keep a large GPU busy. ResNet-50 (4.1 GMACs): 128, two instances.
+LIGHT_GPU = GpuSizing(max_batch_size=256, preferred_batch_sizes=(128, 256))  # AlexNet, ResNet-18/34
+MEDIUM_GPU = GpuSizing(max_batch_size=128, preferred_batch_sizes=(64, 128))  # GoogLeNet, ResNet-50
+HEAVY_GPU = GpuSizing(max_batch_size=64, preferred_batch_sizes=(32, 64))  # VGG, ResNet-101/152
+
+
 def _entries() -> list[Architecture]:
     # Variants are data: the VGG and ResNet depths differ only in name and serving defaults.
-    entries = [Architecture("alexnet", "alexnet", max_batch_size=64)]
+    entries = [Architecture("alexnet", "alexnet", max_batch_size=64, gpu=LIGHT_GPU)]
     for depth in (11, 13, 16, 19):
         for suffix in ("", "_bn"):
             fp16 = {"fp16": LOOSE_FP16} if suffix else {}
-            entries.append(Architecture(f"vgg{depth}{suffix}", "vgg", max_batch_size=16, **fp16))
+            entries.append(
+                Architecture(f"vgg{depth}{suffix}", "vgg", max_batch_size=16, gpu=HEAVY_GPU, **fp16)
+            )
     # The aux heads only train; transform_input is set by torchvision for pretrained weights.
     entries.append(
         Architecture(
@@ -91,10 +128,14 @@ def _entries() -> list[Architecture]:
             "googlenet",
             builder_kwargs={"aux_logits": False, "init_weights": True},
             fp16=LOOSE_FP16,
+            gpu=MEDIUM_GPU,
         )
     )
     for depth in (18, 34, 50, 101, 152):
-        entries.append(Architecture(f"resnet{depth}", "resnet", max_batch_size=32 if depth <= 50 else 16))
+        gpu = LIGHT_GPU if depth <= 34 else MEDIUM_GPU if depth == 50 else HEAVY_GPU
+        entries.append(
+            Architecture(f"resnet{depth}", "resnet", max_batch_size=32 if depth <= 50 else 16, gpu=gpu)
+        )
     return entries
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import secrets
 import stat
 from pathlib import Path
 
@@ -77,15 +78,31 @@ def read_key_file(path: Path, what: str = "key file") -> str:
     return key
 
 
+def new_key(nbytes: int = 18) -> str:
+    """A random key (URL-safe) that never begins with '-': `--admin-key KEY` would read such a key
+    as an option (one generated key in 64 did)."""
+    while True:
+        key = secrets.token_urlsafe(nbytes)
+        if not key.startswith("-"):
+            return key
+
+
 def write_private(path: Path, text: str) -> Path:
-    """Write `text` to a file only its owner can read (0600 from the start, never briefly wider)."""
+    """Write `text` to a file only its owner can read (0600 from the start, never briefly wider).
+
+    The text goes to a fresh temporary file beside `path` (O_EXCL|O_NOFOLLOW: never through a link
+    someone planted, never into a file that already exists), then replaces `path` in one rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

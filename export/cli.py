@@ -94,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[_archs_parent(), _json_parent()],
         help="PyTorch eager vs ONNX Runtime (unoptimized and optimized graph)",
     )
+    bench.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cpu: PyTorch eager vs ONNX Runtime; cuda: every GPU backend installed here, side by side "
+        "(PyTorch eager, ONNX Runtime CUDA and TensorRT FP16/INT8, a TensorRT plan; exit 2 without a GPU)",
+    )
     bench.add_argument("--batch-sizes", default="1,8", help="comma-separated (default 1,8)")
     bench.add_argument(
         "--threads", type=int, default=os.cpu_count(), help="intra-op threads for both runtimes"
@@ -226,12 +233,27 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         raise ExportError(
             f"--batch-sizes must be comma-separated integers, got {args.batch_sizes!r}"
         ) from None
+    output = args.output or paths.reports_dir() / (
+        "export-benchmark-cuda.json" if args.device == "cuda" else "export-benchmark.json"
+    )
+    if args.device == "cuda":
+        from export.benchmark_gpu import NO_DEVICE_EXIT, NoCudaDevice, run_benchmark_cuda
+
+        try:
+            run_benchmark_cuda(
+                archs, batch_sizes=sizes, seconds=args.seconds, output=output, as_json=args.json,
+                out=stdout, console=stderr,
+            )  # fmt: skip
+        except NoCudaDevice as e:
+            error(str(e))
+            return NO_DEVICE_EXIT
+        return 0
     run_benchmark(
         archs,
         batch_sizes=sizes,
         threads=args.threads,
         seconds=args.seconds,
-        output=args.output or paths.reports_dir() / "export-benchmark.json",
+        output=output,
         as_json=args.json,
         console=stderr,
         out=stdout,

@@ -1,7 +1,7 @@
 """INT8: ONNX Runtime's static quantization, and a guard on what accuracy it gave up.
 
 QDQ format (QuantizeLinear/DequantizeLinear around each quantized op), per-channel INT8 weights,
-UINT8 activations calibrated with min/max on a seeded set: the calibration photos, seeded
+activations calibrated with min/max on a seeded set: the calibration photos, seeded
 augmentations of them, seeded random tensors, and any folder of images the user gives. The
 tensors are there because verification sends such inputs too: calibrated on photos alone,
 ResNet-18 kept the top-1 class of 0 of 8 held-out random tensors (cosine 0.98); with 8 seeded
@@ -9,8 +9,16 @@ tensors in the calibration set, 8 of 8, and the photos' agreement improved too (
 
 QDQ because it was the fastest at the batch sizes a dynamic batcher builds (ResNet-50 on an
 AVX-512/VNNI machine, ORT 1.32, 2 threads: QDQ 3.2x fp32 at batch 1 and 3.4x at batch 8; QOperator
-3.4x and 2.2x), and because TensorRT reads the very same QDQ graph as explicit quantization (the
-gpu config).
+3.4x and 2.2x), and because TensorRT reads a QDQ graph as explicit quantization.
+
+Two files from one calibration, one per runtime (SCHEMES):
+- u8s8 (model.int8.onnx, the cpu config): UINT8 activations with a zero point, INT8 weights. ONNX
+  Runtime's CPU kernels want it: ResNet-50, batch 8, 2 threads, VNNI CPU, 3 alternated rounds:
+  FP32 22.7-25.4 img/s, U8S8 84.9-92.6, S8S8 21.6-26.5 (`make bench-int8` measures it again).
+- s8s8 (model.int8.s8s8.onnx, the gpu config and the INT8 TensorRT plan): INT8 activations and
+  weights, symmetric (zero point 0), per-channel weights, float bias. TensorRT builds explicitly
+  quantized networks from nothing else; `tensorrt_violations` holds the file to that before it is
+  written, and a graph breaking it stops the export with the node named.
 
 The guard compares the INT8 graph with the fp32 PyTorch reference on inputs calibration never
 saw: the held-out photos, seeded augmentations of them, and seeded tensors. Top-1 and top-5
@@ -31,7 +39,7 @@ import numpy as np
 import torch
 
 from cnn_deploy_core.images import held_out_photos, sample_photos
-from cnn_deploy_core.layout import INPUT_NAME
+from cnn_deploy_core.layout import INPUT_NAME, INT8_FILE, INT8_S8S8_FILE
 from cnn_deploy_core.metrics import topk
 from cnn_deploy_core.preprocess import ImageError, Preprocessing, load_image, preprocess
 from cnn_deploy_core.registry import Int8Guard
@@ -114,11 +122,38 @@ class _Reader:
         return next(self._batches, None)
 
 
-def quantize(model: Path, output: Path, calibration: Calibration) -> None:
-    """Static QDQ quantization of an fp32 ONNX file (ORT's pre-processing first)."""
+@dataclass(frozen=True)
+class Int8Scheme:
+    """One INT8 form of the graph, and the runtime it is written for."""
+
+    name: str  # u8s8 | s8s8
+    filename: str
+    serves: str  # the config that serves it: cpu | gpu
+    signed_activations: bool  # INT8 activations with zero point 0, float bias (TensorRT's form)
+
+    def describe(self) -> dict[str, str]:
+        return {"int8_scheme": self.name, "serves": self.serves, "file": self.filename}
+
+
+SCHEMES = {
+    "u8s8": Int8Scheme("u8s8", INT8_FILE, "cpu", signed_activations=False),
+    "s8s8": Int8Scheme("s8s8", INT8_S8S8_FILE, "gpu", signed_activations=True),
+}
+
+
+def quantize(
+    model: Path, output: Path, calibration: Calibration, scheme: Int8Scheme = SCHEMES["u8s8"]
+) -> None:
+    """Static QDQ quantization of an fp32 ONNX file (ORT's pre-processing first), in `scheme`'s form."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    if scheme.signed_activations:
+        activations = QuantType.QInt8
+        # TensorRT quantizes weights and activations only: a bias left in float stays float.
+        extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
+    else:
+        activations, extra = QuantType.QUInt8, {}
     with tempfile.TemporaryDirectory() as tmp, _quiet():
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(model), str(prepared))
@@ -128,9 +163,66 @@ def quantize(model: Path, output: Path, calibration: Calibration) -> None:
             _Reader(calibration.inputs),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
-            activation_type=QuantType.QUInt8,
+            activation_type=activations,
             weight_type=QuantType.QInt8,
+            extra_options=extra,
         )
+
+
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def tensorrt_violations(model) -> list[str]:
+    """What keeps TensorRT from building this QDQ graph as explicit quantization, one line per node:
+    every Q/DQ node INT8 with zero point 0 (no UINT8, no INT32 bias), weights quantized per channel."""
+    from onnx import TensorProto, numpy_helper
+
+    graph = model.graph
+    consts = {i.name: i for i in graph.initializer}
+    for node in graph.node:  # a Constant node's value is a constant too
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].HasField("t"):
+            consts[node.output[0]] = node.attribute[0].t
+    feeds_weighted = {i for n in graph.node if n.op_type in WEIGHTED_OPS for i in n.input}
+    out = []
+    for node in graph.node:
+        if node.op_type not in QDQ_OPS:
+            continue
+        label = f"{node.op_type} {node.name or node.output[0]!r}"
+        zero = consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if zero is None and not (len(node.input) > 2 and node.input[2]):
+            out.append(f"{label}: no zero point (ONNX's default is UINT8); TensorRT needs INT8, zero point 0")
+            continue
+        if zero is None:
+            out.append(f"{label}: zero point {node.input[2]!r} is not a constant")
+            continue
+        if zero.data_type != TensorProto.INT8:
+            kind = TensorProto.DataType.Name(zero.data_type)
+            out.append(f"{label}: {kind} zero point; TensorRT needs INT8 with zero point 0")
+            continue
+        if numpy_helper.to_array(zero).any():
+            out.append(f"{label}: non-zero zero point; TensorRT needs symmetric INT8 (zero point 0)")
+            continue
+        weight = consts.get(node.input[0])
+        if node.op_type == "DequantizeLinear" and weight is not None and len(weight.dims) > 1:
+            if node.output[0] in feeds_weighted:
+                scale = consts.get(node.input[1])
+                channels = weight.dims[_axis(node)]
+                if scale is None or len(scale.dims) != 1 or scale.dims[0] != channels:
+                    out.append(f"{label}: weight scale is not per channel ({channels} channels)")
+    return out
+
+
+def _axis(node) -> int:
+    return next((a.i for a in node.attribute if a.name == "axis"), 1)
+
+
+def check_tensorrt(model, filename: str) -> None:
+    """Refuse a TensorRT-bound graph that breaks explicit quantization's rules: one line, the node named."""
+    problems = tensorrt_violations(model)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ExportError(f"{filename} is not TensorRT explicit quantization: {problems[0]}{more}")
 
 
 @contextlib.contextmanager

@@ -14,14 +14,14 @@ import onnxruntime
 import torch
 
 from cnn_deploy_core.fsutil import atomic_write_text, discard, make_staging_dir, publish_dir
-from cnn_deploy_core.golden import GoldenSet
+from cnn_deploy_core.golden import INT8_CROSS_RUNTIME, GoldenSet
 from cnn_deploy_core.images import all_photos
 from cnn_deploy_core.layout import (
     FP16_FILE,
     GOLDEN_FILE,
     INPUT_NAME,
-    INT8_FILE,
     INT8_GOLDEN_FILE,
+    INT8_S8S8_GOLDEN_FILE,
     LABELS_FILE,
     MODEL_FILE,
     RAW_FILE,
@@ -32,7 +32,7 @@ from cnn_deploy_core.registry import Architecture
 from cnn_deploy_core.steps import SkipStep, Status, Step, StepResult, run_steps, succeeded
 from export import ExportError, __version__
 from export.convert import GraphStats, optimize, stamp_metadata, to_fp16, to_onnx
-from export.int8 import Int8Accuracy
+from export.int8 import Int8Accuracy, Int8Scheme
 from export.models import LoadedModel, load_model
 from export.verify import (
     FP16_FLOOR_RTOL,
@@ -48,6 +48,16 @@ from export.verify import (
     summarize,
     verify,
 )
+
+
+@dataclass(frozen=True)
+class Int8Result:
+    """One INT8 file that passed the guard, and its answers on the golden inputs."""
+
+    scheme: Int8Scheme
+    accuracy: Int8Accuracy
+    outputs: np.ndarray  # ONNX Runtime's fused CPU kernels: the golden outputs
+    unfused: np.ndarray  # the same graph run as plain float ops: another correct INT8 execution
 
 
 @dataclass
@@ -68,11 +78,9 @@ class ExportJob:
     optimized_stats: GraphStats | None = None
     cases: list[Case] = field(default_factory=list)
     sensitivity: Sensitivity | None = None
-    int8_accuracy: Int8Accuracy | None = None
-    int8_outputs: np.ndarray | None = None  # the INT8 graph's answers on the golden inputs
+    int8_results: dict[str, Int8Result] = field(default_factory=dict)  # by scheme (export.int8.SCHEMES)
     int8_calibration: dict | None = None
     fp16_error: float | None = None  # the clean FP16 graph's largest error, over every case
-    int8_cross_runtime_error: float | None = None  # fused vs unfused INT8, on the golden inputs
     verification: dict[str, list[CaseResult]] = field(default_factory=dict)
     results: list[StepResult] = field(default_factory=list)
 
@@ -83,6 +91,12 @@ class ExportJob:
     @property
     def succeeded(self) -> bool:
         return bool(self.results) and succeeded(self.results)
+
+    @property
+    def int8_accuracy(self) -> Int8Accuracy | None:
+        """The CPU's INT8 file's accuracy (both files pass the same guard)."""
+        first = self.int8_results.get("u8s8")
+        return first.accuracy if first else None
 
     @property
     def published(self) -> bool:
@@ -181,40 +195,59 @@ def step_fp16(job: ExportJob) -> str:
 
 
 def step_int8(job: ExportJob) -> str:
-    """Static INT8 quantization, kept only if it passes the architecture's accuracy guard."""
+    """Static INT8 quantization in each scheme (the CPU's and TensorRT's), kept only if every file
+    passes the architecture's accuracy guard and the TensorRT-bound one follows TensorRT's rules."""
     if not job.int8:
         raise SkipStep("not asked for (--int8)")
-    from export.int8 import accuracy, calibration_set, held_out_inputs, quantize, reference_outputs
+    from export.int8 import (
+        SCHEMES,
+        accuracy,
+        calibration_set,
+        check_tensorrt,
+        held_out_inputs,
+        quantize,
+        reference_outputs,
+    )
 
-    target = job.staging / INT8_FILE
+    targets = [job.staging / s.filename for s in SCHEMES.values()]
     try:
         calibration = calibration_set(job.loaded.preprocessing, folder=job.calibration)
         job.int8_calibration = calibration.described
-        quantize(job.staging / MODEL_FILE, target, calibration)
-        sess = session(target)
         held_out, _ = held_out_inputs(job.loaded.preprocessing)
-        result = accuracy(
-            reference_outputs(job.loaded.model, held_out), sess.run(None, {INPUT_NAME: held_out})[0]
-        )
-        job.int8_accuracy = result
-        problems = result.failures(job.arch.int8_guard)
-        if problems:
-            raise ExportError(f"INT8 below the accuracy guard: {'; '.join(problems)} ({result.describe()})")
+        reference = reference_outputs(job.loaded.model, held_out)
         inputs, _, _ = golden_rows(job.cases)
-        job.int8_outputs = sess.run(None, {INPUT_NAME: inputs})[0]
-        # How much two correct INT8 executions differ: the bound for another runtime (TensorRT).
-        unfused = session(target, fuse=False).run(None, {INPUT_NAME: inputs})[0]
-        job.int8_cross_runtime_error = compare(job.int8_outputs, unfused, atol=0, rtol=0).max_rel_err
-        quantized = onnx.load(str(target))
-        stamp_metadata(
-            quantized, job.arch, {**job.metadata("int8"), "int8_calibration": calibration.described}
-        )
-        onnx.save(quantized, str(target))
+        for scheme in SCHEMES.values():
+            target = job.staging / scheme.filename
+            quantize(job.staging / MODEL_FILE, target, calibration, scheme)
+            quantized = onnx.load(str(target))
+            if scheme.signed_activations:
+                check_tensorrt(quantized, scheme.filename)
+            sess = session(target)
+            result = accuracy(reference, sess.run(None, {INPUT_NAME: held_out})[0])
+            problems = result.failures(job.arch.int8_guard)
+            if problems:
+                below = "; ".join(problems)
+                raise ExportError(
+                    f"INT8 ({scheme.name}) below the accuracy guard: {below} ({result.describe()})"
+                )
+            unfused = session(target, fuse=False).run(None, {INPUT_NAME: inputs})[0]
+            job.int8_results[scheme.name] = Int8Result(
+                scheme, result, sess.run(None, {INPUT_NAME: inputs})[0], unfused
+            )
+            meta = {**job.metadata("int8"), **scheme.describe(), "int8_calibration": calibration.described}
+            stamp_metadata(quantized, job.arch, meta)
+            onnx.save(quantized, str(target))
     except BaseException:
-        target.unlink(missing_ok=True)  # nothing INT8 is left behind; fp32 and fp16 still publish
+        job.int8_results.clear()
+        for target in targets:  # nothing INT8 is left behind; fp32 and fp16 still publish
+            target.unlink(missing_ok=True)
         raise
-    size_mb, images = target.stat().st_size / 1e6, calibration.inputs.shape[0]
-    return f"{size_mb:.1f} MB, {images} calibration images; {result.describe()}"
+    sizes = ", ".join(
+        f"{r.scheme.name} {(job.staging / r.scheme.filename).stat().st_size / 1e6:.1f} MB"
+        for r in job.int8_results.values()
+    )
+    cpu = job.int8_results["u8s8"].accuracy
+    return f"{sizes}, {calibration.inputs.shape[0]} calibration images; {cpu.describe()}"
 
 
 def fp16_tolerance(job: ExportJob) -> dict[str, float]:
@@ -232,17 +265,33 @@ def fp16_tolerance(job: ExportJob) -> dict[str, float]:
     )
 
 
-def int8_tolerances(job: ExportJob) -> dict[str, dict[str, float]]:
+def int8_tolerances(job: ExportJob, scheme: str) -> dict[str, dict[str, float]]:
     """ "int8": the runtime that made the golden outputs (ONNX Runtime's fused CPU kernels, clean
-    error 0 there); "int8_cross_runtime": another INT8 implementation of the same QDQ graph."""
+    error 0 there); "int8_cross_runtime": another INT8 execution that must still match them.
+
+    Each file's set: the same graph run another way (unfused). Every config names the set of the
+    file it serves (`cnn_deploy.golden`), so `clients verify` and the load test hold the gpu
+    `<name>_int8` config (TensorRT on the S8S8 file) to the S8S8 set, never to the U8S8 one."""
     tol = job.arch.int8
     same = {"atol": tol.atol, "rtol": tol.rtol}
-    if job.int8_cross_runtime_error is None:
-        return {"int8": same}
-    other = derived_tolerance(
-        job.int8_cross_runtime_error, margin=INT8_CROSS_RUNTIME_MARGIN, atol=tol.atol, floor_rtol=tol.rtol
+    own = job.int8_results[scheme]
+    error = compare(own.outputs, own.unfused, atol=0, rtol=0).max_rel_err
+    other = derived_tolerance(error, margin=INT8_CROSS_RUNTIME_MARGIN, atol=tol.atol, floor_rtol=tol.rtol)
+    return {"int8": same, INT8_CROSS_RUNTIME: other}
+
+
+def tensorrt_int8_tolerance(job: ExportJob, reference: np.ndarray) -> dict[str, dict[str, float]]:
+    """For the fp32 golden set: how far an INT8 execution of TensorRT's S8S8 graph (the `<name>_trt`
+    INT8 plan) may land from PyTorch, `margin` x what ONNX Runtime's two executions of it measured."""
+    gpu = [r for r in job.int8_results.values() if r.scheme.signed_activations]
+    if not gpu:
+        return {}
+    tol = job.arch.int8
+    error = max(
+        compare(reference, x, atol=0, rtol=0).max_rel_err for r in gpu for x in (r.outputs, r.unfused)
     )
-    return {"int8": same, "int8_cross_runtime": other}
+    other = derived_tolerance(error, margin=INT8_CROSS_RUNTIME_MARGIN, atol=tol.atol, floor_rtol=tol.rtol)
+    return {INT8_CROSS_RUNTIME: other}
 
 
 def golden_set(job: ExportJob) -> GoldenSet:
@@ -260,6 +309,7 @@ def golden_set(job: ExportJob) -> GoldenSet:
         tolerances={
             "fp32": {"atol": job.arch.fp32.atol, "rtol": job.arch.fp32.rtol},
             "fp16": fp16_tolerance(job),
+            **tensorrt_int8_tolerance(job, outputs),
         },
         meta={
             "weights_source": job.loaded.weights_source,
@@ -271,10 +321,11 @@ def golden_set(job: ExportJob) -> GoldenSet:
 def step_golden(job: ExportJob) -> str:
     golden = golden_set(job)
     golden.save(job.staging / GOLDEN_FILE)
-    if job.int8_outputs is not None:  # the INT8 graph's own answers, with its own tolerance
-        replace(golden, outputs=job.int8_outputs, tolerances=int8_tolerances(job)).save(
-            job.staging / INT8_GOLDEN_FILE
-        )
+    golden_files = {"u8s8": INT8_GOLDEN_FILE, "s8s8": INT8_S8S8_GOLDEN_FILE}
+    for name, result in job.int8_results.items():  # each INT8 graph's own answers and tolerances
+        meta = {**golden.meta, **result.scheme.describe()}
+        own = replace(golden, outputs=result.outputs, tolerances=int8_tolerances(job, name), meta=meta)
+        own.save(job.staging / golden_files[name])
     atomic_write_text(job.staging / LABELS_FILE, "\n".join(job.loaded.categories) + "\n")
     photos = sum(n.startswith("photo:") for n in golden.case_names)
     return f"{len(golden.inputs)} samples ({photos} photos, {len(golden.inputs) - photos} random)"
@@ -297,7 +348,11 @@ def report(job: ExportJob, results: list[StepResult]) -> dict:
         "verification": {p: [r.to_dict() for r in rs] for p, rs in job.verification.items()},
         "sensitivity": job.sensitivity.to_dict() if job.sensitivity else None,
         "int8": {
-            "accuracy": job.int8_accuracy.to_dict(),
+            "accuracy": job.int8_accuracy.to_dict(),  # the CPU's file
+            "schemes": {
+                name: {**r.scheme.describe(), "accuracy": r.accuracy.to_dict()}
+                for name, r in job.int8_results.items()
+            },
             "guard": asdict(job.arch.int8_guard),
             "calibration": job.int8_calibration,
         }

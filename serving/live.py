@@ -50,14 +50,15 @@ class Applied:
 
 
 def find(repository: Path, state_dir: Path | None = None) -> LiveServer | None:
-    """The running local server of this repository, if any (replicas not ready are left out:
-    they load the repository's files when they start)."""
-    from serving.local import replica_ready, status
+    """The running local server of this repository, if any (replicas not serving are left out:
+    they load the repository's files when they start; one serving with a model that failed to load
+    is in, so that a reload can mend it)."""
+    from serving.local import replica_serving, status
 
     state, _ = status(state_dir)
     if state is None or Path(state.repository).resolve() != repository.resolve():
         return None
-    urls = tuple(r["http_url"] for r in state.all() if replica_ready(r))
+    urls = tuple(r["http_url"] for r in state.all() if replica_serving(r))
     return LiveServer(urls, state.admin_key, state.config_name) if urls else None
 
 

@@ -10,131 +10,39 @@ replica that dies while the others serve on: the foreground `serving up` itself,
 
 from __future__ import annotations
 
-import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from cnn_deploy_core import paths
+from cnn_deploy_core.secrets import new_key, write_private
 from serving import ServingError
-from serving.supervisor import Replica, RestartPolicy, Supervisor, partial_record, spec_to_json
+from serving.record import (  # noqa: F401  (re-exported: the record's names, for callers)
+    ADMIN_KEY_NAME,
+    LOG_NAME,
+    SPEC_NAME,
+    SUPERVISOR_LOG,
+    ServerState,
+    forget,
+    partial_record,
+    record_replicas,
+    state_file,
+)
+from serving.supervisor import Replica, RestartPolicy, Supervisor, spec_to_json
 from serving.triton import (
     ADMIN_HEADER,
     ServerOptions,
-    TritonProcess,
     check_ports,
-    is_ready,
+    is_live,
     kill_tree,
     remove_shm_regions,
+    serving_every_model,
 )
-
-STATE_NAME = "server.json"
-ADMIN_KEY_NAME = "admin.key"  # the running server's admin key, 0600, beside (never inside) its record
-LOG_NAME = "triton.log"
-SPEC_NAME = ".supervisor-spec.json"  # the detached supervisor's orders (holds the key: 0600, read once)
-SUPERVISOR_LOG = "supervisor.log"
-
-
-def state_file(state_dir: Path | None = None) -> Path:
-    """The detached server's record; anchored to the project (see cnn_deploy_core.paths)."""
-    return (state_dir or paths.state_dir()) / STATE_NAME
-
-
-def keep_admin_key(state_dir: Path, key: str | None) -> str:
-    """Write the server's admin key to its own private file (0600) in the state dir and return the
-    path: the record (server.json), which `status --json` and users read, names the file only."""
-    path = state_dir / ADMIN_KEY_NAME
-    if not key:
-        path.unlink(missing_ok=True)
-        return ""
-    from cnn_deploy_core.secrets import write_private
-
-    return str(write_private(path, key + "\n"))
-
-
-@dataclass
-class ServerState:
-    """What `status` and `down` need to find a detached server; written 0600. The admin key is not
-    in it: `admin_key_file` names the private file that holds it (`admin_key` reads it)."""
-
-    pid: int
-    http_url: str
-    grpc_url: str
-    metrics_url: str
-    repository: str
-    config_name: str
-    admin_key_file: str
-    log: str
-    replicas: list[dict] = field(default_factory=list)  # the others: pid, *_url, log (same keys)
-    # The supervisor: the foreground `serving up`, or the detached `python -m serving.supervisor`.
-    supervisor_pid: int | None = None
-    # This record's replica as its supervisor last saw it: starting | ready | restarting | down.
-    state: str = "ready"
-    restarts: int = 0
-    last_exit: str | None = None
-
-    @property
-    def admin_key(self) -> str:
-        """The admin key from its private file ("" when the server has none or the file is gone)."""
-        if not self.admin_key_file:
-            return ""
-        try:
-            return Path(self.admin_key_file).read_text().strip()
-        except OSError:
-            return ""
-
-    def all(self) -> list[dict]:
-        """Every replica, this record's first: pid, *_url, log, state, restarts, last_exit."""
-        first = {k: getattr(self, k) for k in REPLICA_KEYS}
-        return [first, *self.replicas]
-
-    def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(asdict(self), f, indent=2)
-        os.replace(tmp, path)
-
-    @classmethod
-    def load(cls, path: Path) -> ServerState | None:
-        try:
-            data = json.loads(path.read_text())
-            data.pop("admin_key", None)  # a record written before the key moved to its own file
-            data.setdefault("admin_key_file", "")
-            return cls(**data)
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, TypeError) as e:
-            raise ServingError(f"{path} is unreadable ({e}); remove it if no server is running") from e
-
-
-REPLICA_KEYS = ("pid", "http_url", "grpc_url", "metrics_url", "log", "state", "restarts", "last_exit")
-
-
-def record_replicas(path: Path, fixed: dict, records: list[dict]) -> ServerState:
-    """Write the state file: `fixed` (repository, config_name, admin_key_file, supervisor_pid) and every
-    replica's record (serving.supervisor.Replica.record), the first at the top level."""
-    first = {k: records[0][k] for k in REPLICA_KEYS}
-    state = ServerState(**first, **fixed, replicas=records[1:])
-    state.save(path)
-    return state
-
-
-def forget(path: Path) -> None:
-    """Remove a stopped server's record and the admin key file beside it."""
-    path.unlink(missing_ok=True)
-    (path.parent / ADMIN_KEY_NAME).unlink(missing_ok=True)
-
-
-def state_path_of_spec(spec: Path) -> Path:
-    return spec.parent / STATE_NAME
 
 
 def inference_key(key_file: Path | None) -> str | None:
@@ -161,7 +69,7 @@ def admin_key(explicit: str | None, key_file: Path | None = None) -> str:
             return read_key_file(key_file, "admin key file")
         except SecretFileError as e:
             raise ServingError(str(e)) from None
-    return explicit or os.environ.get("TRITON_ADMIN_KEY") or secrets.token_urlsafe(18)
+    return explicit or os.environ.get("TRITON_ADMIN_KEY") or new_key()
 
 
 def pid_alive(pid: int, what: str = "tritonserver") -> bool:
@@ -251,11 +159,14 @@ def start(
     state_dir: Path | None = None,
     replicas: int = 1,
     policy: RestartPolicy | None = None,
-) -> tuple[list[TritonProcess], ServerState]:
-    """Start `replicas` servers, wait until all are ready (or stop them all), record them.
+    verify: bool = True,
+    say=None,
+) -> tuple[Supervisor | None, ServerState]:
+    """The one lifecycle of `serving up`: start `replicas` servers, settle each (ready only when every
+    model is READY and answered its golden set; a failed model is named, not fatal), record them.
 
-    In the foreground the servers are our children (supervise them with `supervise`); detached,
-    a supervisor process of their own starts them, and the list returned is empty.
+    In the foreground the returned supervisor's servers are our children (`run()` it); detached,
+    the same supervisor runs in a process of its own, and None is returned.
     """
     state_dir = state_dir or paths.state_dir()
     existing = ServerState.load(state_file(state_dir))
@@ -270,32 +181,28 @@ def start(
     for o in every:
         check_ports(o)
     logs = [state_dir / _log_name(k, o, detach) for k, o in enumerate(every)]
+    policy = policy or RestartPolicy()
     if detach:
-        return [], _start_detached(every, logs, policy or RestartPolicy(), timeout, state_dir)
-    processes: list[TritonProcess] = []
-    try:
-        for o, log in zip(every, logs, strict=True):
-            processes.append(TritonProcess(o, log_path=log).start())
-        for process in processes:
-            process.wait_ready(timeout)
-    except BaseException:
-        for process in processes:
-            process.stop()
-        raise
-    records = [Replica(k, p.opts, p.log_path, p, state="ready").record() for k, p in enumerate(processes)]
-    state = record_replicas(state_file(state_dir), partial_record(opts, os.getpid(), state_dir), records)
-    return processes, state
+        return None, _start_detached(every, logs, policy, timeout, state_dir, verify)
+    path = state_file(state_dir)
+    fixed = partial_record(opts, os.getpid(), state_dir)
+    supervisor = Supervisor(
+        [Replica(k, o, log) for k, (o, log) in enumerate(zip(every, logs, strict=True))],
+        policy=policy,
+        on_change=lambda records: record_replicas(path, fixed, records),
+        verify=verify,
+        **({"say": say} if say else {}),
+    )
+    supervisor.start_all(timeout)
+    return supervisor, record_replicas(path, fixed, supervisor.records())
 
 
 def _start_detached(
-    every: list[ServerOptions], logs: list[Path], policy: RestartPolicy, timeout: float, state_dir: Path
-) -> ServerState:
-    """Start the supervisor process and wait until it records every replica ready (or dies)."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    spec = state_dir / SPEC_NAME
-    fd = os.open(spec, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(spec_to_json(every, logs, policy, timeout))
+    every: list[ServerOptions], logs: list[Path], policy: RestartPolicy, timeout: float, state_dir: Path,
+    verify: bool,
+) -> ServerState:  # fmt: skip
+    """Start the supervisor process and wait until it records every replica settled (or dies)."""
+    spec = write_private(state_dir / SPEC_NAME, spec_to_json(every, logs, policy, timeout, verify))
     path = state_file(state_dir)
     path.unlink(missing_ok=True)
     log_path = state_dir / SUPERVISOR_LOG
@@ -310,7 +217,7 @@ def _start_detached(
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
             start_new_session=True,  # Ctrl-C in this terminal must not reach it
         )  # fmt: skip
-    deadline = time.monotonic() + timeout + 30
+    deadline = time.monotonic() + timeout + 30 + (600 if verify else 0)
     while time.monotonic() < deadline:
         state = ServerState.load(path) if path.exists() else None
         if state is not None and state.supervisor_pid == child.pid:
@@ -335,25 +242,16 @@ def _last_line(path: Path) -> str:
     return lines[-1] if lines else "no log"
 
 
-def supervise(
-    processes: list[TritonProcess],
-    state_dir: Path | None = None,
-    policy: RestartPolicy | None = None,
-    say=None,
-) -> Supervisor:
-    """A supervisor of the foreground servers `start` returned; it keeps the state file current.
-    `run()` it; `stop_all()` when done (idempotent)."""
-    path = state_file(state_dir)
-    fixed = partial_record(processes[0].opts, os.getpid(), path.parent)
-    replicas = [Replica(k, p.opts, p.log_path, p, state="ready") for k, p in enumerate(processes)]
-    kwargs = {"say": say} if say else {}
-    return Supervisor(
-        replicas, policy=policy, on_change=lambda records: record_replicas(path, fixed, records), **kwargs
-    )
+def replica_ready(replica: dict, state: ServerState) -> bool:
+    """Recorded ready by its supervisor (every model READY and verified), alive and answering so."""
+    recorded = replica.get("state", "ready") == "ready" and pid_alive(replica["pid"])
+    return recorded and serving_every_model(replica["http_url"], state.admin_key, Path(state.repository))
 
 
-def replica_ready(replica: dict) -> bool:
-    return pid_alive(replica["pid"]) and is_ready(replica["http_url"])
+def replica_serving(replica: dict) -> bool:
+    """Started and answering, ready or not (a model that failed to load leaves it unready)."""
+    settled = replica.get("state", "ready") in ("ready", "unready")
+    return settled and pid_alive(replica["pid"]) and is_live(replica["http_url"])
 
 
 def status(state_dir: Path | None = None) -> tuple[ServerState | None, bool]:
@@ -361,7 +259,7 @@ def status(state_dir: Path | None = None) -> tuple[ServerState | None, bool]:
     state = ServerState.load(state_file(state_dir))
     if state is None:
         return None, False
-    return state, all(replica_ready(r) for r in state.all())
+    return state, all(replica_ready(r, state) for r in state.all())
 
 
 def down(timeout: float = 30.0, state_dir: Path | None = None) -> str:

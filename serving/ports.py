@@ -1,15 +1,12 @@
 """Ports for local servers: free ones for throwaway servers and replicas, and a check that a
-server's ports are not taken (split from serving/triton.py, which re-exports these names)."""
+server's ports are not taken (serving/triton.py re-exports these names; this module sits below it
+and knows nothing of its options)."""
 
 from __future__ import annotations
 
 import socket
-from typing import TYPE_CHECKING
 
 from serving import ServingError
-
-if TYPE_CHECKING:
-    from serving.triton import ServerOptions
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -45,7 +42,8 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
-def check_ports(opts: ServerOptions) -> None:
+def check_ports(opts) -> None:
+    """`opts` (serving.triton.ServerOptions): its host and three ports must be free."""
     busy = [p for p in (opts.http_port, opts.grpc_port, opts.metrics_port) if not port_free(opts.host, p)]
     if busy:
         raise ServingError(

@@ -14,8 +14,8 @@ model's threads are waiting for. Policies (`serving up --ort-threads`):
   runs; the server has one);
 - "cores": every core for each session, without turns;
 - "share": the sessions the repository loads split the cores (each gets cores ÷ sessions).
-A config that names its own `intra_op_thread_count` (`--cpu-threads`, or `serving tune`'s
-winner) keeps it and runs free of turns and twins. Spinning is turned off as soon as more than
+A config that names its own `intra_op_thread_count` (`--cpu-threads`, or a `serving tune`
+plan like 1x2) keeps it and runs free of turns and twins. Spinning is turned off as soon as more than
 one session shares the machine, but within an "adapt" run (see `cpu_share`). The numbers behind
 the default are in the README ("The cores are shared") and `make bench-threads` (alternated
 rounds, ratios side by side). A lock in our backend *instead* of Triton's rate limiter, making

@@ -2,13 +2,14 @@
 
 The wheel ships the server and the Python backend, not the ONNX Runtime backend; we build a
 backend directory where `onnxruntime/` holds our Python-based backend (see
-serving/backends/onnxruntime/model.py), so the repository's `backend: "onnxruntime"` configs
+serving/triton_side/onnxruntime/model.py), so the repository's `backend: "onnxruntime"` configs
 load unchanged.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -22,6 +23,7 @@ from pathlib import Path
 from cnn_deploy_core import paths
 from cnn_deploy_core.layout import ENV_ORT_GATE
 from cnn_deploy_core.machine import children, pss_mb, rss_mb  # noqa: F401  (re-exported for callers)
+from cnn_deploy_core.secrets import is_loopback, new_key
 from serving import ServingError
 from serving.ports import check_ports, free_port_block, free_ports, port_free  # noqa: F401  (re-exported)
 from serving.threads import DEFAULT_POLICY, CpuShare, cpu_share, server_args
@@ -42,6 +44,8 @@ class ServerOptions:
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002
+    # Every server's admin APIs are behind a key: this one, else a random one made here (never
+    # absent, whoever starts the server: a scratch server is as reachable as `serving up`'s).
     admin_key: str | None = field(default=None, repr=False)  # keys never in a repr, log or traceback
     backend_dir: Path | None = None  # default: <state dir>/backends
     log_verbose: int = 0
@@ -54,16 +58,20 @@ class ServerOptions:
     cpus: tuple[int, ...] = ()
     # gRPC over TLS (docs/security.md): the server's certificate and private key; with a client CA
     # too, mutual TLS (a client must present a certificate that CA signed). Triton's HTTP front end
-    # has no TLS: it stays on loopback here, behind a TLS-terminating ingress elsewhere.
+    # has no TLS: with a certificate and a host beyond loopback it listens on loopback only (see
+    # http_host), unless http_plaintext says the operator wants it open anyway.
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    http_plaintext: bool = False
     # Keyed inference (docs/security.md): these API categories need the header `api-key` (gRPC:
     # triton-grpc-protocol-api-key) holding this key; health stays open for probes.
     inference_key: str | None = field(default=None, repr=False)
     inference_apis: str = "inference"
 
     def __post_init__(self) -> None:
+        if not self.admin_key:
+            object.__setattr__(self, "admin_key", new_key())
         check_tls(self.tls_cert, self.tls_key, self.tls_client_ca)
         keyed = set(self.inference_apis.split(","))
         if not keyed <= set(KEYABLE_APIS):
@@ -93,8 +101,17 @@ class ServerOptions:
         )
 
     @property
+    def http_host(self) -> str:
+        """Where Triton's HTTP front end listens: beside gRPC over TLS, loopback only, since that
+        plaintext endpoint would serve inference around the TLS (and the client CA) on every
+        interface; `http_plaintext` opens it on `host` all the same."""
+        if self.tls_cert and not self.http_plaintext and not is_loopback(self.host):
+            return "127.0.0.1"
+        return self.host
+
+    @property
     def http_url(self) -> str:
-        return f"http://{self.host}:{self.http_port}"
+        return f"http://{self.http_host}:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
@@ -179,7 +196,7 @@ def command(opts: ServerOptions, wheel: Wheel) -> list[str]:
         "--model-control-mode=explicit",
         "--load-model=*",
         f"--backend-directory={backend_dir(opts).resolve()}",
-        f"--http-address={opts.host}",
+        f"--http-address={opts.http_host}",
         f"--http-port={opts.http_port}",
         f"--grpc-address={opts.host}",
         f"--grpc-port={opts.grpc_port}",
@@ -189,9 +206,10 @@ def command(opts: ServerOptions, wheel: Wheel) -> list[str]:
         "--allow-gpu-metrics=false",
         "--allow-cpu-metrics=true",
         # A broken model must not take the others down: it stays UNAVAILABLE, with its reason
-        # in the log and the repository index, and readiness means "the server is serving".
+        # in the log and the repository index, and the others serve on. But the server is not
+        # *ready* while one is (a probe, a load balancer, `serving status` must see it).
         "--exit-on-error=false",
-        "--strict-readiness=false",
+        "--strict-readiness=true",
         "--exit-timeout-secs=10",
         f"--log-verbose={opts.log_verbose}",
         # Room for a max batch of 224x224 images without regrowing the shared memory, and a
@@ -202,11 +220,10 @@ def command(opts: ServerOptions, wheel: Wheel) -> list[str]:
         "--backend-config=python,shm-growth-byte-size=8388608",
         f"--backend-config=python,shm-region-prefix-name={shm_prefix(opts.grpc_port)}",
     ]
-    if opts.admin_key:
-        args += [
-            f"--http-restricted-api={RESTRICTED}:{ADMIN_HEADER}={opts.admin_key}",
-            f"--grpc-restricted-protocol={RESTRICTED}:{ADMIN_HEADER}={opts.admin_key}",
-        ]
+    args += [
+        f"--http-restricted-api={RESTRICTED}:{ADMIN_HEADER}={opts.admin_key}",
+        f"--grpc-restricted-protocol={RESTRICTED}:{ADMIN_HEADER}={opts.admin_key}",
+    ]
     return args + server_args(opts.ort_threads) + key_args(opts) + tls_args(opts) + list(opts.extra_args)
 
 
@@ -214,12 +231,73 @@ def backend_dir(opts: ServerOptions) -> Path:
     return opts.backend_dir or paths.state_dir() / "backends"
 
 
-def is_ready(url: str, timeout: float = 1.0) -> bool:
+def _health(url: str, what: str, timeout: float) -> bool:
     try:
-        with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=timeout) as r:
+        with urllib.request.urlopen(f"{url}/v2/health/{what}", timeout=timeout) as r:
             return r.status == 200
     except (urllib.error.URLError, OSError):
         return False
+
+
+def is_ready(url: str, timeout: float = 1.0) -> bool:
+    """Ready: serving, and every model of its repository READY (strict readiness)."""
+    return _health(url, "ready", timeout)
+
+
+def is_live(url: str, timeout: float = 1.0) -> bool:
+    """Live: the server answers (whatever its models' states); a hung one does not."""
+    return _health(url, "live", timeout)
+
+
+def repository_index(http_url: str, admin_key: str, timeout: float = 10.0) -> list[dict]:
+    """Every model of the server's repository: name, version, state and, when not READY, Triton's
+    reason (an admin API: it takes the key)."""
+    request = urllib.request.Request(
+        f"{http_url}/v2/repository/index", data=b"{}", method="POST", headers={ADMIN_HEADER: admin_key}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        raise ServingError(f"cannot list models at {http_url}: HTTP {e.code} {e.read()[:200]!r}") from e
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise ServingError(f"cannot list models at {http_url}: {e}") from e
+
+
+LOADING_STATES = ("LOADING", "UNLOADING")
+
+
+def failed_models(index: list[dict], repository: Path | None = None) -> list[dict] | None:
+    """The models that are not READY once loading is over; None while one is still (un)loading
+    (verdict over Triton's repository index).
+
+    With `repository`, a version that failed to load and is no longer on disk is history, not a
+    failure: Triton keeps such an entry (UNAVAILABLE) after the model was reloaded without it, as
+    after a failed reload that `serving repo` undid, and its strict readiness then stays false."""
+    if any(m.get("state") in LOADING_STATES for m in index):
+        return None
+
+    def gone(m: dict) -> bool:
+        return bool(repository and m.get("version")) and not (repository / m["name"] / m["version"]).is_dir()
+
+    return [m for m in index if m.get("state") != "READY" and not gone(m)]
+
+
+def serving_every_model(http_url: str, admin_key: str, repository: Path) -> bool:
+    """Ready (strict readiness), or answering with every model on disk READY (see failed_models)."""
+    if is_ready(http_url):
+        return True
+    if not is_live(http_url):
+        return False
+    try:
+        return failed_models(repository_index(http_url, admin_key), repository) == []
+    except ServingError:
+        return False
+
+
+def describe_failed(models: list[dict]) -> str:
+    """'alexnet: <Triton's reason>; ...' in one line."""
+    return "; ".join(f"{m['name']}: {m.get('reason') or m.get('state') or 'not ready'}" for m in models)
 
 
 def gate_dir(opts: ServerOptions) -> Path:
@@ -246,6 +324,7 @@ class TritonProcess:
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
         self.share: CpuShare | None = None
+        self.failed: list[dict] = []  # models that did not load (wait_ready with failed_ok)
         self._log_file = None
 
     def start(self, *, detach: bool = False) -> TritonProcess:
@@ -281,7 +360,13 @@ class TritonProcess:
             raise ServingError(f"cannot start {wheel.binary}: {e.strerror or e}") from e
         return self
 
-    def wait_ready(self, timeout: float = 300.0, poll: float = 0.25) -> None:
+    def wait_ready(
+        self, timeout: float = 300.0, poll: float = 0.25, *, failed_ok: bool = False
+    ) -> list[dict]:
+        """Wait until the server is ready, i.e. every model READY (strict readiness).
+
+        Once loading is over with a model that failed, raise naming it and Triton's reason, or with
+        `failed_ok` (`serving up`: the others serve on) return those models; else return []."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
@@ -290,7 +375,16 @@ class TritonProcess:
                     + (f"; see {self.log_path}" if self.log_path else "")
                 )
             if is_ready(self.opts.http_url):
-                return
+                return []
+            if is_live(self.opts.http_url):
+                failed = failed_models(repository_index(self.opts.http_url, self.opts.admin_key))
+                if failed and failed_ok:
+                    return failed
+                if failed:
+                    raise ServingError(
+                        f"model(s) failed to load: {describe_failed(failed)}"
+                        + (f"; see {self.log_path}" if self.log_path else "")
+                    )
             time.sleep(poll)
         raise ServingError(
             f"tritonserver not ready after {timeout:.0f}s"
@@ -337,3 +431,36 @@ def kill_tree(pid: int) -> None:
     for p in (pid, *stubs):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(p, signal.SIGKILL)
+
+
+def serve(
+    opts: ServerOptions, log_path: Path | None = None, timeout: float = 300.0, *, failed_ok: bool = False
+) -> TritonProcess:
+    """A started tritonserver with every model READY (it is stopped again if it never is): the one
+    way a throwaway server (tests, benchmarks, the tuner, drills, checks) starts. Its admin APIs
+    are keyed (ServerOptions) and its readiness strict, as `serving up`'s are. With `failed_ok` a
+    model that failed to load is left for the caller to report (`failed` lists them)."""
+    (server,) = serve_all([opts], [log_path], timeout, failed_ok=failed_ok)
+    return server
+
+
+def serve_all(
+    options: list[ServerOptions],
+    log_paths: list[Path | None],
+    timeout: float = 300.0,
+    *,
+    failed_ok: bool = False,
+) -> list[TritonProcess]:
+    """Servers of one deployment (replicas), as :func:`serve` starts one: all started first, so they
+    load side by side, then each awaited. If one never becomes ready, every one is stopped."""
+    servers: list[TritonProcess] = []
+    try:
+        for opts, log_path in zip(options, log_paths, strict=True):
+            servers.append(TritonProcess(opts, log_path=log_path).start())  # recorded at once: stopped below
+        for server in servers:
+            server.failed = server.wait_ready(timeout, failed_ok=failed_ok)
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise
+    return servers

@@ -13,16 +13,27 @@ dimension at a time, keeping what helps; concurrency doubles until throughput st
 5 %) or p99 leaves the SLO; it stops at the time budget. Each candidate runs in a scratch
 repository on its own server, measured by our load test (`python -m clients loadtest`, whose JSON
 report it reads as cnn_deploy_core's typed LoadTestReport: the serving stage does not import the
-clients). As in the drills, the server is pinned to all CPUs but the last, and the load generator
-to the last one (so the plans tried fit the server's CPUs). The user's repository is written once,
-at the end, atomically: Ctrl-C at any point leaves it as it was.
+clients).
+
+It tunes the machine it writes for: every server it starts has every core this process may use, as
+`serving up` would give it, and the thread policy `serving up` runs. The load generator is not
+given cores of its own (that would tune the config for fewer cores than it is served on); its cost
+is kept small instead (tensors through shared memory) and reported per request. The plans it tries
+are instance counts whose threads the server's policy sets (serving/threads.py): a config tuned on
+2 cores does not cap a 32-core machine at 2 threads.
+
+The winner is written only if it beats the current config (the model's cpu config, what `serving
+up` serves) in an A/B: AB_ROUNDS rounds, each on fresh servers of the same setup, the two in
+alternating order, at the winner's concurrency, every run judged sound (tune_judge.ab_verdict).
+The user's repository is written once, at the end, atomically: Ctrl-C at any point leaves it as it
+was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
-import os
 import shutil
 import subprocess
 import sys
@@ -34,21 +45,25 @@ from pathlib import Path
 from cnn_deploy_core import registry
 from cnn_deploy_core.fsutil import atomic_write_bytes, atomic_write_text
 from cnn_deploy_core.layout import INT8_FILE, INT8_SUFFIX
+from cnn_deploy_core.secrets import write_private
 from serving import ServingError
 from serving.repository.configs import candidate_config
 from serving.repository.placement import write_configs
 from serving.repository.state import ModelState
 from serving.repository.versions import served_versions
 from serving.threads import available_cores
-from serving.triton import ServerOptions, TritonProcess
+from serving.triton import ServerOptions, serve
 from serving.tune_judge import (
+    AB_ROUNDS,
     LOADTEST_TIMEOUT_S,
+    AbRound,
     CandidateFailed,
+    ab_ratio,
+    ab_verdict,
     point_of,
     read_loadtest,
     run_verdict,
     saturated,
-    within_slo,
 )
 
 TUNED = "tuned"
@@ -58,7 +73,7 @@ TUNED = "tuned"
 class Candidate:
     precision: str = "fp32"
     instances: int = 1
-    threads: int = 2
+    threads: int = 0  # 0: the server's thread policy sets them for the machine it runs on
     max_batch_size: int = 32
     preferred: tuple[int, ...] = ()
     queue_delay_us: int = 0
@@ -66,7 +81,7 @@ class Candidate:
     def label(self) -> str:
         pref = ",".join(map(str, self.preferred)) or "-"
         return (
-            f"{self.precision} {self.instances}x{self.threads} max{self.max_batch_size} "
+            f"{self.precision} {self.instances}x{self.threads or 'auto'} max{self.max_batch_size} "
             f"pref {pref} delay {self.queue_delay_us}us"
         )
 
@@ -94,7 +109,9 @@ class Space:
 
 
 def default_space(max_batch: int, cores: int, has_int8: bool) -> Space:
-    plans = {(1, cores), (cores, 1)} | ({(2, cores // 2)} if cores >= 4 else set())
+    # Instance counts only: their threads are the policy's (0), relative to the machine that serves
+    # them, so the config carries no core count of the machine it was tuned on.
+    plans = {(n, 0) for n in (1, 2, cores) if n <= max(cores, 1)}
     return Space(
         precisions=("fp32", "int8") if has_int8 else ("fp32",),
         plans=tuple(sorted(plans)),
@@ -113,25 +130,45 @@ def _config(name: str, candidate: Candidate, model_dir: Path):
     return candidate_config(registry.get(name), served, asdict(candidate))
 
 
-def split_cpus() -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """The scratch server's CPUs and the load generator's: the last CPU this process may use goes to
-    the generator (and its verifier), the others to the server, as the drills do (a generator that
-    shares the server's cores slows it down and flatters nothing). One CPU: ((), ())."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        return (), ()
-    return tuple(cpus[:-1]), (cpus[-1],)
+def current_config(repository: Path, name: str) -> str:
+    """The model's current config, as `serving up` reads it: configs/cpu.pbtxt, else config.pbtxt."""
+    model_dir = repository / name
+    for path in (model_dir / "configs" / "cpu.pbtxt", model_dir / "config.pbtxt"):
+        if path.is_file():
+            return path.read_text()
+    raise ServingError(f"{name} has no cpu config in {repository}: python -m serving repo {name}")
 
 
-def _loadtest(url: str, model: str, c: int, scratch: Path, window_s: float, cpus: tuple[int, ...]):
-    """One concurrency level through our load test, pinned to the generator's CPUs: its report."""
-    pin = ["taskset", "--cpu-list", ",".join(map(str, cpus))] if cpus else []
+@contextlib.contextmanager
+def _scratch_server(repository: Path, model: str, config_text: str):
+    """A server of `model` alone, `config_text` its cpu config, started as `serving up` starts one:
+    every core this process may use, the default thread policy. Yields (options, scratch folder);
+    ServingError if it does not start."""
+    with tempfile.TemporaryDirectory(prefix="tune-") as tmp:
+        scratch = Path(tmp)
+        # Only the model under test: the scratch server spends the cores on nothing else.
+        shutil.copytree(
+            repository / model, scratch / "repo" / model, ignore=shutil.ignore_patterns("configs")
+        )
+        atomic_write_text(scratch / "repo" / model / "configs" / "cpu.pbtxt", config_text)
+        opts = ServerOptions.on_free_ports(scratch / "repo", backend_dir=scratch / "backends")
+        write_private(scratch / "admin.key", opts.admin_key)  # the load test's shared memory needs it
+        # keyed and strictly ready, as every server is (serving.triton.serve)
+        with serve(opts, scratch / "triton.log", 300):
+            yield opts, scratch
+
+
+def _loadtest(url: str, model: str, c: int, scratch: Path, window_s: float, slo_ms: float):
+    """One concurrency level through our load test: its report, why it disqualifies the candidate
+    (or None), and whether it met the p99 objective (run_verdict). Tensors go through shared memory:
+    the generator shares the server's cores, and that halves what it takes from them."""
     cmd = [
-        *pin, sys.executable, "-m", "clients", "loadtest", "--url", url, "--model", model,
+        sys.executable, "-m", "clients", "loadtest", "--url", url, "--model", model,
         "--concurrency", str(c), "--warmup-s", str(window_s), "--window-s", str(window_s),
         "--max-windows", "6", "--min-samples", "50", "--repository", str(scratch / "repo"),
         "--output", str(scratch / "reports"), "--json", "--verify-fraction", "1",
         "--max-error-rate", "0", "--max-wrong", "0",
+        "--shared-memory", "system", "--admin-key-file", str(scratch / "admin.key"),
     ]  # fmt: skip
     where = f"on {model} at c={c}"
     try:
@@ -139,7 +176,7 @@ def _loadtest(url: str, model: str, c: int, scratch: Path, window_s: float, cpus
     except subprocess.TimeoutExpired as e:
         raise CandidateFailed(f"the load test timed out {where} after {LOADTEST_TIMEOUT_S}s") from e
     report = read_loadtest(result.returncode, result.stdout, result.stderr, where)
-    return report, run_verdict(report, result.returncode)
+    return report, *run_verdict(report, slo_ms)
 
 
 def measure(
@@ -148,50 +185,41 @@ def measure(
     started = time.monotonic()
     measured = Measured(candidate)
     model = name + (INT8_SUFFIX if candidate.precision == "int8" else "")
-    server_cpus, client_cpus = split_cpus()
-    with tempfile.TemporaryDirectory(prefix="tune-") as tmp:
-        scratch = Path(tmp)
-        # Only the model under test: the scratch server spends the cores on nothing else.
-        shutil.copytree(
-            repository / model, scratch / "repo" / model, ignore=shutil.ignore_patterns("configs")
-        )
-        config = _config(name, candidate, repository / name)
-        atomic_write_text(scratch / "repo" / model / "configs" / "cpu.pbtxt", config.to_pbtxt())
-        opts = ServerOptions.on_free_ports(
-            scratch / "repo", backend_dir=scratch / "backends", cpus=server_cpus
-        )
-        with TritonProcess(opts, log_path=scratch / "triton.log").start() as server:
-            try:
-                server.wait_ready(300)
-            except ServingError as e:
-                measured.rejected = f"the server did not start: {e}"
-                return measured
-            previous = 0.0
-            for c in space.concurrency:
-                try:
-                    report, problem = _loadtest(opts.grpc_url, model, c, scratch, window_s, client_cpus)
-                except CandidateFailed as e:
-                    measured.rejected = str(e)
-                    break
-                point = point_of(report, c)
-                if point:
-                    measured.points.append(point)
-                    progress(f"  c={c}: {point['infer_per_s']:.1f} infer/s, p99 {point['p99_ms']:.1f} ms")
-                if problem or point is None:
-                    measured.rejected = f"{problem or 'no answer'} at c={c}"
-                    break
-                within = within_slo(point, slo_ms)
-                if within and (measured.best is None or point["infer_per_s"] > measured.best["infer_per_s"]):
-                    measured.best = point
-                if not within or saturated(point, previous):
-                    break  # more concurrency only adds latency now
-                previous = point["infer_per_s"]
+    config = _config(name, candidate, repository / name).to_pbtxt()
+    try:
+        with _scratch_server(repository, model, config) as (opts, scratch):
+            _climb(measured, opts.grpc_url, model, scratch, space, slo_ms, window_s, progress)
+    except ServingError as e:  # the server's start: _climb records its load tests' own
+        measured.rejected = f"the server did not start: {e}"
     if measured.rejected:
         measured.best = None  # one bad step disqualifies the candidate, however fast the others
     elif measured.best is None:
         measured.rejected = f"p99 above {slo_ms:g} ms at every concurrency"
     measured.seconds = time.monotonic() - started
     return measured
+
+
+def _climb(measured: Measured, url: str, model: str, scratch: Path, space: Space, slo_ms, window_s, progress):
+    """Concurrency doubles until throughput stops growing or p99 leaves the objective."""
+    previous = 0.0
+    for c in space.concurrency:
+        try:
+            report, problem, within = _loadtest(url, model, c, scratch, window_s, slo_ms)
+        except CandidateFailed as e:
+            measured.rejected = str(e)
+            return
+        point = point_of(report, c)
+        if point:
+            measured.points.append(point)
+            progress(f"  c={c}: {point['infer_per_s']:.1f} infer/s, p99 {point['p99_ms']:.1f} ms")
+        if problem or point is None:
+            measured.rejected = f"{problem or 'no answer'} at c={c}"
+            return
+        if within and (measured.best is None or point["infer_per_s"] > measured.best["infer_per_s"]):
+            measured.best = point
+        if not within or saturated(point, previous):
+            return  # more concurrency only adds latency now
+        previous = point["infer_per_s"]
 
 
 def _score(m: Measured) -> float:
@@ -215,8 +243,7 @@ def search(
     current = Candidate(
         precision="fp32",
         instances=state.cpu.instances,
-        # A share (0) is what the tuner's one-model server would give it: the cores / instances.
-        threads=state.cpu.threads or max(1, cores() // state.cpu.instances),
+        threads=state.cpu.threads,  # 0 (the default): the policy's, as `serving up` serves it
         max_batch_size=arch.max_batch_size,
         queue_delay_us=arch.cpu_queue_delay_us,
     )
@@ -254,6 +281,93 @@ def search(
 def winner(results: list[Measured]) -> Measured | None:
     ranked = [m for m in results if _score(m) > 0]
     return max(ranked, key=_score) if ranked else None
+
+
+@dataclass
+class AbResult:
+    """The winner against the current config, alternately, at the winner's concurrency."""
+
+    concurrency: int
+    runs: list[dict] = field(default_factory=list)  # round, config, model, figures, problems
+    rounds: list[AbRound] = field(default_factory=list)
+    ahead: bool = False
+    why: str = ""
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "concurrency": self.concurrency,
+            "runs": self.runs,
+            "rounds": [asdict(r) for r in self.rounds],
+            "winner_vs_current": ab_ratio(self.rounds),  # median of the rounds' ratios
+            "ahead": self.ahead,
+            "why": self.why,
+            "seconds": self.seconds,
+        }
+
+
+def _ab_run(repository: Path, model: str, config: str, c: int, window_s: float, slo_ms: float) -> dict:
+    """One A/B run: a fresh server of `config`, one load test at `c`; its figures and what the judge
+    found unsound in it (a server that did not start, a load test without a report, included)."""
+    try:
+        with _scratch_server(repository, model, config) as (opts, scratch):
+            report, problem, within = _loadtest(opts.grpc_url, model, c, scratch, window_s, slo_ms)
+    except CandidateFailed as e:
+        return {"point": None, "within": False, "problems": [str(e)]}
+    except ServingError as e:
+        return {"point": None, "within": False, "problems": [f"the server did not start: {e}"]}
+    point = point_of(report, c)
+    problems = [problem] if problem else [] if point else ["no answer"]
+    return {"point": point, "within": within, "problems": problems}
+
+
+def ab_test(
+    name: str,
+    repository: Path,
+    winner: Measured,
+    *,
+    slo_ms: float,
+    window_s: float,
+    rounds: int = AB_ROUNDS,
+    progress=lambda message: None,
+) -> AbResult:
+    """The winner and the current config (the model's cpu config), each on fresh servers of the same
+    setup, alternately (current first in odd rounds, the winner first in even ones, so that a drift
+    of the machine favours neither), at the concurrency the winner was best at; judged by
+    tune_judge.ab_verdict. Stops at the first unsound run: it rejects the winner."""
+    started = time.monotonic()
+    c = winner.best["concurrency"]
+    model = name + (INT8_SUFFIX if winner.candidate.precision == "int8" else "")
+    configs = {
+        "current": (name, current_config(repository, name)),
+        "winner": (model, _config(name, winner.candidate, repository / name).to_pbtxt()),
+    }
+    result = AbResult(concurrency=c)
+    for number in range(1, rounds + 1):
+        order = ("current", "winner") if number % 2 else ("winner", "current")
+        runs = {}
+        for which in order:
+            run = _ab_run(repository, *configs[which], c, window_s, slo_ms)
+            runs[which] = run
+            result.runs.append({"round": number, "config": which, "model": configs[which][0], **run})
+            point = run["point"]
+            figures = f"{point['infer_per_s']:.1f} infer/s, p99 {point['p99_ms']:.1f} ms" if point else "-"
+            progress(f"  A/B round {number}, {which}: {figures}{'; ' if run['problems'] else ''}"
+                     + "; ".join(run["problems"]))  # fmt: skip
+        result.rounds.append(
+            AbRound(
+                current_infer_per_s=(runs["current"]["point"] or {}).get("infer_per_s", 0.0),
+                winner_infer_per_s=(runs["winner"]["point"] or {}).get("infer_per_s", 0.0),
+                current_within=runs["current"]["within"],
+                winner_within=runs["winner"]["within"],
+                problems=tuple(f"{w}: {p}" for w in order for p in runs[w]["problems"]),
+            )
+        )
+        if result.rounds[-1].problems:
+            break
+    result.ahead, result.why = ab_verdict(result.rounds)
+    result.seconds = time.monotonic() - started
+    return result
 
 
 def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -322,6 +436,5 @@ def has_int8(repository: Path, name: str) -> bool:
 
 
 def cores() -> int:
-    """The CPUs a scratch server gets (all but the load generator's): what the plans divide."""
-    server_cpus, _ = split_cpus()
-    return len(server_cpus) or available_cores()
+    """The cores a scratch server gets: every one this process may use, as `serving up`'s server."""
+    return available_cores()

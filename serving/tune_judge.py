@@ -1,14 +1,25 @@
 """The tuner's verdicts, pure functions over what a load test reported: which precisions may be
-tried, whether a load test produced a report at all, and whether a run disqualifies a candidate."""
+tried, whether a load test produced a report at all, whether a run disqualifies a candidate (that
+one is cnn_deploy_core.judge's, under the tuner's objectives), and whether the winner is ahead of the
+current config in the A/B that decides whether it is written."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+from statistics import median
+
+from cnn_deploy_core.judge import LATENCY, Objectives, problems, problems_of_json
 from cnn_deploy_core.loadtest_report import LoadTestReport, ReportSchemaError
 from serving import ServingError
 
 PRECISIONS = ("fp32", "int8")  # what the CPU configs can serve (fp16 is the GPU config's)
 LOADTEST_TIMEOUT_S = 600
 SATURATION = 1.05  # more concurrency must add 5 % throughput to be worth its latency
+AB_ROUNDS = 3  # the winner and the current config, each measured this many times, alternately
+# The winner must beat the current config by this much (median of the rounds' ratios) to replace
+# it: two runs of one config differ by a few percent, and a tie is not worth a new config.
+AB_MIN_GAIN = 1.02
+TUNER_OBJECTIVES = Objectives()  # the strictest: a figure measured on a bad run is no figure
 
 
 class CandidateFailed(ServingError):
@@ -30,45 +41,33 @@ def check_precisions(precisions: tuple[str, ...], has_int8: bool) -> tuple[str, 
 
 def read_loadtest(returncode: int | None, stdout: str, stderr: str, where: str) -> LoadTestReport:
     """The load test's JSON report, or CandidateFailed saying why there is none. A non-zero exit with
-    a report is judged by run_verdict (failed requests, wrong answers: the report says which)."""
+    a report is judged by run_verdict (failed requests, wrong answers: the report says which).
+    Without one, the candidate could not be measured."""
     tail = stderr.strip()[-300:] or "no output"
     if returncode is None:
         raise CandidateFailed(f"the load test timed out {where} after {LOADTEST_TIMEOUT_S}s")
     try:
         return LoadTestReport.from_json(stdout)
-    except ReportSchemaError as e:
-        raise CandidateFailed(f"the load test failed {where} (exit code {returncode}): {tail} ({e})") from e
+    except ReportSchemaError:
+        # An unreadable report is the judge's call too, in its words, as every other run's verdict.
+        why = "; ".join(map(str, problems_of_json(stdout, TUNER_OBJECTIVES)))
+        failed = f"the load test failed {where} (exit code {returncode})"
+        raise CandidateFailed(f"{failed}: {tail} ({why})") from None
 
 
-def run_verdict(report: LoadTestReport, returncode: int) -> str | None:
-    """Why this load-test run disqualifies the candidate (None: it does not): every answer of the
-    whole run, warm-up included, verified (verified == answered > 0) and right, no request failed,
-    none dropped, and the load test itself content."""
-    totals = report.totals
-    step = report.steps[0] if report.steps else None
-    # The run's totals hold every request, warm-up included; the step's all_errors those after it.
-    failed = max((totals.errors, step.all_errors if step else {}), key=lambda e: sum(e.values()))
-    if not report.verified:
-        return "answers were not verified"
-    if sum(failed.values()):
-        return f"failed requests ({', '.join(f'{n} {kind}' for kind, n in failed.items())})"
-    if totals.wrong:
-        return f"{totals.wrong} wrong answers of {totals.verified} checked"
-    if totals.responses <= 0:
-        return "no answer"
-    if totals.verified != totals.responses:
-        return f"{totals.responses - totals.verified} of {totals.responses} answers not verified"
-    if totals.dropped:
-        return f"{totals.dropped} requests dropped"
-    if report.failures:
-        return "; ".join(report.failures)
-    if returncode != 0:
-        return f"the load test failed (exit code {returncode})"
-    return None
+def run_verdict(report: LoadTestReport, slo_ms: float) -> tuple[str | None, bool]:
+    """(why this run disqualifies the candidate, or None; whether it met the p99 objective), as
+    cnn_deploy_core.judge finds under TUNER_OBJECTIVES with `slo_ms` as the p99 objective: every
+    answer of the whole run, warm-up included, verified and right, no request failed, none dropped.
+    A missed p99 does not disqualify: the search stops climbing there."""
+    found = problems(report, replace(TUNER_OBJECTIVES, p99_ms=slo_ms))
+    unsound = [p.message for p in found if p.kind != LATENCY]
+    return "; ".join(unsound) or None, not found
 
 
 def point_of(report: LoadTestReport, c: int) -> dict | None:
-    """One concurrency's figures; the p99 counts failures at their time to failure when known."""
+    """One concurrency's figures; the p99 is the one the judge holds to the objective (every request
+    after warm-up, failures at their time to failure) when known."""
     step = report.steps[0] if report.steps else None
     if step is None or not step.responses or step.latency_ms is None:
         return None
@@ -78,19 +77,64 @@ def point_of(report: LoadTestReport, c: int) -> dict | None:
         "concurrency": c,
         "infer_per_s": step.inferences_per_s,
         "p50_ms": step.latency_ms.p50,
-        "p99_ms": max(latency.p99, step.latency_ms.p99),
+        "p99_ms": latency.p99,
         "answered": t.responses,
         "verified": t.verified,
         "wrong": t.wrong,
         "errors": sum(t.errors.values()),
+        # what the load generator (and its verifier) spent per request on the server's machine
+        "generator_cpu_ms_per_request": step.generator_cpu_ms_per_request,
+        "verifier_cpu_ms_per_request": step.verifier_cpu_ms_per_request,
     }
-
-
-def within_slo(point: dict, slo_ms: float) -> bool:
-    """The point's p99 (failures counted at their time to failure) meets the objective."""
-    return point["p99_ms"] <= slo_ms
 
 
 def saturated(point: dict, previous_infer_per_s: float) -> bool:
     """More concurrency did not add SATURATION's share of throughput: the search stops climbing."""
     return point["infer_per_s"] < previous_infer_per_s * SATURATION
+
+
+@dataclass(frozen=True)
+class AbRound:
+    """One round of the A/B: the current config and the winner, each on a fresh server of its own,
+    at the same concurrency. `problems`: what the judge found unsound in either run."""
+
+    current_infer_per_s: float
+    winner_infer_per_s: float
+    current_within: bool  # its p99 met the objective
+    winner_within: bool
+    problems: tuple[str, ...] = ()
+
+
+def ab_ratio(rounds: list[AbRound]) -> float | None:
+    """The winner's throughput / the current config's: the median of the rounds' ratios."""
+    if not rounds or any(r.current_infer_per_s <= 0 for r in rounds):
+        return None
+    return median(r.winner_infer_per_s / r.current_infer_per_s for r in rounds)
+
+
+def ab_verdict(rounds: list[AbRound]) -> tuple[bool, str]:
+    """(whether the winner is ahead of the current config, why): every run sound, AB_ROUNDS rounds at
+    least, the winner within the p99 objective in every round, and either faster in every round and
+    ahead by AB_MIN_GAIN (median of the per-round ratios), or the only one of the two within the
+    objective (the current config missed it in every round). Every round, not most: on a busy
+    machine one config's throughput swings by half from run to run, and a config that loses a
+    round is not shown to be ahead; refusing it costs nothing (the current config stays)."""
+    unsound = [p for r in rounds for p in r.problems]
+    if unsound:
+        return False, f"an A/B run was not sound: {'; '.join(unsound)}"
+    if len(rounds) < AB_ROUNDS:
+        return False, f"{len(rounds)} A/B rounds, {AB_ROUNDS} needed"
+    n = len(rounds)
+    winner_within = sum(r.winner_within for r in rounds)
+    if winner_within < n:
+        return False, f"the winner missed the p99 objective in {n - winner_within} of {n} rounds"
+    if not any(r.current_within for r in rounds):
+        return True, f"the current config missed the p99 objective in all {n} rounds; the winner met it"
+    ratio = ab_ratio(rounds)
+    if ratio is None:
+        return False, "the current config answered nothing in a round: nothing to compare"
+    faster = sum(r.winner_infer_per_s > r.current_infer_per_s for r in rounds)
+    figures = f"{ratio:.3f}x the current config (median of {n} rounds), faster in {faster} of {n}"
+    if ratio >= AB_MIN_GAIN and faster == n:
+        return True, f"the winner is ahead: {figures}"
+    return False, f"the winner is not ahead: {figures} (needs {AB_MIN_GAIN:.2f}x and every round)"

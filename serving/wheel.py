@@ -1,6 +1,6 @@
 """The nvidia-pytriton wheel: where it keeps the real `tritonserver`, its libraries and the Python
 backend, and the backend directory we build from it (the wheel has no ONNX Runtime backend: ours,
-serving/backends/onnxruntime/model.py, is a Python-based backend under that name)."""
+serving/triton_side/onnxruntime/model.py, is a Python-based backend under that name)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from serving import ServingError
 
-BACKEND_SOURCE = Path(__file__).parent / "backends" / "onnxruntime" / "model.py"
+BACKEND_SOURCE = Path(__file__).parent / "triton_side" / "onnxruntime" / "model.py"
 PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 

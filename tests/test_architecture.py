@@ -33,7 +33,7 @@ def _copy_tree(target: Path) -> Path:
 def test_import_contracts_hold():
     result = _lint(ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "3 kept, 0 broken" in result.stdout
+    assert "4 kept, 0 broken" in result.stdout
 
 
 def test_a_stage_importing_another_inside_a_function_breaks_the_contract(tmp_path):
@@ -58,6 +58,15 @@ def test_a_benchmark_importing_a_drill_breaks_the_cnn_deploy_contract(tmp_path):
     (tree / "cnn_deploy" / "bench" / "extra.py").write_text("import cnn_deploy.drills.judges  # noqa\n")
     result = _lint(tree)
     assert result.returncode != 0 and "cnn_deploy.bench.extra -> cnn_deploy.drills.judges" in result.stdout
+
+
+def test_the_server_process_importing_its_supervisor_breaks_the_serving_contract(tmp_path):
+    """serving's own layers: commands > local > supervisor > record > triton > ports; no circles."""
+    tree = _copy_tree(tmp_path)
+    triton = tree / "serving" / "triton.py"
+    triton.write_text(triton.read_text() + "\n\ndef _sneaky():\n    from serving import supervisor  # noqa\n")
+    result = _lint(tree)
+    assert result.returncode != 0 and "serving.triton -> serving.supervisor" in result.stdout
 
 
 def test_the_client_importing_torch_breaks_the_contract(tmp_path):

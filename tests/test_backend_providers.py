@@ -28,7 +28,7 @@ class _ModelException(Exception):
 
 @pytest.fixture(scope="module")
 def backend():
-    """serving/backends/onnxruntime/model.py, imported beside a stand-in triton_python_backend_utils."""
+    """serving/triton_side/onnxruntime/model.py, imported beside a stand-in triton_python_backend_utils."""
     logged: list[tuple[str, str]] = []
     fake = types.ModuleType("triton_python_backend_utils")
     fake.TritonModelException = _ModelException
@@ -173,4 +173,7 @@ def test_the_backend_maps_the_generated_tensorrt_options_like_the_native_one(bac
     )
     assert options["trt_cuda_graph_enable"] is True and options["trt_builder_optimization_level"] == 3
     assert options["trt_profile_min_shapes"] == "input:1x3x224x224"
-    assert options["trt_profile_max_shapes"] == "input:32x3x224x224"
+    # One profile over the GPU batcher's range, tuned for its smallest preferred batch (GpuSizing).
+    sizing = get("resnet18").gpu
+    assert options["trt_profile_max_shapes"] == f"input:{sizing.max_batch_size}x3x224x224"
+    assert options["trt_profile_opt_shapes"] == f"input:{sizing.opt_batch_size}x3x224x224"

@@ -1,59 +1,49 @@
 """The one harness of the benchmarks: a step counts only when every answer was verified and right.
 
-The judge (`step_problems`) is pure and shown saying no to each kind of untrustworthy step; then a
+The harness asks the one judge (cnn_deploy_core.judge, shown saying no rule by rule in
+tests/test_run_judge.py) and raises one line naming each problem; then a
 real benchmark (`bench-serving`'s served runs) is shown failing on a damaged model that a server
 really serves (tests/mutations.py), where before it measured the damaged model's speed."""
 
 from __future__ import annotations
 
 import shutil
-from types import SimpleNamespace
 
 import onnx
 import pytest
 
-from cnn_deploy.harness import StepFigures, UnverifiedStep, require_verified, step_problems
+from cnn_deploy.harness import UnverifiedStep, require_verified
+from cnn_deploy_core.judge import Objectives
 from serving.repository import CpuPlan
+from tests import reports
 from tests.mutations import MUTATIONS
 
-GOOD = StepFigures(answered=120, verified=120, wrong=0, failed=0)
 
-
-def test_a_step_whose_every_answer_was_verified_and_right_is_trusted():
-    assert step_problems(GOOD) == []
+def test_a_step_the_judge_finds_sound_is_trusted():
+    good = reports.report()
+    assert require_verified(good, "c=4") is good
 
 
 @pytest.mark.parametrize(
-    ("figures", "problem"),
+    ("report", "problem"),
     [
-        (StepFigures(answered=120, verified=120, wrong=1, failed=0), "1 wrong answers"),
-        (StepFigures(answered=120, verified=60, wrong=0, failed=0), "60 of 120 answers verified"),
-        (StepFigures(answered=0, verified=0, wrong=0, failed=0), "no answer"),
-        (StepFigures(answered=120, verified=120, wrong=0, failed=3), "3 failed requests"),
+        (reports.report(wrong=1), "1 wrong answers"),
+        (reports.report(verified=60), "40 of 100 answers not verified"),
+        (reports.report(responses=0, verified=0), "no answer"),
+        (reports.report(errors={"RequestTimeoutError": 3}), "3 of 103 requests failed"),
+        (reports.report(warmup_errors={"RequestTimeoutError": 1}, warmup_responses=5), "during warm-up"),
+        (reports.report(failures=["c=4: the sweep stopped"]), "the sweep stopped"),
     ],
 )
-def test_the_step_judge_says_no(figures, problem):
-    problems = step_problems(figures)
-    assert any(problem in p for p in problems), problems
+def test_require_verified_raises_one_clear_line_naming_each_problem(report, problem):
+    with pytest.raises(UnverifiedStep, match=r"^c=4: .*no figure of it is reported$") as raised:
+        require_verified(report, "c=4")
+    assert problem in str(raised.value) and "\n" not in str(raised.value)
 
 
-def test_failed_requests_are_allowed_only_when_asked():
-    figures = StepFigures(answered=120, verified=120, wrong=0, failed=3)
-    assert step_problems(figures, allow_failed=True) == []
-
-
-def _report(requests: int, errors: dict, verified: int, wrong: int, failures=()):
-    totals = SimpleNamespace(requests=requests, errors=errors, verified=verified, wrong=wrong)
-    return SimpleNamespace(totals=totals, failures=list(failures))
-
-
-def test_require_verified_raises_one_clear_line():
-    with pytest.raises(UnverifiedStep, match=r"c=4: 90 of 100 answers verified"):
-        require_verified(_report(100, {}, 90, 0), "c=4")
-    with pytest.raises(UnverifiedStep, match="no successful response"):
-        require_verified(_report(10, {}, 10, 0, ["c=4: no successful response"]), "c=4")
-    good = _report(102, {"RequestTimeoutError": 2}, 100, 0)
-    assert require_verified(good, "c=4", allow_failed=True) is good
+def test_failed_requests_are_allowed_only_when_the_objectives_say_so():
+    failed = reports.report(errors={"RequestTimeoutError": 3})
+    assert require_verified(failed, "c=4", objectives=Objectives(max_error_rate=0.05)) is failed
 
 
 @pytest.mark.integration

@@ -3,8 +3,8 @@
 The Compose file is interpolated the way Docker Compose does it, then validated against the
 Compose Specification schema that Docker Compose embeds (tests/data/compose-spec.json, from
 compose-spec/compose-go v2.13.0, Apache-2.0). Its commands, paths, ports and image tag are then
-checked against the code they run: the export CLI, serving/engines.py, the serving constants, the
-clients CLI and the `tritonserver` binary in the nvidia-pytriton wheel.
+checked against the code they run: the export CLI, serving/triton_side/engines.py, the serving
+constants, the clients CLI and the `tritonserver` binary in the nvidia-pytriton wheel.
 """
 
 from __future__ import annotations
@@ -190,11 +190,12 @@ def test_docker_compose_config_accepts_the_file(tmp_path):
 
 def test_engines_and_triton_run_one_pinned_triton_image(services):
     text = COMPOSE_FILE.read_text()
-    assert len(re.findall(r"^\s+image: \*triton-image\s*$", text, re.MULTILINE)) == 2, (
+    assert len(re.findall(r"^\s+(image|TRITON_IMAGE): \*triton-image\s*$", text, re.MULTILINE)) == 2, (
         "engines and triton must both use the x-triton-image anchor: a plan loads only where it was built"
     )
-    image = services["triton"]["image"]
-    assert services["engines"]["image"] == image
+    image = services["engines"]["image"]
+    build = services["triton"]["build"]  # the server: that image plus Pillow (Dockerfile, triton-gpu)
+    assert build["target"] == "triton-gpu" and build["args"]["TRITON_IMAGE"] == image
     assert re.fullmatch(r"nvcr\.io/nvidia/tritonserver:\d\d\.\d\d-py3", image), image
 
 
@@ -228,7 +229,7 @@ def _wheel_tritonserver_version(tmp_path: Path) -> str:
 
 
 def test_triton_image_is_the_server_version_of_the_pytriton_wheel(services, tmp_path):
-    release = re.search(r":(\d\d\.\d\d)-py3$", services["triton"]["image"]).group(1)
+    release = re.search(r":(\d\d\.\d\d)-py3$", services["engines"]["image"]).group(1)
     assert release in NGC_RELEASE_TO_SERVER, (
         f"add {release}'s server version to NGC_RELEASE_TO_SERVER (Triton release notes / build.py)"
     )
@@ -284,7 +285,7 @@ def test_export_caches_torch_hub_downloads_in_a_named_volume(compose, services):
 
 
 def test_engines_service_runs_this_repositorys_script(compose, services):
-    from serving import engines
+    from serving.triton_side import engines
 
     service = services["engines"]
     args = command_args(service)
@@ -292,7 +293,8 @@ def test_engines_service_runs_this_repositorys_script(compose, services):
     script = Path(args[1])
     serving_mount = mount_target(service, "./serving")
     assert mounts(service)[serving_mount][1], "./serving is mounted read-only"
-    assert (ROOT / "serving" / script.relative_to(serving_mount)) == ROOT / "serving" / "engines.py"
+    script_here = ROOT / "serving" / script.relative_to(serving_mount)
+    assert script_here == ROOT / "serving" / "triton_side" / "engines.py"
 
     ns = engines.build_parser().parse_args(args[2:])
     assert str(ns.repository) == mount_target(service, REPOSITORY_SOURCE)
@@ -386,6 +388,7 @@ def test_every_grpc_service_mounts_the_certificate_directory_read_only(services)
 
 def test_grpc_is_plain_without_a_certificate_directory(services):
     assert not any("ssl" in a for a in command_args(services["triton"]))
+    assert "--http-address" not in flags(command_args(services["triton"]))  # the published port works
     assert not any(a.startswith("--tls") for a in command_args(services["triton-cpu"]))
     for name in CLIENTS:
         args = command_args(services[name])
@@ -405,6 +408,8 @@ def test_tls_turns_on_in_server_and_clients_with_the_same_certificates(env):
     assert (f.get("--grpc-use-ssl-mutual"), f.get("--grpc-root-cert")) == (
         ("true", "/certs/ca.crt") if mutual else (None, None)
     )
+    # No side door: plaintext HTTP (no TLS, no client CA) inside the container only; metrics open.
+    assert (f["--http-address"], f["--metrics-address"]) == ("127.0.0.1", "0.0.0.0")
     cpu = serving_cli.build_parser().parse_args(command_args(services["triton-cpu"])[3:])
     assert (str(cpu.tls_cert), str(cpu.tls_key)) == ("/certs/tls.crt", "/certs/tls.key")
     assert (str(cpu.tls_client_ca) if mutual else cpu.tls_client_ca) == ("/certs/ca.crt" if mutual else None)
@@ -418,6 +423,43 @@ def test_tls_turns_on_in_server_and_clients_with_the_same_certificates(env):
 
 def test_the_default_certificate_directory_holds_no_secret():
     assert sorted(p.name for p in (ROOT / "deploy" / "tls").iterdir()) == ["README.md"]
+
+
+def test_every_triton_is_strictly_ready(services):
+    """Ready only while every model is READY: Triton's own default, which nothing here turns off."""
+    assert flags(command_args(services["triton"]))["--strict-readiness"] == "true"
+    assert not any("strict-readiness" in a for a in command_args(services["triton-cpu"]))  # serving up's
+
+
+def healthcheck_verify(service: dict):
+    """The `clients verify` a health check runs, parsed by the clients CLI."""
+    from clients import cli
+
+    test = service["healthcheck"]["test"]
+    assert test[:4] == ["CMD", "python", "-m", "clients"], test
+    return cli.build_parser().parse_args(test[4:])
+
+
+def test_the_cpu_healthcheck_verifies_every_model_once_per_start_then_polls_readiness(services):
+    service = services["triton-cpu"]
+    ns = healthcheck_verify(service)
+    assert ns.command == "verify" and ns.models is None  # every model of the repository index
+    assert ns.url == ["http://127.0.0.1:8000"]  # loopback: the admin key from the environment may go
+    assert str(ns.repository) == mount_target(service, REPOSITORY_SOURCE)
+    marker = str(ns.once_per_start)
+    assert any(marker.startswith(t.split(":")[0] + "/") for t in service["tmpfs"])  # gone with the container
+    assert "TRITON_ADMIN_KEY" in service["environment"]
+    # A first verification takes longer than a readiness poll.
+    assert service["healthcheck"]["timeout"] == "5m" and service["healthcheck"]["start_period"] == "10m"
+
+
+def test_the_verify_services_list_every_model_with_the_admin_key_over_loopback(services):
+    for name in ("verify", "verify-cpu"):
+        service = services[name]
+        assert "TRITON_ADMIN_KEY" in service["environment"], name
+        url = command_args(service)[command_args(service).index("--url") + 1]
+        assert url.split("//")[1].startswith("127.0.0.1:"), name
+    assert services["verify"]["network_mode"] == "service:triton"  # triton's own loopback
 
 
 def test_triton_healthcheck_polls_readiness(services):
@@ -486,7 +528,7 @@ def test_the_cpu_profile_serves_like_the_gpu_service(services):
     assert "TRITON_ADMIN_KEY" in cpu["environment"]
     restricted = flags(command_args(gpu))["--http-restricted-api"].split(":")[0]
     assert restricted == RESTRICTED  # the local server, hence triton-cpu, restricts the same APIs
-    assert "/v2/health/ready" in " ".join(cpu["healthcheck"]["test"])
+    assert healthcheck_verify(cpu).command == "verify"
     assert cpu["build"]["target"] == "serving-cpu" and cpu["build"]["network"] == "host"
     for name in ("verify-cpu", "loadtest-cpu"):
         client = services[name]
@@ -497,13 +539,13 @@ def test_the_cpu_profile_serves_like_the_gpu_service(services):
 
 def test_client_services_use_our_image_and_reach_triton_by_service_name(services):
     grpc_port = flags(command_args(services["triton"]))["--grpc-port"]
-    for name in ("loadtest", "verify"):
+    for name, host in (("loadtest", "triton"), ("verify", "127.0.0.1")):  # verify: in triton's namespace
         service = services[name]
         assert service["image"] == "cnn-deploy-client:local" and service["build"]["target"] == "client"
         assert service["build"]["args"] == services["export"]["build"]["args"]
         args = command_args(service)
         assert args[:3] == ["python", "-m", "clients"]
-        assert args[args.index("--url") + 1] == f"grpc://triton:{grpc_port}"
+        assert args[args.index("--url") + 1] == f"grpc://{host}:{grpc_port}"
 
 
 def test_loadtest_command_parses_with_the_clients_cli(services):
@@ -560,7 +602,7 @@ def _pinned(requirement_name: str) -> str:
 def test_dockerfile_is_python311_slim_by_default_with_cpu_torch_pinned_like_pyproject():
     lines = _dockerfile()
     assert "ARG BASE_IMAGE=python:3.11-slim" in lines
-    stages = {"${BASE_IMAGE}"}
+    stages = {"${BASE_IMAGE}", "${TRITON_IMAGE}"}  # the GPU server: tests/test_triton_gpu_image.py
     for ln in (ln for ln in lines if ln.startswith("FROM ")):
         parts = ln.split()
         assert parts[1] in stages, f"{ln}: every stage starts from BASE_IMAGE or an earlier stage"
@@ -671,9 +713,9 @@ def test_deploy_guide_serving_commands_parse():
 
 
 def test_deploy_guide_engines_commands_parse():
-    from serving import engines
+    from serving.triton_side import engines
 
-    found = re.findall(r"serving/engines\.py ([^\n`]*)", DOC.read_text())
+    found = re.findall(r"serving/triton_side/engines\.py ([^\n`]*)", DOC.read_text())
     assert found
     for args in found:
         engines.build_parser().parse_args(shlex.split(args))

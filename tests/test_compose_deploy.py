@@ -35,5 +35,6 @@ def test_compose_cpu_profile_builds_serves_verifies_and_leaves_nothing_behind(tm
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     record = json.loads((tmp_path / "record.json").read_text())
     assert all(s["status"] != "FAIL" for s in record["steps"])
-    assert all(v["passed"] for v in record["measured"]["verify_grpc"] + record["measured"]["verify_http"])
+    verdicts = record["measured"]["verify_grpc"] + record["measured"]["verify_http"]
+    assert all(v["status"] != "FAIL" for v in verdicts) and any(v["status"] == "PASS" for v in verdicts)
     assert all(s["wrong"] == 0 and s["verified"] > 0 for s in record["measured"]["loadtest"])

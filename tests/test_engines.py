@@ -1,4 +1,5 @@
-"""serving/engines.py: which plans it builds, the trtexec call it makes, atomic publishing, errors.
+"""serving/triton_side/engines.py: which plans it builds, the trtexec call it makes, atomic publishing,
+errors.
 
 trtexec needs a GPU and the Triton image, so these tests put a fake `trtexec` *script* on PATH:
 a test double for the external binary that records its arguments and writes (or fails to write)
@@ -14,17 +15,27 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from serving import engines
+from cnn_deploy_core.golden import INT8_CROSS_RUNTIME, GoldenSet
+from cnn_deploy_core.registry import get
+from serving.repository.variants import trt_engine_source
+from serving.repository.versions import Version
+from serving.triton_side import engines
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "serving" / "engines.py"
+SCRIPT = ROOT / "serving" / "triton_side" / "engines.py"
 
 FAKE_TRTEXEC = """#!/bin/sh
 # Fake trtexec: logs its arguments, then behaves as FAKE_TRTEXEC_MODE says.
 echo "$*" >> "$FAKE_TRTEXEC_CALLS"
-for a in "$@"; do case "$a" in --saveEngine=*) out="${a#--saveEngine=}";; esac; done
+for a in "$@"; do case "$a" in
+  --saveEngine=*) out="${a#--saveEngine=}";;
+  --exportOutput=*) got="${a#--exportOutput=}";;
+esac; done
+# Running a plan (--loadEngine): its outputs are the JSON file FAKE_TRTEXEC_OUTPUT names.
+if [ -n "$got" ]; then cp "$FAKE_TRTEXEC_OUTPUT" "$got"; echo "&&&& PASSED TensorRT.trtexec"; exit 0; fi
 echo "&&&& RUNNING TensorRT.trtexec [TensorRT v100500] # trtexec $*"
 case "${FAKE_TRTEXEC_MODE:-ok}" in
   ok) printf 'PLAN:%s' "$*" > "$out"; echo "&&&& PASSED TensorRT.trtexec";;
@@ -314,3 +325,108 @@ def test_script_runs_without_site_packages(tmp_path):
     assert proc.stdout.startswith("/opt/trtexec --onnx=")
     assert "--maxShapes=input:32x3x224x224" in proc.stdout
     assert not (repo / "resnet50_trt" / "1").exists(), "--dry-run wrote something"
+
+
+# --- INT8 plans: explicit quantization from the S8S8 graph, checked against its golden set ---
+
+
+def _golden(path: Path, *, rtol: float = 0.05) -> GoldenSet:
+    rng = np.random.default_rng(0)
+    golden = GoldenSet(
+        architecture="resnet50",
+        inputs=rng.standard_normal((3, 3, 4, 4), dtype=np.float32),
+        outputs=rng.standard_normal((3, 10), dtype=np.float32),
+        case_names=["a", "b", "c"],
+        tolerances={"int8": {"atol": 0.0, "rtol": 0.01}, INT8_CROSS_RUNTIME: {"atol": 1e-3, "rtol": rtol}},
+    )
+    golden.save(path)
+    return golden
+
+
+def _int8_model(repo: Path) -> Path:
+    trt = _add_model(repo)
+    version = repo / "resnet50" / "1"
+    (version / "model.int8.s8s8.onnx").write_bytes(b"qdq onnx")
+    spec = _engine(
+        source="../resnet50/1/model.int8.s8s8.onnx",
+        precision="int8",
+        input_dims=[3, 4, 4],
+        check={"golden": "../resnet50/1/golden.int8.s8s8.npz", "tolerance": INT8_CROSS_RUNTIME},
+    )
+    (trt / "engine.json").write_text(json.dumps(spec))
+    return trt
+
+
+def _trtexec_answers(tmp_path: Path, monkeypatch, outputs: np.ndarray) -> None:
+    answer = tmp_path / "answer.json"
+    dims = "x".join(map(str, outputs.shape))
+    answer.write_text(
+        json.dumps([{"name": "logits", "dimensions": dims, "values": outputs.ravel().tolist()}])
+    )
+    monkeypatch.setenv("FAKE_TRTEXEC_OUTPUT", str(answer))
+
+
+def test_an_int8_plan_is_built_by_explicit_quantization_from_the_s8s8_graph(tmp_path):
+    spec = engines.EngineSpec.load(_int8_model(tmp_path) / "engine.json")
+    cmd = engines.trtexec_command(spec, "trtexec", spec.plan)
+    assert f"--onnx={tmp_path / 'resnet50' / '1' / 'model.int8.s8s8.onnx'}" in cmd
+    assert "--int8" in cmd and "--fp16" in cmd  # FP16 where the graph has no Q/DQ nodes
+    assert not any(a.startswith("--calib") for a in cmd)  # the QDQ graph carries its scales
+    assert spec.golden == tmp_path / "resnet50" / "1" / "golden.int8.s8s8.npz"
+    assert spec.tolerance == INT8_CROSS_RUNTIME
+
+
+def test_the_repository_asks_for_an_int8_plan_only_when_the_export_has_tensorrts_graph(tmp_path):
+    arch = get("resnet50")
+    with_s8s8 = Version(1, tmp_path, {}, ("model.onnx", "model.int8.s8s8.onnx", "golden.int8.s8s8.npz"))
+    recipe = trt_engine_source(arch, with_s8s8)
+    assert recipe == {
+        "source": "../resnet50/1/model.int8.s8s8.onnx",
+        "precision": "int8",
+        "check": {"golden": "../resnet50/1/golden.int8.s8s8.npz", "tolerance": INT8_CROSS_RUNTIME},
+    }
+    fp16 = trt_engine_source(arch, Version(1, tmp_path, {}, ("model.onnx", "golden.npz")))
+    assert fp16["precision"] == "fp16" and fp16["check"] == {
+        "golden": "../resnet50/1/golden.npz",
+        "tolerance": "fp16",
+    }
+
+
+def test_the_golden_set_is_read_with_the_standard_library(tmp_path):
+    golden = _golden(tmp_path / "g.npz")
+    read = engines.read_golden(tmp_path / "g.npz")
+    assert read["input_shape"] == (3, 3, 4, 4) and read["input_bytes"] == golden.inputs.tobytes()
+    assert np.array_equal(np.array(read["outputs"], dtype=np.float32), golden.outputs)
+    assert read["tolerances"][INT8_CROSS_RUNTIME]["rtol"] == 0.05
+
+
+def test_the_plan_judge_says_no_beyond_the_tolerance():
+    ref = [[1.0, -2.0, 0.5]]
+    assert engines.judge_outputs(ref, [[1.01, -2.0, 0.5]], 0.0, 0.01) == (pytest.approx(0.005), True)
+    worst, ok = engines.judge_outputs(ref, [[1.2, -2.0, 0.5]], 0.0, 0.05)
+    assert worst == pytest.approx(0.1) and not ok
+    assert not engines.judge_outputs(ref, [], 0.0, 1.0)[1]  # a missing row never passes
+
+
+def test_an_int8_plan_within_its_tolerance_is_kept(tmp_path, fake_trtexec, monkeypatch):
+    repo = tmp_path / "repo"
+    trt = _int8_model(repo)
+    golden = _golden(repo / "resnet50" / "1" / "golden.int8.s8s8.npz")
+    _trtexec_answers(tmp_path, monkeypatch, golden.outputs * 1.01)
+    (result,) = engines.run(repo)
+    assert result.status == "built" and (trt / "1" / "model.plan").is_file()
+    assert result.detail.startswith("checked on 3 golden inputs: max rel err")
+    build, check = _calls(fake_trtexec)
+    assert "--int8" in build and "--loadEngine=" in check and "--shapes=input:3x3x4x4" in check
+
+
+def test_an_int8_plan_beyond_its_tolerance_is_removed(tmp_path, fake_trtexec, monkeypatch):
+    repo = tmp_path / "repo"
+    trt = _int8_model(repo)
+    golden = _golden(repo / "resnet50" / "1" / "golden.int8.s8s8.npz")
+    _trtexec_answers(tmp_path, monkeypatch, golden.outputs + 1.0)
+    (result,) = engines.run(repo)
+    assert result.status == "failed" and "beyond the tolerance" in result.detail
+    assert INT8_CROSS_RUNTIME in result.detail
+    assert not (trt / "1" / "model.plan").exists() and not (trt / "1" / "model.plan.json").exists()
+    assert not [p for p in (trt / "1").iterdir() if p.name.startswith(".check")]

@@ -35,6 +35,7 @@ from clients.loadtest.transport import GrpcTransport, HttpTransport, Payloads
 from cnn_deploy_core.layout import IDENTITY_MODEL, INPUT_NAME, OUTPUT_NAME
 
 QUEUE_FULL = "Exceeds maximum queue size"  # Triton's wording, sent as UNAVAILABLE / 503
+QUEUE_TIMEOUT = "Request timeout expired"  # its queue policy's timeout, sent the same way
 
 
 # --- real sockets that fail in each way -----------------------------------------------------
@@ -280,6 +281,7 @@ def test_with_replicas_a_grpc_timeout_after_sending_is_not_failed_over_but_a_con
 
 GRPC_STATUSES = [
     (grpc.StatusCode.UNAVAILABLE, QUEUE_FULL, ServerOverloadedError),
+    (grpc.StatusCode.UNAVAILABLE, QUEUE_TIMEOUT, ServerOverloadedError),
     (grpc.StatusCode.UNAVAILABLE, "Socket closed", ServerUnavailableError),
     (grpc.StatusCode.INVALID_ARGUMENT, "unexpected shape for input 'input'", BadInputError),
     (grpc.StatusCode.NOT_FOUND, "Request for unknown model: 'nope' is not found", ModelNotFoundError),
@@ -310,6 +312,7 @@ def test_grpc_statuses_over_the_wire(code, message, kind):
 
 HTTP_STATUSES = [
     (503, QUEUE_FULL, ServerOverloadedError),
+    (503, QUEUE_TIMEOUT, ServerOverloadedError),
     (400, "unexpected shape for input 'input' for model 'm'", BadInputError),
     (404, "Request for unknown model: 'nope' is not found", ModelNotFoundError),
     (404, "Request for unknown model: 'm' has no available versions", ModelNotReadyError),
@@ -353,24 +356,29 @@ def test_classify_status_takes_grpc_names_and_http_numbers():
 # --- the real tritonserver -------------------------------------------------------------------
 
 BROKEN = "broken_identity"
+SHEDDING = "shedding_identity"  # identity with a queue policy that times requests out at once
 
 
 @pytest.fixture(scope="module")
 def small_triton(tmp_path_factory):
-    """identity, and a copy of it whose ONNX file is corrupt (it fails to load)."""
+    """identity, a copy of it whose ONNX file is corrupt (it fails to load), and one whose queue
+    policy rejects what waited in its queue longer than 1 µs."""
+    from cnn_deploy.drills.harness import QueuePolicy, with_queue_policy
     from serving.repository import place_identity
     from serving.triton import ServerOptions, TritonProcess
 
     repo = tmp_path_factory.mktemp("errors-repo")
     place_identity(repo)
-    shutil.copytree(repo / IDENTITY_MODEL, repo / BROKEN)
-    for cfg in [repo / BROKEN / "config.pbtxt", *(repo / BROKEN / "configs").glob("*.pbtxt")]:
-        cfg.write_text(cfg.read_text().replace(f'name: "{IDENTITY_MODEL}"', f'name: "{BROKEN}"'))
+    for copy in (BROKEN, SHEDDING):
+        shutil.copytree(repo / IDENTITY_MODEL, repo / copy)
+        for cfg in [repo / copy / "config.pbtxt", *(repo / copy / "configs").glob("*.pbtxt")]:
+            cfg.write_text(cfg.read_text().replace(f'name: "{IDENTITY_MODEL}"', f'name: "{copy}"'))
     (repo / BROKEN / "1" / "model.onnx").write_bytes(b"\x08\x07 not an ONNX file")
+    with_queue_policy(repo, SHEDDING, QueuePolicy(max_queue_size=0, timeout_s=1e-6))
     opts = ServerOptions.on_free_ports(repo, backend_dir=tmp_path_factory.mktemp("errors-backends"))
     log = tmp_path_factory.mktemp("errors-log") / "triton.log"
     with TritonProcess(opts, log_path=log).start() as server:
-        server.wait_ready(180)
+        server.wait_ready(180, failed_ok=True)  # BROKEN fails to load, by design
         yield opts
 
 
@@ -401,3 +409,25 @@ def test_real_triton_unknown_model_failed_model_and_bad_shape(small_triton, prot
     assert isinstance(failed, ModelNotReadyError), failed
     assert isinstance(failed_sent, ModelNotReadyError), failed_sent
     assert isinstance(shape, BadInputError)
+
+
+@pytest.mark.integration
+def test_a_queue_timeout_is_overload_counted_as_failure_never_failed_over(small_triton, capsys, tmp_path):
+    """Load shed by a queue policy's timeout, over two URLs of one server: it must not vanish into
+    failovers (it did while "Request timeout expired" was taken for an unreachable server)."""
+    import json
+
+    from clients.cli import main as clients_main
+
+    port = small_triton.grpc_port
+    urls = f"grpc://127.0.0.1:{port},grpc://localhost:{port}"  # two names, one server
+    code = clients_main(
+        ["loadtest", "--url", urls, "--model", SHEDDING, "--concurrency", "8", "--warmup-s", "0.3",
+         "--window-s", "0.5", "--max-windows", "3", "--max-step-s", "3", "--no-verify",
+         "--output", str(tmp_path), "--json"]
+    )  # fmt: skip
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    assert set(report["totals"]["errors"]) == {"ServerOverloadedError"}, report["totals"]["errors"]
+    assert all(r["failovers"] == 0 for r in report["replicas"]), report["replicas"]
+    assert code == 1 and "requests failed" in err and "ServerOverloadedError×" in err

@@ -25,7 +25,8 @@ from tests.conftest import CI_ARCHS, INT8_ARCH, run_cli
 @pytest.mark.parametrize("name", CI_ARCHS)
 def test_export_writes_model_fp16_golden_labels_and_report(models_dir, name):
     out = models_dir / name
-    int8 = ["golden.int8.npz", "model.int8.onnx"] if name == INT8_ARCH else []
+    int8 = ["golden.int8.npz", "model.int8.onnx", "golden.int8.s8s8.npz", "model.int8.s8s8.onnx"]
+    int8 = int8 if name == INT8_ARCH else []
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["export.json", "golden.npz", "labels.txt", "model.fp16.onnx", "model.onnx", *int8]
     )

@@ -7,17 +7,21 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 
 import pytest
 
+from cnn_deploy.checks.gpu_torch import LECTURE_ARCHS, throughput_table
 from cnn_deploy.checks.gpu_verdicts import (
     FAIL,
     OK,
     SKIPPED,
     Check,
+    agreement_verdict,
     backend_lines,
     engine_cache_verdict,
     golden_verdict,
+    memory_verdict,
     overall,
     registered_verdict,
     restart_verdict,
@@ -25,7 +29,8 @@ from cnn_deploy.checks.gpu_verdicts import (
     share_verdict,
 )
 from cnn_deploy_core.metrics import compare
-from tests.conftest import CI_ARCHS, INT8_ARCH, _has_gpu, run_cli
+from cnn_deploy_core.registry import FAMILIES, get
+from tests.conftest import CI_ARCHS, INT8_ARCH, ROOT, _has_gpu, run_cli
 
 TRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
 
@@ -117,6 +122,49 @@ def test_skipped_is_never_a_pass_and_nothing_checked_exits_2():
     code, line = overall([ok, skipped])
     assert code == 1 and "a skipped check is not a pass" in line
     assert overall([skipped, skipped])[0] == 2 and overall([])[0] == 2
+
+
+def test_a_pytorch_mode_that_strays_from_eager_fp32_fails():
+    assert agreement_verdict("eager-fp16", 3e-3, 1e-2) is None
+    assert "eager-fp16 answers differ from eager fp32 by 5.00e-02" in agreement_verdict(
+        "eager-fp16", 0.05, 1e-2
+    )
+    assert agreement_verdict("eager-tf32", float("nan"), 1e-2)  # NaN answers never pass
+
+
+def test_running_out_of_memory_fails_only_within_the_served_batch_range():
+    assert memory_verdict([256], max_batch_size=128) is None  # beyond what the GPU config serves
+    assert memory_verdict([128, 256], max_batch_size=128) == (
+        "out of GPU memory at batch 128 (the GPU config serves up to 128)"
+    )
+
+
+def test_the_pytorch_rows_cover_every_lecture_family_and_say_what_ran_them():
+    assert {get(a).family for a in LECTURE_ARCHS} == set(FAMILIES)
+    rows = [
+        Check("torch-cuda-eager-fp16", "resnet50", OK, "", data={"img_per_s": {1: 410.0, 256: 9000.0}}),
+        Check("torch-cuda-cuda-graph-fp16", "resnet50", OK, "", data={"img_per_s": {1: 900.0}}),
+        Check("ort-tensorrt-fp16", "resnet50", OK, ""),
+    ]
+    lines = throughput_table(rows).splitlines()
+    assert lines[0].split() == ["model", "run", "by", "b1", "b256"]
+    assert lines[1].split() == ["resnet50", "eager-fp16", "410", "9000"]
+    assert lines[2].split() == ["resnet50", "cuda-graph-fp16", "900", "-"]
+    assert throughput_table(rows[2:]) == ""
+
+
+def test_make_gpu_check_runs_in_its_own_venv_with_the_gpu_extra():
+    # --no-print-directory: run under `make test`, make would print where it enters and leaves
+    dry = subprocess.run(
+        ["make", "--no-print-directory", "-n", "-B", "gpu-check"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    installs = [ln for ln in dry.stdout.splitlines() if "pip install" in ln and "-e" in ln]
+    (install,) = installs
+    extras = set(install.split("'.[")[1].split("]")[0].split(","))
+    assert "gpu" in extras and "cpu" not in extras  # both install the `onnxruntime` module
+    assert dry.stdout.strip().splitlines()[-1] == ".venv-gpu/bin/python -m cnn_deploy gpu-check"
+    assert install.startswith(".venv-gpu/bin/python -m pip")
 
 
 @pytest.mark.gpu

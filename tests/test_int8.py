@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from cnn_deploy_core.golden import INT8_CROSS_RUNTIME, GoldenSet
+from cnn_deploy_core.golden import GOLDEN_PARAM, INT8_CROSS_RUNTIME, GoldenSet
 from cnn_deploy_core.preprocess import Preprocessing
 from cnn_deploy_core.registry import get
 from export import ExportError
 from export import int8 as int8_module
+from export.int8 import check_tensorrt, tensorrt_violations
 from export.pipeline import ExportJob, run_export
 from serving.config import parse_pbtxt
 from tests.conftest import INT8_ARCH, run_cli
@@ -40,11 +43,98 @@ def test_int8_is_served_as_its_own_model_on_the_cpu_and_gpu_configs(repository):
     int8 = repository / f"{INT8_ARCH}_int8"
     cpu = parse_pbtxt((int8 / "configs" / "cpu.pbtxt").read_text())
     gpu = parse_pbtxt((int8 / "configs" / "gpu.pbtxt").read_text())
-    assert cpu.default_model_filename == gpu.default_model_filename == "model.int8.onnx"
+    # the CPU serves U8S8 (ONNX Runtime's fast form), the GPU the signed file TensorRT builds
+    assert cpu.default_model_filename == "model.int8.onnx"
+    assert gpu.default_model_filename == "model.int8.s8s8.onnx"
+    assert cpu.parameters["cnn_deploy.int8_scheme"].string_value == "u8s8"
+    assert gpu.parameters["cnn_deploy.int8_scheme"].string_value == "s8s8"
     assert cpu.parameters["cnn_deploy.precision"].string_value == "int8"
     (accelerator,) = gpu.optimization.execution_accelerators.gpu_execution_accelerator
     assert accelerator.parameters["precision_mode"] == "INT8"
-    assert (int8 / "1" / "model.int8.onnx").is_file() and (int8 / "1" / "golden.npz").is_file()
+    for name in ("model.int8.onnx", "golden.npz", "model.int8.s8s8.onnx", "golden.int8.s8s8.npz"):
+        assert (int8 / "1" / name).is_file(), name
+    for config in (cpu, gpu):  # each config names the golden set made by the very file it serves
+        golden = GoldenSet.load(int8 / "1" / config.parameters[GOLDEN_PARAM].string_value)
+        assert golden.meta["file"] == config.default_model_filename
+    assert not tensorrt_violations(onnx.load(str(int8 / "1" / gpu.default_model_filename)))
+
+
+def test_each_int8_golden_set_says_which_file_and_config_it_serves(models_dir):
+    out = models_dir / INT8_ARCH
+    cpu, gpu = GoldenSet.load(out / "golden.int8.npz"), GoldenSet.load(out / "golden.int8.s8s8.npz")
+    assert (cpu.meta["int8_scheme"], cpu.meta["serves"], cpu.meta["file"]) == (
+        "u8s8",
+        "cpu",
+        "model.int8.onnx",
+    )
+    assert (gpu.meta["int8_scheme"], gpu.meta["serves"], gpu.meta["file"]) == (
+        "s8s8",
+        "gpu",
+        "model.int8.s8s8.onnx",
+    )
+    # each set's cross-runtime bound is its own graph's (run fused and unfused): every config is
+    # checked against the set of the file it serves, never against the other scheme's outputs
+    for own in (cpu, gpu):
+        bound = own.tolerances[INT8_CROSS_RUNTIME]
+        assert 0 < bound["measured_rel_err"] and bound["rtol"] >= 2 * bound["measured_rel_err"], bound
+    report = json.loads((out / "export.json").read_text())["int8"]
+    assert {s["serves"] for s in report["schemes"].values()} == {"cpu", "gpu"}
+    # the fp32 set bounds an INT8 `<name>_trt` plan (the S8S8 graph) against PyTorch
+    fp32 = GoldenSet.load(out / "golden.npz").tolerances[INT8_CROSS_RUNTIME]
+    assert fp32["measured_rel_err"] > 0 and fp32["rtol"] == max(2 * fp32["measured_rel_err"], 0.02)
+
+
+def test_the_tensorrt_rule_refuses_the_cpu_int8_file_and_passes_the_gpu_one(models_dir):
+    out = models_dir / INT8_ARCH
+    cpu = tensorrt_violations(onnx.load(str(out / "model.int8.onnx")))
+    assert sum("UINT8 zero point" in line for line in cpu) >= 60  # the activations' Q/DQ pairs
+    assert any("INT32 zero point" in line for line in cpu)  # a quantized bias
+    assert tensorrt_violations(onnx.load(str(out / "model.int8.s8s8.onnx"))) == []
+    with pytest.raises(ExportError) as caught:
+        check_tensorrt(onnx.load(str(out / "model.int8.onnx")), "model.int8.onnx")
+    line = str(caught.value)
+    assert "\n" not in line and line.startswith("model.int8.onnx is not TensorRT explicit quantization: ")
+    assert "more)" in line and ("QuantizeLinear '" in line or "DequantizeLinear '" in line)
+
+
+def _qdq_graph(zero_point: np.ndarray, *, weight_scale: np.ndarray) -> onnx.ModelProto:
+    """x -> Q -> DQ -> Conv(w: DQ(int8 weight)) -> y, with the given activation zero point."""
+    weight = np.ones((4, 3, 1, 1), dtype=np.int8)
+    inits = [
+        numpy_helper.from_array(np.array(0.1, dtype=np.float32), "s"),
+        numpy_helper.from_array(zero_point, "zp"),
+        numpy_helper.from_array(weight, "w_q"),
+        numpy_helper.from_array(weight_scale.astype(np.float32), "w_s"),
+        numpy_helper.from_array(np.zeros(weight_scale.shape, dtype=np.int8), "w_zp"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["xq"], name="q_x"),
+        helper.make_node("DequantizeLinear", ["xq", "s", "zp"], ["xd"], name="dq_x"),
+        helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_zp"], ["w"], name="dq_w", axis=0),
+        helper.make_node("Conv", ["xd", "w"], ["y"], name="conv"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 2, 2])],
+        initializer=inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+
+
+def test_the_tensorrt_rule_names_each_node_that_breaks_it():
+    per_channel = np.full(4, 0.01)
+    assert tensorrt_violations(_qdq_graph(np.array(0, dtype=np.int8), weight_scale=per_channel)) == []
+    uint8 = tensorrt_violations(_qdq_graph(np.array(128, dtype=np.uint8), weight_scale=per_channel))
+    assert uint8 == [
+        "QuantizeLinear 'q_x': UINT8 zero point; TensorRT needs INT8 with zero point 0",
+        "DequantizeLinear 'dq_x': UINT8 zero point; TensorRT needs INT8 with zero point 0",
+    ]
+    shifted = tensorrt_violations(_qdq_graph(np.array(3, dtype=np.int8), weight_scale=per_channel))
+    assert len(shifted) == 2 and all("non-zero zero point" in line for line in shifted)
+    per_tensor = tensorrt_violations(_qdq_graph(np.array(0, dtype=np.int8), weight_scale=np.array([0.01])))
+    assert per_tensor == ["DequantizeLinear 'dq_w': weight scale is not per channel (4 channels)"]
 
 
 @pytest.mark.integration
@@ -70,11 +160,28 @@ def test_a_broken_calibration_fails_the_guard_and_leaves_no_int8_behind(tmp_path
     job = ExportJob(get("resnet18"), tmp_path / "out", weights="random", fp16=False, int8=True)
     run_export(job)
     assert job.published and not job.succeeded
-    assert job.error.startswith("int8: INT8 below the accuracy guard:")
+    assert job.error.startswith("int8: INT8 (u8s8) below the accuracy guard:")
     assert "top-1 agreement" in job.error and "held-out inputs" in job.error
     assert not (tmp_path / "out" / "resnet18" / "model.int8.onnx").exists()
     assert not (tmp_path / "out" / "resnet18" / "golden.int8.npz").exists()
     assert (tmp_path / "out" / "resnet18" / "model.onnx").is_file()
+
+
+def test_the_export_refuses_a_tensorrt_bound_int8_file_that_tensorrt_cannot_build(tmp_path, monkeypatch):
+    real = int8_module.quantize
+
+    def cpu_form_only(model, output, calibration, scheme):  # the GPU file quantized the CPU's way
+        real(model, output, calibration, int8_module.SCHEMES["u8s8"])
+
+    monkeypatch.setattr(int8_module, "quantize", cpu_form_only)
+    (tmp_path / "out").mkdir()
+    job = ExportJob(get("resnet18"), tmp_path / "out", weights="random", fp16=False, int8=True)
+    run_export(job)
+    assert job.published and not job.succeeded
+    assert job.error.startswith("int8: model.int8.s8s8.onnx is not TensorRT explicit quantization: ")
+    assert "zero point" in job.error and "\n" not in job.error
+    left = {p.name for p in (tmp_path / "out" / "resnet18").iterdir()}
+    assert not {"model.int8.onnx", "model.int8.s8s8.onnx", "golden.int8.npz", "golden.int8.s8s8.npz"} & left
 
 
 def test_a_calibration_folder_adds_its_images(tmp_path):

@@ -40,8 +40,9 @@ def test_kill_with_failover_keeps_its_promises():
 
 
 def test_kill_with_failover_breaks_on_a_single_failed_request():
-    # main judged failed <= in flight, which this passed
-    assert any("no request fails" in p for p in broken(judge_kill(replace(KILL, failed=1))))
+    # the judge's problems under KILL_OBJECTIVES (tests/test_run_judge.py: a failed request is one)
+    failed = replace(KILL, failed=1, problems=("c=4: 1 of 300 requests failed after warm-up",))
+    assert any("no request fails" in p for p in broken(judge_kill(failed)))
 
 
 def test_kill_breaks_when_the_survivor_slows_down():
@@ -64,22 +65,35 @@ def test_kill_without_failover_is_held_to_what_was_in_flight():
     assert broken(judge_kill(replace(off, in_flight_on_killed=1, in_flight_when_noticed=2))) == []
 
 
-@pytest.mark.parametrize("verified", [0])
-def test_every_drill_requires_verified_answers(verified):
-    assert broken(judge_kill(replace(KILL, verified=verified)))
-    assert broken(judge_restart(replace(RESTART, verified=verified)))
-    assert broken(judge_overload(replace(OVERLOAD, verified=verified)))
-    assert broken(judge_soak(replace(SOAK, verified=verified)))
+@pytest.mark.parametrize(
+    "problem", ["c=4: 300 answers and none verified", "1 wrong answers of 300 verified (allowed 0)"]
+)
+def test_every_drill_breaks_on_a_problem_the_judge_found_in_its_run(problem):
+    for judge, figures in (
+        (judge_kill, KILL),
+        (judge_kill, replace(KILL, failover=False)),
+        (judge_restart, RESTART),
+        (judge_overload, OVERLOAD),
+        (judge_soak, SOAK),
+    ):
+        checks = judge(replace(figures, problems=(problem,)))
+        assert any(problem in c.measured for c in checks if not c.passed)
 
 
-def test_a_wrong_answer_breaks_every_drill():
-    for judge, figures in ((judge_kill, KILL), (judge_restart, RESTART), (judge_overload, OVERLOAD)):
-        assert broken(judge(replace(figures, wrong=1)))
-    assert broken(judge_soak(replace(SOAK, wrong=1)))
+def test_the_restart_drill_judges_the_run_after_the_restart_too():
+    assert broken(judge_restart(replace(RESTART, after_problems=("1 wrong answers of 20 verified",))))
+
+
+def test_each_drill_runs_under_objectives_of_its_own():
+    from cnn_deploy_core.judge import Objectives
+
+    assert judges.SOAK_OBJECTIVES == judges.AFTER_RESTART_OBJECTIVES == Objectives()  # the strictest
+    assert judges.KILL_OBJECTIVES == Objectives(tolerate_replica_loss=True)
+    assert judges.OVERLOAD_OBJECTIVES.allowed_errors == {judges.OVERLOADED}
 
 
 RESTART = RestartFigures(
-    ran_s=31, planned_s=30, restart_s=6, failures=(), errors={"ServerUnavailableError": 12},
+    ran_s=31, planned_s=30, restart_s=6, errors={"ServerUnavailableError": 12},
     verified=100, wrong=0, after_verified=20, after_wrong=0, after_failed=0,
 )  # fmt: skip
 
@@ -87,8 +101,8 @@ RESTART = RestartFigures(
 def test_restart_judge():
     assert broken(judge_restart(RESTART)) == []
     assert broken(judge_restart(replace(RESTART, errors={})))  # the crash went unseen
-    assert broken(judge_restart(replace(RESTART, failures=("2/s: the sweep stopped",))))
-    assert broken(judge_restart(replace(RESTART, after_failed=1)))
+    assert broken(judge_restart(replace(RESTART, problems=("2/s: the sweep stopped",))))
+    assert broken(judge_restart(replace(RESTART, after_problems=("c=2: 1 of 40 requests failed",))))
 
 
 OVERLOAD = OverloadFigures(
@@ -112,11 +126,19 @@ def test_overload_breaks_when_the_server_never_sheds():
 @pytest.mark.parametrize(
     ("change", "promise"),
     [
-        ({"errors": {"ServerOverloadedError": 400, "RequestTimeoutError": 1}}, "nothing else fails"),
+        (
+            {
+                "errors": {"ServerOverloadedError": 400, "RequestTimeoutError": 1},
+                "problems": ("3/s: 1 of 500 requests failed after warm-up (RequestTimeoutError×1)",),
+            },
+            "nothing else fails",
+        ),
         ({"shed_max_s": 5.0}, "fail fast"),
         ({"sent_per_s": 45.0}, "really was an overload"),
         ({"slowest_answer_s": 10.5}, "within the client's timeout"),
         ({"memory_peaks_mb": (900, 1000)}, "memory levels off"),
+        ({"memory_peaks_mb": (0.0, 0.0)}, "memory levels off"),  # no PSS sample: could not measure
+        ({"memory_peaks_mb": (900, 0.0)}, "memory levels off"),
         ({"recovered_after_s": 10.5}, "back to 90%"),
         ({"recovered_after_s": None}, "back to 90%"),
         ({"alive": False}, "stays up"),
@@ -134,12 +156,18 @@ def test_recovery_is_timed_from_the_end_of_the_overload():
 
 SOAK = SoakFigures(
     planned_s=600, measured_s=600.4, failed=0, verified=20000, wrong=0,
-    memory_per_min_mb=0.1, memory_growth=0.01, p99=(80.0, 85.0, 0.0625),
+    memory_per_min_mb=0.1, memory_growth=0.01, p99=(80.0, 85.0, 0.0625), memory_samples=120,
 )  # fmt: skip
 
 
 def test_soak_keeps_its_promises():
     assert broken(judge_soak(SOAK)) == []
+
+
+def test_a_soak_whose_memory_could_not_be_read_is_broken_even_when_short():
+    for wear_judged in (True, False):
+        problems = broken(judge_soak(replace(SOAK, memory_samples=0), wear_judged=wear_judged))
+        assert any("memory (PSS) could be measured" in p for p in problems)
 
 
 def test_a_soak_of_nine_minutes_is_not_a_ten_minute_soak():

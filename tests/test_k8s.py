@@ -9,6 +9,7 @@ import copy
 import functools
 import gzip
 import json
+import re
 import shlex
 import shutil
 import subprocess
@@ -48,8 +49,10 @@ def kind(docs, name: str) -> dict:
     return doc
 
 
-def container(docs) -> dict:
-    (c,) = kind(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+def container(docs, name: str = "triton") -> dict:
+    (c,) = [
+        c for c in kind(docs, "Deployment")["spec"]["template"]["spec"]["containers"] if c["name"] == name
+    ]
     return c
 
 
@@ -82,13 +85,13 @@ def test_triton_is_probed_secured_and_keyed_like_compose(overlay):
     c = container(docs)
     gpu_service = compose()["services"]["triton"]
     compose_ports = sorted(int(p.split(":")[-1]) for p in gpu_service["ports"])
-    assert sorted(p["containerPort"] for p in c["ports"]) == compose_ports == [8000, 8001, 8002]
+    assert compose_ports == [8000, 8001, 8002]
+    # HTTP (8000) listens on the pod's loopback only: neither the pod nor the Service offers it.
+    assert sorted(p["containerPort"] for p in c["ports"]) == [8001, 8002]
     service_ports = {p["name"]: p["port"] for p in kind(docs, "Service")["spec"]["ports"]}
-    assert service_ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
-    assert (
-        c["startupProbe"]["httpGet"]["path"] == c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
-    )
-    assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert service_ports == {"grpc": 8001, "metrics": 8002}
+    for probe, path in (("startupProbe", "ready"), ("readinessProbe", "ready"), ("livenessProbe", "live")):
+        assert probe_url(c[probe]) == f"http://127.0.0.1:8000/v2/health/{path}", probe
     pod = kind(docs, "Deployment")["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] == 1000
     assert (
@@ -102,6 +105,65 @@ def test_triton_is_probed_secured_and_keyed_like_compose(overlay):
     assert kind(docs, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
     limits = c["resources"]["limits"]
     assert ("nvidia.com/gpu" in limits) == (overlay == "gpu")
+
+
+def probe_url(probe: dict) -> str:
+    """The one URL an exec probe asks, over the pod's loopback (HTTP listens nowhere else)."""
+    (url,) = [m for a in probe["exec"]["command"] for m in re.findall(r"http://[^'\" ]+", a)]
+    return url
+
+
+def test_the_probe_reader_says_no():
+    with pytest.raises(ValueError):
+        probe_url({"exec": {"command": ["curl", "http://example.com/a", "http://127.0.0.1:8000/b"]}})
+    with pytest.raises(KeyError):
+        probe_url({"httpGet": {"path": "/v2/health/ready", "port": 8000}})
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+def test_every_pod_is_ready_only_once_verified_and_readiness_stays_cheap(overlay):
+    """The verify container's startup probe runs `clients verify` on every model of the repository
+    index; its readiness probe the same check, which after the first pass only asks readiness (and
+    verifies again after a restart); Triton's own readiness probe asks /v2/health/ready, no more."""
+    from clients import cli
+
+    docs = render(overlay)
+    checker, server = container(docs, "verify"), container(docs)
+    assert checker["image"].split(":")[0] == compose()["services"]["verify"]["image"].split(":")[0]
+    startup = checker["startupProbe"]["exec"]["command"]
+    assert startup[:4] == ["python", "-m", "clients", "verify"]
+    ns = cli.build_parser().parse_args(startup[3:])
+    assert ns.models is None and ns.url == ["http://127.0.0.1:8000"]  # every model; the pod's loopback
+    mounted = {m["mountPath"]: m for m in checker["volumeMounts"]}
+    assert str(ns.repository) == "/models" and mounted["/models"]["name"] == "model-repository"
+    assert str(ns.once_per_start).startswith("/tmp/") and "/tmp" in mounted  # per pod, gone with it
+    assert checker["readinessProbe"]["exec"]["command"] == startup
+    (key,) = [e for e in checker["env"] if e["name"] == "TRITON_ADMIN_KEY"]  # the repository index
+    assert key["valueFrom"]["secretKeyRef"] == {"name": "triton-admin-key", "key": "key"}
+    assert checker["startupProbe"]["timeoutSeconds"] >= 300  # a first verification is not a poll
+    cheap = " ".join(server["readinessProbe"]["exec"]["command"])
+    assert "clients" not in cheap and server["readinessProbe"]["timeoutSeconds"] <= 5
+
+
+def test_both_overlays_are_strictly_ready_and_keep_plaintext_http_on_loopback(tmp_path):
+    """Strict readiness (every model READY) and no plaintext side door beside gRPC's TLS."""
+    from serving import cli
+    from serving.triton import ServerOptions
+
+    gpu = container(render("gpu"))["command"]
+    assert "--strict-readiness=true" in gpu and "--grpc-use-ssl=true" in gpu
+    assert "--http-address=127.0.0.1" in gpu and "--metrics-address=0.0.0.0" in gpu
+    cpu = container(render("cpu"))["command"]
+    assert not any("strict-readiness" in a or "plaintext" in a for a in cpu)  # serving up's own: strict
+    ns = cli.build_parser().parse_args(cpu[3:])
+    assert ns.host == "0.0.0.0" and str(ns.tls_cert) == "/certs/tls.crt"
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"  # stand-ins for the Secret's files
+    cert.write_text("cert")
+    key.write_text("key")
+    key.chmod(0o600)
+    served = ServerOptions(repository=ns.repository, host=ns.host, tls_cert=cert, tls_key=key)
+    assert served.http_host == "127.0.0.1"  # what `serving up` gives Triton's --http-address
+    assert ServerOptions(repository=ns.repository, host=ns.host).http_host == "0.0.0.0"  # it says no
 
 
 def test_the_gpu_overlay_runs_the_compose_image_with_the_compose_flags():
@@ -166,7 +228,7 @@ def test_the_kserve_alternative_serves_the_same_repository():
     assert model["storageUri"] == f"pvc://{pvc}/"
     compose_args = command_args(compose()["services"]["triton"])
     assert {a for a in model["args"] if "restricted" not in a} <= set(compose_args)
-    assert model["runtimeVersion"] == compose()["services"]["triton"]["image"].split(":")[1]
+    assert model["runtimeVersion"] == compose()["services"]["engines"]["image"].split(":")[1]  # NVIDIA's tag
 
 
 # --- KServe, against its own CRD schema (kubernetes-validate has none for it) ---
@@ -286,7 +348,7 @@ def test_the_network_policy_admits_clients_to_inference_and_monitoring_to_metric
         }.items()
     }
     assert reach == {
-        "client namespace": {"http", "grpc"},
+        "client namespace": {"grpc"},
         "monitoring": {"metrics"},
         "this namespace": set(),
         "unlabelled": set(),
@@ -359,7 +421,7 @@ def _ingress(name: str) -> dict:
 
 def test_the_ingress_example_is_valid_in_strict_mode_and_terminates_tls_for_every_host():
     docs = render("ingress")
-    assert {d["kind"] for d in docs} == {"Ingress"} and len(docs) == 2
+    assert {d["kind"] for d in docs} == {"Ingress"} and len(docs) == 1
     for doc in docs:
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
         hosts = {r["host"] for r in doc["spec"]["rules"]}
@@ -377,22 +439,12 @@ def test_the_ingress_routes_to_the_services_named_ports():
                 assert backend["name"] == service["metadata"]["name"] and backend["port"]["name"] in ports
 
 
-def test_the_https_ingress_routes_inference_and_health_but_no_admin_api():
-    ingress = _ingress("triton-http")
-    host = ingress["spec"]["rules"][0]["host"]
-    for path in ("/v2", "/v2/health/ready", "/v2/models/resnet50/infer", "/v2/models/resnet50/config"):
-        assert routed(ingress, host, path) is not None, path
-    for path in (
-        "/v2/repository/index",
-        "/v2/repository/models/resnet50/load",
-        "/v2/systemsharedmemory/status",
-        "/v2/trace/setting",
-        "/v2/logging",
-        "/metrics",
-        "/v2/modelsx",
-    ):
-        assert routed(ingress, host, path) is None, path
-    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/ssl-redirect"] == "true"
+def test_no_ingress_routes_to_plaintext_http():
+    """With gRPC over TLS, Triton's HTTP has no port on the Service: nothing may send clients there."""
+    for doc in render("ingress"):
+        backends = [p["backend"]["service"]["port"] for r in doc["spec"]["rules"] for p in r["http"]["paths"]]
+        assert backends and all(b == {"name": "grpc"} for b in backends), doc["metadata"]["name"]
+        assert doc["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPCS"
 
 
 def test_the_grpc_ingress_routes_only_public_methods_of_tritons_service_over_tls():

@@ -9,7 +9,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from clients import ServerUnavailableError
+from clients import ServerOverloadedError, ServerUnavailableError
 from clients.loadtest.config import LoadTestConfig
 from clients.loadtest.measure import Window as _Window
 from clients.loadtest.measure import agreeing_suffix
@@ -25,14 +25,23 @@ EXPECTED = np.random.default_rng(0).standard_normal((ROWS, CLASSES)).astype(np.f
 
 class FakeServer:
     """Answers after `service_s`; with `workers`, at most that many at once (a queue forms behind).
-    `wrong_every`: every n-th answer is corrupted; `dead`: nothing but unavailable errors."""
+    `wrong_every`: every n-th answer is corrupted; `dead`: nothing but unavailable errors;
+    `shed_all_but`: only every n-th request is served, the others rejected at once as overload (a
+    queue policy's), as a server too slow for the load answers."""
 
     description = "fake"
 
     def __init__(
-        self, service_s: float, *, workers: int | None = None, wrong_every: int = 0, dead: bool = False
+        self,
+        service_s: float,
+        *,
+        workers: int | None = None,
+        wrong_every: int = 0,
+        dead: bool = False,
+        shed_all_but: int = 0,
     ):
         self.service_s, self.wrong_every, self.dead = service_s, wrong_every, dead
+        self.shed_all_but = shed_all_but
         self.slots = asyncio.Semaphore(workers) if workers else None
         self.answered = 0
 
@@ -40,6 +49,9 @@ class FakeServer:
         if self.dead:
             await asyncio.sleep(0.001)
             raise ServerUnavailableError("Triton server at fake is unreachable")
+        if self.shed_all_but and item % self.shed_all_but:
+            await asyncio.sleep(0)  # answered at once: the queue policy refused it
+            raise ServerOverloadedError("fake: the server at fake is overloaded: Request timeout expired")
         if self.slots is not None:
             async with self.slots:
                 await asyncio.sleep(self.service_s)
@@ -141,6 +153,22 @@ def test_a_dead_server_aborts_the_sweep_with_a_clear_reason():
     assert "s of errors and no answer (ServerUnavailableError" in sweep.aborted
     assert 10 <= sum(w["duration_s"] for w in sweep.steps[0].window_log) < 12
     assert sweep.steps[0].responses == 0 and sweep.steps[0].errors["ServerUnavailableError"] > 0
+
+
+def test_a_closed_loop_pauses_after_an_instant_overload_rejection_and_counts_it():
+    """Rejected at once by a queue policy: each loop pauses before its next request rather than
+    spinning on rejections (thousands a second), and every rejection is a counted failure."""
+    from clients.loadtest.runner import UNAVAILABLE_PAUSE_S
+
+    server = FakeServer(0.01, shed_all_but=5)
+    sweep = _run(server, levels=(2,), max_windows=3, max_step_s=2, min_samples=1)
+    (step,) = sweep.steps
+    totals = sweep.totals
+    assert server.answered > 0 and totals.errors["ServerOverloadedError"] > 0
+    assert totals.requests == totals.responses + totals.errors["ServerOverloadedError"]
+    elapsed = 0.2 + step.duration_s  # warm-up and the measured windows
+    # 2 loops, 4 of 5 requests followed by a pause: at most ~2 / (0.8 x pause) requests a second
+    assert totals.requests / elapsed < 2 / (0.8 * UNAVAILABLE_PAUSE_S) * 1.5, totals
 
 
 @pytest.mark.parametrize("verifier_kind", ["inline", "process"])

@@ -1,4 +1,4 @@
-"""Verdicts that cannot flatter (issue 19, "Load test"): each test here fails on round 2's behaviour.
+"""Verdicts that cannot flatter: the load test's figures and what cnn_deploy_core.judge makes of them.
 
 Errors and the SLO's p99 are judged over every request after warm-up (failures at their time to
 failure), dropped arrivals are counted, every request ends as an answer or a classified error,
@@ -22,27 +22,25 @@ from rich.console import Console
 
 from clients import LoadTestError, RequestTimeoutError
 from clients.loadtest.cli import add_parser
-from clients.loadtest.config import LoadTestConfig, Slo
+from clients.loadtest.config import LoadTestConfig
 from clients.loadtest.measure import StepContext, StepLog, Window, breakdowns, step_result
 from clients.loadtest.prepare import checked
 from clients.loadtest.redact import redact_command, redact_url
 from clients.loadtest.report import summary_lines, summary_table, write_reports
 from clients.loadtest.runner import _Sweep
 from clients.loadtest.transport import RAW
-from clients.loadtest.verdict import (
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_SLO_MISSED,
-    error_violation,
-    evaluate,
-    exit_code,
-    latency_violation,
-    unanswered_steps,
-    unverified_steps,
-    wrong_violation,
-)
+from clients.loadtest.verdict import EXIT_FAILED, EXIT_OK, EXIT_SLO_MISSED, exit_code
 from clients.loadtest.verifier import InlineVerifier
 from clients.loadtest.workload import Workload
+from cnn_deploy_core.judge import (
+    FAILED,
+    LATENCY,
+    UNMEASURED,
+    WRONG,
+    Objectives,
+    problems,
+    slo_result,
+)
 from cnn_deploy_core.loadtest_report import (
     SCHEMA_VERSION,
     LoadTestReport,
@@ -123,8 +121,9 @@ def test_errors_in_a_discarded_window_fail_the_step():
     step = step_result(_context(), windows, 3, log)
     assert step.errors == {} and step.error_rate == 0  # the kept windows alone look clean...
     assert step.all_errors == {"RequestTimeoutError": 5} and step.all_requests == 400
-    assert error_violation(0.0, [step]) is not None  # ... but the step is judged on all of them
-    assert error_violation(0.02, [step]) is None  # 5/400 is within an explicit 2%
+    found = problems(_report(steps=[step]))
+    assert [p.kind for p in found] == [FAILED]  # ... but the step is judged on all of them
+    assert problems(_report(steps=[step]), Objectives(max_error_rate=0.02)) == []  # 5/400 is within 2%
 
 
 def test_timeouts_count_at_their_time_to_failure_in_the_judged_p99():
@@ -136,10 +135,11 @@ def test_timeouts_count_at_their_time_to_failure_in_the_judged_p99():
     (step,) = sweep.steps
     assert step.latency_ms.p99 < 100  # the answers alone: fast
     assert step.latency_all_ms.p99 >= 290  # every request: the timeouts are there
-    assert latency_violation(100, [step]) is not None
-    slo = evaluate(Slo(p99_ms=100, max_error_rate=1.0), sweep.steps, sweep.totals)
-    assert not slo.passed and slo.failing == []  # a latency miss alone...
-    assert exit_code(_report(slo)) == EXIT_SLO_MISSED  # ... exits 99
+    objectives = Objectives(p99_ms=100, max_error_rate=1.0)
+    report = _report(objectives, sweep=sweep)
+    assert not report.slo.passed and report.slo.failing == []  # a latency miss alone...
+    found = problems(report, objectives)
+    assert [p.kind for p in found] == [LATENCY] and exit_code(found) == EXIT_SLO_MISSED  # ... exits 99
 
 
 def test_arrivals_never_sent_when_a_step_ends_are_dropped_and_shown():
@@ -147,11 +147,16 @@ def test_arrivals_never_sent_when_a_step_ends_are_dropped_and_shown():
     sweep = _run(Scripted(lambda n: ("ok", 0.2)), mode="rate", levels=(50,), max_outstanding=1)
     (step,) = sweep.steps
     assert step.dropped > 10 and sweep.totals.dropped == step.dropped
-    report = _report(evaluate(Slo(), sweep.steps, sweep.totals), sweep=sweep, mode="rate")
+    report = _report(sweep=sweep, mode="rate")
     data = report.to_dict()
     text = _render(data)
     assert "drop-" in text and str(step.dropped) in text
     assert any("dropped" in line for line in summary_lines(data))
+    # ... and judged: a dropped request fails the run unless --max-dropped allows it
+    found = problems(report)
+    assert any(f"{step.dropped} requests dropped" in str(p) for p in found)
+    assert exit_code(found) == EXIT_FAILED
+    assert problems(report, Objectives(max_dropped=step.dropped)) == []
 
 
 @pytest.mark.parametrize(
@@ -168,7 +173,7 @@ def test_every_request_ends_as_an_answer_or_a_classified_error_in_rate_mode(exce
     kind = "ServerUnavailableError" if isinstance(exception, aiohttp.ClientPayloadError) else "InferenceError"
     assert set(totals.errors) == {kind}
     (step,) = sweep.steps
-    assert step.all_errors.get(kind, 0) > 0 and error_violation(0.0, sweep.steps) is not None
+    assert step.all_errors.get(kind, 0) > 0 and FAILED in [p.kind for p in problems(_report(sweep=sweep))]
 
 
 def test_an_answer_the_verifier_cannot_take_is_an_error():
@@ -210,33 +215,37 @@ def test_a_model_whose_answers_cannot_be_checked_is_an_error_unless_no_verify():
 def test_a_step_with_answers_and_none_verified_fails():
     sweep = _run(Scripted(lambda n: ("ok", 0.005)), levels=(1,), verify_fraction=0.0)
     answers = sweep.steps[0].all_responses
-    assert unverified_steps(sweep.steps, True) == [f"c=1: {answers} answers and none verified"]
-    assert unverified_steps(sweep.steps, False) == []
+    sampled = Objectives(every_answer_verified=False)  # what --verify-fraction below 1 asks
+    found = problems(_report(sweep=sweep), sampled)
+    assert [str(p) for p in found] == [f"c=1: {answers} answers and none verified"]
+    assert problems(_report(sweep=sweep), Objectives(verify=False)) == []  # --no-verify
 
 
 def test_a_step_without_an_answer_fails_the_run():
     windows = [_window(0, 0, errors=3), _window(1, 0, errors=3), _window(2, 0, errors=3)]
     log = StepLog(failed=[0.1] * 9, errors=Counter(ServerUnavailableError=9))
     step = step_result(_context(verified=0), windows, 0, log)
-    assert unanswered_steps([step]) == ["c=1: no successful response (ServerUnavailableError×9)"]
+    found = problems(_report(steps=[step]), Objectives(max_error_rate=1.0))
+    assert [(p.kind, str(p)) for p in found] == [(UNMEASURED, "c=1: no answer (ServerUnavailableError×9)")]
     answered = step_result(_context(), [_window(0, 10)] * 3, 3, StepLog(response=[0.01] * 10))
-    assert unanswered_steps([answered]) == []
+    assert problems(_report(steps=[answered])) == []
 
 
 def test_a_wrong_answer_fails_the_run_by_default():
-    assert Slo().max_wrong == 0 and Slo().max_error_rate == 0
-    assert wrong_violation(Slo().max_wrong, Totals(verified=100, wrong=1)) is not None
-    slo = evaluate(Slo(), [], Totals(verified=100, wrong=1))
-    assert slo.failing and exit_code(_report(slo)) == EXIT_FAILED
-    assert wrong_violation(2, Totals(verified=100, wrong=1)) is None
+    assert Objectives().max_wrong == 0 and Objectives().max_error_rate == 0
+    sweep = _run(Scripted(lambda n: ("ok", 0.005)), levels=(1,))
+    sweep.totals.wrong = 1
+    found = problems(_report(sweep=sweep))
+    assert [p.kind for p in found] == [WRONG] and exit_code(found) == EXIT_FAILED
+    assert problems(_report(sweep=sweep), Objectives(max_wrong=2)) == []
 
 
 def test_any_failed_request_fails_the_run_by_default():
     windows = [_window(0, 100), _window(1, 100), _window(2, 100)]
     log = StepLog(response=[0.01] * 299, failed=[0.01], errors=Counter(InferenceError=1))
     steps = [step_result(_context(), windows, 3, log)]
-    assert exit_code(_report(evaluate(Slo(), steps, Totals()))) == EXIT_FAILED
-    assert exit_code(_report(evaluate(Slo(max_error_rate=0.01), steps, Totals()))) == EXIT_OK
+    assert exit_code(problems(_report(steps=steps))) == EXIT_FAILED
+    assert exit_code(problems(_report(steps=steps), Objectives(max_error_rate=0.01))) == EXIT_OK
 
 
 def test_the_help_documents_the_exit_codes():
@@ -260,7 +269,7 @@ def test_secrets_are_redacted_from_the_command_and_urls():
 
 def test_report_files_are_not_world_readable(tmp_path):
     sweep = _run(Scripted(lambda n: ("ok", 0.005)), levels=(1,))
-    report = _report(evaluate(Slo(), sweep.steps, sweep.totals), sweep=sweep)
+    report = _report(sweep=sweep)
     paths = write_reports(report.to_dict(), tmp_path)
     for path in (paths.json, paths.csv, paths.png):
         mode = stat.S_IMODE(os.stat(path).st_mode)
@@ -272,7 +281,7 @@ def test_report_files_are_not_world_readable(tmp_path):
 
 def test_report_round_trips_and_refuses_another_schema_version():
     sweep = _run(Scripted(lambda n: ("ok", 0.005)), levels=(1, 2))
-    report = _report(evaluate(Slo(p99_ms=1000), sweep.steps, sweep.totals), sweep=sweep)
+    report = _report(Objectives(p99_ms=1000), sweep=sweep)
     again = LoadTestReport.from_json(report.to_json())
     assert again == report and again.steps[1].latency_ms.p99 == report.steps[1].latency_ms.p99
     data = json.loads(report.to_json())
@@ -306,8 +315,12 @@ def test_an_ensemble_step_breaks_the_server_time_down_per_composing_model():
 # ---- helpers ----
 
 
-def _report(slo: SloResult, *, sweep: _Sweep | None = None, mode: str = "concurrency") -> LoadTestReport:
-    return LoadTestReport(
+def _report(
+    objectives: Objectives | None = None, *, sweep: _Sweep | None = None, steps=None, mode="concurrency"
+) -> LoadTestReport:
+    """A report of `sweep` (or of `steps`, with empty totals), judged under `objectives` as the runner
+    records it."""
+    report = LoadTestReport(
         command="python -m clients loadtest",
         url="grpc://fake:1",
         protocol="grpc",
@@ -320,13 +333,16 @@ def _report(slo: SloResult, *, sweep: _Sweep | None = None, mode: str = "concurr
         duration_s=1.0,
         settings={"max_outstanding": 1},
         verification=_workload().describe(1.0),
-        steps=sweep.steps if sweep else [],
+        steps=sweep.steps if sweep else steps or [],
         totals=sweep.totals if sweep else Totals(),
-        slo=slo,
+        slo=SloResult({}, True, []),
         generator={},
         generator_capacity=None,
         failures=[],
     )
+    objectives = objectives or Objectives()
+    report.slo = slo_result(problems(report, objectives), objectives)
+    return report
 
 
 def _render(report: dict) -> str:

@@ -339,8 +339,8 @@ def test_loadtest_over_two_replicas_reports_each(replicas):
     )
     report = run_loadtest(config)
     assert report.totals.wrong == 0 and report.totals.verified > 0
-    assert [r["url"] for r in report.replicas] == replicas["grpc"]
-    assert all(r["responses"] > 0 and not r["errors"] for r in report.replicas)
+    assert [r.url for r in report.replicas] == replicas["grpc"]
+    assert all(r.responses > 0 and not r.errors for r in report.replicas)
 
 
 def test_a_killed_replica_fails_over_and_is_restarted(replicas):

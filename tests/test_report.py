@@ -79,6 +79,7 @@ SERVED = {
     "answered": 900,
     "verified": 900,
     "wrong": 0,
+    "judge": {"passed": True, "problems": []},
     "memory_mb": 120.0,
     "url": "local",
 }
@@ -90,12 +91,16 @@ def _page(served: dict) -> str:
     return report_html.render_html(report, images)
 
 
-def test_the_page_claims_every_answer_verified_only_when_it_is_true():
+def test_the_page_claims_every_answer_verified_only_when_the_judge_passed_the_run():
+    """The claim is the judge's recorded verdict (cnn_deploy_core.judge), not a rule of the page's."""
     assert "every answer verified: 900 answers, none wrong" in _page(SERVED)
-    for bad in ({"wrong": 1}, {"verified": 899}, {"answered": 0, "verified": 0}):
-        page = _page({**SERVED, **bad})
+    failed = {"passed": False, "problems": ["1 wrong answers of 900 verified (allowed 0)"]}
+    for bad in ({"judge": failed}, {"judge": None}, {}):
+        served = {k: v for k, v in SERVED.items() if k != "judge"} | bad
+        page = _page(served)
         assert "every answer verified" not in page.replace("NOT every answer verified", "")
         assert "NOT every answer verified" in page
+    assert "1 wrong answers of 900 verified" in _page({**SERVED, "judge": failed})
 
 
 def test_percentiles_show_their_sample_counts_and_memory_is_pss():
@@ -186,6 +191,7 @@ def test_the_html_report_renders_every_table_and_chart_in_a_browser(models_dir, 
     report = json.loads(output.with_suffix(".json").read_text())
     (arch,) = report["architectures"]
     assert arch["served"]["wrong"] == 0 and arch["served"]["verified"] == arch["served"]["answered"] > 0
+    assert arch["served"]["judge"] == {"passed": True, "problems": []}  # what the page's claim reads
     assert len(report["machine"]["gemms"]) >= 4  # the roof: the best of several GEMMs
     page = output.with_suffix(".html").resolve()
     flags = [

@@ -195,8 +195,8 @@ def test_the_detached_supervisors_orders_keep_tls_paths(tmp_path):
     pki = make_pki(tmp_path / "pki")
     tls = {"tls_cert": pki / "tls.crt", "tls_key": pki / "tls.key", "tls_client_ca": pki / "ca.crt"}
     opts = ServerOptions(tmp_path, admin_key="k", **tls)
-    (back,), _, _, _ = spec_from_json(spec_to_json([opts], [tmp_path / "log"], RestartPolicy(), 5.0))
-    assert back == opts and back.grpc_url.startswith("grpcs://")
+    (back,), _, _, _, verify = spec_from_json(spec_to_json([opts], [tmp_path / "log"], RestartPolicy(), 5.0))
+    assert back == opts and back.grpc_url.startswith("grpcs://") and verify is True
 
 
 def test_the_security_guides_commands_parse():
@@ -213,3 +213,39 @@ def test_the_security_guides_commands_parse():
     assert {package for package, _ in found} == {"serving", "clients"}
     for package, args in found:
         parsers[package].parse_args(shlex.split(args, comments=True))
+
+
+def test_a_generated_key_never_begins_with_a_dash(monkeypatch):
+    """`--admin-key KEY` reads a key beginning with '-' as an option (one token_urlsafe in 64)."""
+    import secrets
+
+    from cnn_deploy_core.secrets import new_key
+    from serving.local import admin_key
+
+    drawn = iter(["-starts-with-dash", "--again", "fine-key"])
+    monkeypatch.setattr(secrets, "token_urlsafe", lambda n: next(drawn))
+    assert new_key() == "fine-key"
+    drawn = iter(["-dash", "ok"])
+    monkeypatch.delenv("TRITON_ADMIN_KEY", raising=False)
+    assert admin_key(None) == "ok"
+
+
+def test_every_server_options_carry_an_admin_key(tmp_path):
+    from serving.triton import RESTRICTED, ServerOptions, Wheel, command
+
+    opts = ServerOptions(tmp_path)  # as the tuner, the harness, drills and gpu-check make theirs
+    assert opts.admin_key and not opts.admin_key.startswith("-")
+    assert f"--http-restricted-api={RESTRICTED}:admin-key={opts.admin_key}" in command(opts, Wheel(tmp_path))
+    assert opts.admin_key not in repr(opts)
+
+
+def test_state_and_key_files_are_private_and_never_written_through_a_link(tmp_path):
+    from cnn_deploy_core.secrets import write_private
+
+    target = tmp_path / "elsewhere"
+    target.write_text("untouched")
+    (tmp_path / "server.json").symlink_to(target)
+    write_private(tmp_path / "server.json", "{}")
+    assert target.read_text() == "untouched"  # the link was replaced, not followed
+    assert (tmp_path / "server.json").read_text() == "{}" and not (tmp_path / "server.json").is_symlink()
+    assert (tmp_path / "server.json").stat().st_mode & 0o777 == 0o600

@@ -292,7 +292,7 @@ def test_repository_with_tensorrt_writes_engine_recipe(tmp_path):
     _fake_export(models, "resnet50", b"model")
     _place(models, repo, tensorrt=True)
     recipe = json.loads((repo / "resnet50_trt" / "engine.json").read_text())
-    assert recipe["source"] == "../resnet50/1/model.onnx" and recipe["max_batch_size"] == 32
+    assert recipe["source"] == "../resnet50/1/model.onnx" and recipe["max_batch_size"] == 128  # the GPU's
     assert (repo / "resnet50_trt" / "labels.txt").is_file()
     assert (
         parse_pbtxt((repo / "resnet50_trt" / "configs" / "gpu.pbtxt").read_text()).platform == "tensorrt_plan"

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import json
 import shutil
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import port_args, run_cli
+from tests.conftest import CORRUPT_MODEL, port_args, run_cli
 from tests.leaks import ENV_ADMIN_KEY, leaks, printed
 
 pytestmark = pytest.mark.integration
 
 
 def test_detached_server_lifecycle_up_status_down_from_any_directory(repository, tmp_path):
-    """`up` in one directory, `status` and `down` in others: the state is anchored to the project."""
+    """`up` in one directory, `status` and `down` in others: the state is anchored to the project.
+    The repository holds a model that fails to load (CORRUPT_MODEL): `up` names it with Triton's
+    reason and exits 1, the server is not ready (strict readiness) and `status` exits 1, but it is
+    not killed: the good models keep answering, and the record says which model failed."""
     home, here, elsewhere = (tmp_path / d for d in ("project", "a", "b"))
     for d in (home, here, elsewhere):
         d.mkdir()
@@ -24,18 +29,26 @@ def test_detached_server_lifecycle_up_status_down_from_any_directory(repository,
         "serving", "up", "--detach", "--json", "--repository", str(repository), *ports, cwd=here, home=home
     )
     try:
-        assert up.returncode == 0, up.stderr
+        assert up.returncode == 1, up.stderr
+        assert f"is NOT ready: model(s) failed to load: {CORRUPT_MODEL}: " in " ".join(up.stderr.split())
         started = json.loads(up.stdout.split("detached, supervised by")[0])
         assert started["grpc"] == f"grpc://127.0.0.1:{grpc}"
-        assert {m["name"]: m["state"] for m in started["models"]}["resnet18"] == "READY"
+        states = {m["name"]: m["state"] for m in started["models"]}
+        assert states["resnet18"] == "READY" and states[CORRUPT_MODEL] == "UNAVAILABLE"
+        with urllib.request.urlopen(f"{started['http']}/v2/health/live", timeout=5) as live:
+            assert live.status == 200  # up, serving the good models
+        with pytest.raises(urllib.error.HTTPError):  # but not ready: a probe must see the failure
+            urllib.request.urlopen(f"{started['http']}/v2/health/ready", timeout=5)
+        record = home / "build" / "serving" / "server.json"
+        (failed,) = json.loads(record.read_text())["failed_models"]
+        assert failed["name"] == CORRUPT_MODEL and failed["reason"]
+        status = run_cli("serving", "status", "--json", cwd=elsewhere, home=home)
+        assert status.returncode == 1 and json.loads(status.stdout)["running"] is False
         record = home / "build" / "serving" / "server.json"
         key_file = Path(json.loads(record.read_text())["admin_key_file"])
         assert key_file == record.parent / "admin.key" and key_file.stat().st_mode & 0o077 == 0
         assert key_file.read_text().strip() not in record.read_text()  # the record names the key file only
         assert not (here / "build").exists()
-
-        status = run_cli("serving", "status", "--json", cwd=elsewhere, home=home)
-        assert status.returncode == 0 and json.loads(status.stdout)["running"] is True
 
         again = run_cli(
             "serving", "up", "--detach", "--repository", str(repository), *ports, cwd=elsewhere, home=home
@@ -67,7 +80,7 @@ def test_explicit_state_dir_overrides_the_project(repository, tmp_path):
         home=tmp_path / "project",
     )
     try:
-        assert up.returncode == 0, up.stderr
+        assert up.returncode == 1 and CORRUPT_MODEL in up.stderr, up.stderr  # not ready, still recorded
         assert (state / "server.json").is_file() and not (tmp_path / "project" / "build").exists()
     finally:
         down = run_cli("serving", "down", "--state-dir", str(state), cwd=tmp_path)

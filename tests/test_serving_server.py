@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -45,7 +46,7 @@ def _infer(client, module, name, x, **output_kwargs):
 
 @pytest.mark.parametrize("name", CI_ARCHS)
 def test_models_are_ready(http, name):
-    assert http.is_server_ready() and http.is_model_ready(name)
+    assert http.is_server_live() and http.is_model_ready(name)
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
@@ -85,7 +86,11 @@ def test_dynamic_batching_really_batches_under_concurrent_load(grpc, repository)
 
     with ThreadPoolExecutor(max_workers=16) as pool:  # the gRPC client is thread-safe
         outputs = list(pool.map(one, range(requests)))
-    after = stats()
+    # The backend reports a batch's statistics after its responses are sent: the last batch's may
+    # arrive a moment after its answers.
+    deadline = time.monotonic() + 10
+    while (after := stats())[0] - before[0] < requests and time.monotonic() < deadline:
+        time.sleep(0.1)
     inferences, executions = after[0] - before[0], after[1] - before[1]
     assert inferences == requests
     assert executions < inferences, f"{executions} executions for {inferences} inferences: no batching"
@@ -99,6 +104,7 @@ def test_corrupt_model_is_unavailable_with_its_reason_and_others_keep_serving(ht
     assert "cannot load" in index[CORRUPT_MODEL]["reason"]
     assert not http.is_model_ready(CORRUPT_MODEL)
     assert all(index[name]["state"] == "READY" for name in CI_ARCHS)
+    assert not http.is_server_ready()  # strict readiness: a probe sees the failed model
 
 
 def test_admin_apis_need_the_key(http):
@@ -130,3 +136,20 @@ def test_config_records_weights_source_for_clients(grpc):
     config = grpc.get_model_config("resnet18", as_json=True)["config"]
     assert config["parameters"]["cnn_deploy.weights_source"]["string_value"] == "random(seed=0)"
     assert config["parameters"]["cnn_deploy.weights_random"]["string_value"] == "true"
+
+
+def test_a_failed_version_no_longer_on_disk_is_history_not_a_failure(tmp_path):
+    """Triton keeps an UNAVAILABLE entry for a version that failed to load even after the model was
+    reloaded without it (strict readiness then stays false): gone from disk, it fails nothing."""
+    from serving.triton import failed_models
+
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    index = [
+        {"name": "m", "version": "1", "state": "READY"},
+        {"name": "m", "version": "3", "state": "UNAVAILABLE", "reason": "bad file"},
+    ]
+    assert failed_models(index, tmp_path) == []
+    assert failed_models(index) == [index[1]]  # without the repository: a failure
+    (tmp_path / "m" / "3").mkdir()
+    assert failed_models(index, tmp_path) == [index[1]]  # still on disk: a failure
+    assert failed_models([*index, {"name": "n", "version": "1", "state": "LOADING"}], tmp_path) is None

@@ -191,3 +191,64 @@ def test_a_short_load_test_over_tls(tls_server, tls_repository, pki, tmp_path):
     assert out.returncode in (0, 99), out.stdout[-2000:] + out.stderr[-2000:]  # 99: only a p99 objective
     (step,) = json.loads(out.stdout)["steps"]
     assert step["verified"] > 0 and step["wrong"] == 0
+
+
+# --- no plaintext side door: TLS beyond loopback keeps Triton's HTTP on loopback ---
+
+
+def _this_machines_address() -> str | None:
+    """A non-loopback address of this machine (no packet is sent), or None."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))
+            address = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+def test_with_tls_beyond_loopback_http_listens_on_loopback_unless_asked(pki, tmp_path):
+    from serving.triton import Wheel, command
+
+    tls = {"tls_cert": pki / "tls.crt", "tls_key": pki / "tls.key"}
+    wheel = Wheel(tmp_path)  # only the command line is looked at
+    closed = ServerOptions(tmp_path, host="0.0.0.0", **tls)
+    assert {"--http-address=127.0.0.1", "--grpc-address=0.0.0.0"} <= set(command(closed, wheel))
+    assert closed.http_url.startswith("http://127.0.0.1:")
+    opened = ServerOptions(tmp_path, host="0.0.0.0", http_plaintext=True, **tls)
+    assert "--http-address=0.0.0.0" in command(opened, wheel)
+    plain = ServerOptions(tmp_path, host="0.0.0.0")
+    assert "--http-address=0.0.0.0" in command(plain, wheel)  # no TLS: as asked
+
+
+@pytest.mark.integration
+def test_a_tls_server_on_every_interface_serves_no_plaintext_http_beyond_loopback(pki, tmp_path):
+    """Also: a server started without an admin key (as the tuner, the harness and gpu-check start
+    theirs) still keeps its admin APIs behind one, made for it."""
+    import urllib.error
+    import urllib.request
+
+    from serving.repository import place_identity
+    from serving.triton import serve
+
+    address = _this_machines_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback address")
+    place_identity(tmp_path / "repo")
+    opts = ServerOptions.on_free_ports(
+        tmp_path / "repo", host="0.0.0.0", backend_dir=tmp_path / "backends",
+        tls_cert=pki / "tls.crt", tls_key=pki / "tls.key",
+    )  # fmt: skip
+    with serve(opts, tmp_path / "triton.log", 120):
+        with urllib.request.urlopen(f"http://127.0.0.1:{opts.http_port}/v2/health/ready", timeout=5) as r:
+            assert r.status == 200
+        with pytest.raises(OSError):  # refused: nothing listens there
+            urllib.request.urlopen(f"http://{address}:{opts.http_port}/v2/models/identity", timeout=5)
+        index = f"http://127.0.0.1:{opts.http_port}/v2/repository/index"
+        with pytest.raises(urllib.error.HTTPError):  # no key: no loading models on it
+            urllib.request.urlopen(urllib.request.Request(index, data=b"{}"), timeout=5)
+        keyed = urllib.request.Request(index, data=b"{}", headers={"admin-key": opts.admin_key})
+        with urllib.request.urlopen(keyed, timeout=5) as r:
+            assert r.status == 200

@@ -1,10 +1,11 @@
-"""`python -m serving tune` on a tiny search space, on the real server: it finishes, writes the
-named config, and a server started with that config passes `verify`."""
+"""`python -m serving tune` on a tiny search space, on the real server: it finishes, A/Bs the winner
+against the current config, writes the named config only when the winner is ahead, and a server
+started with that config passes `verify`."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 import shutil
 
 import pytest
@@ -15,6 +16,8 @@ from serving.repository import ModelState
 from tests.conftest import port_args, run_cli
 
 pytestmark = pytest.mark.integration
+# the A/B's order: the current config first in odd rounds, the winner first in even ones
+ALTERNATING = ["current", "winner", "winner", "current", "current", "winner"]
 
 
 def test_tune_writes_a_named_config_that_serves_and_verifies(repository, tmp_path):
@@ -35,6 +38,15 @@ def test_tune_writes_a_named_config_that_serves_and_verifies(repository, tmp_pat
         assert candidate["rejected"] is None and candidate["points"]
         assert all(p["verified"] > 0 and p["wrong"] == 0 for p in candidate["points"])
     assert output.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
+    # INT8 wins on CPU; before it is written, the A/B measures it against the current config on the
+    # same server setup, alternately, every run judged sound, the generator's cost reported.
+    ab = report["ab"]
+    assert ab is not None and ab["ahead"] and ab["winner_vs_current"] > 1, ab
+    assert [r["config"] for r in ab["runs"]] == ALTERNATING
+    for run in ab["runs"]:
+        assert not run["problems"] and run["point"]["verified"] > 0, run
+        assert run["point"]["generator_cpu_ms_per_request"] > 0, run
+    assert report["written"] and report["verdict"].startswith("A/B: the winner is ahead")
     winner = report["winner"]["candidate"]
     model = "resnet18" + ("_int8" if winner["precision"] == "int8" else "")
     tuned = parse_pbtxt((repo / model / "configs" / "tuned.pbtxt").read_text())
@@ -89,6 +101,31 @@ def test_tune_rejects_a_damaged_model_on_the_real_server(repository, tmp_path):
     assert not (repo / "resnet18" / "configs" / "tuned.pbtxt").exists()
 
 
+def test_a_tuners_server_keeps_its_admin_api_behind_a_key(repository):
+    """While a tune runs, its scratch server is keyed like every other: loading a model (a Python
+    backend runs code) on it takes the key the tuner generated, and the server is strictly ready."""
+    import urllib.error
+    import urllib.request
+
+    from serving.triton import ADMIN_HEADER, repository_index
+
+    config = (repository / "resnet18" / "configs" / "cpu.pbtxt").read_text()
+    with tune._scratch_server(repository, "resnet18", config) as (opts, _scratch):
+        assert opts.admin_key and not opts.admin_key.startswith("-")
+        request = urllib.request.Request(f"{opts.http_url}/v2/repository/index", data=b"{}", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code in (401, 403), refused.value
+        wrong = urllib.request.Request(
+            f"{opts.http_url}/v2/repository/index", data=b"{}", method="POST", headers={ADMIN_HEADER: "x"}
+        )
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(wrong, timeout=10)
+        assert [m["state"] for m in repository_index(opts.http_url, opts.admin_key)] == ["READY"]
+        with urllib.request.urlopen(f"{opts.http_url}/v2/health/ready", timeout=10) as ready:
+            assert ready.status == 200
+
+
 def test_tune_refuses_to_overwrite_the_cpu_config_without_force(tmp_path):
     with pytest.raises(Exception, match="would overwrite a generated config"):
         tune.write_tuned("resnet18", tmp_path, tune.Candidate(), config_name="cpu")
@@ -119,58 +156,37 @@ def test_a_candidate_with_a_wrong_answer_loses_whatever_its_speed(monkeypatch, t
 # ---- the tuner's verdicts (serving/tune_judge.py): each made to say no ----
 
 
-def _loadtest_report(
-    *, responses=100, verified=100, wrong=0, errors=None, dropped=0, enabled=True, failures=()
-):
-    from cnn_deploy_core.loadtest_report import Latency, LoadTestReport, SloResult, StepResult, Totals
-
-    step = StepResult(
-        mode="concurrency", level=4, label="c=4", stable=True, windows=3, windows_run=3, duration_s=3.0,
-        requests=responses, responses=responses, inferences=responses, inferences_per_s=50.0,
-        requests_per_s=50.0, latency_ms=Latency(5, 6, 7, 9, 10, responses), service_ms=None,
-        samples=responses, errors={}, error_rate=0.0, verified=verified, wrong=wrong, server=None,
-        generator_cpu_ms_per_request=None, verifier_cpu_ms_per_request=None, window_log=[],
-    )  # fmt: skip
-    totals = Totals(
-        requests=responses + sum((errors or {}).values()), errors=dict(errors or {}), verified=verified,
-        wrong=wrong, responses=responses, dropped=dropped,
-    )  # fmt: skip
-    return LoadTestReport(
-        command="python -m clients loadtest", url="grpc://x:1", protocol="grpc", model="resnet18",
-        version="1", batch_size=1, mode="concurrency", arrival=None, started_at="2026-01-01T00:00:00",
-        duration_s=5.0, settings={}, verification={"enabled": enabled}, steps=[step], totals=totals,
-        slo=SloResult({}, True, []), generator={}, generator_capacity=None, failures=list(failures),
-    )  # fmt: skip
-
-
-def test_run_verdict_accepts_only_a_run_where_every_answer_was_verified_and_right():
+def test_run_verdict_accepts_only_a_run_the_judge_finds_sound():
+    """The tuner asks cnn_deploy_core.judge (tests/test_run_judge.py shows each rule saying no)."""
     from serving.tune_judge import run_verdict
+    from tests import reports
 
-    assert run_verdict(_loadtest_report(), 0) is None
-    assert "not verified" in run_verdict(_loadtest_report(verified=99), 0)
-    assert "not verified" in run_verdict(_loadtest_report(enabled=False, verified=0), 0)
-    assert "no answer" in run_verdict(_loadtest_report(responses=0, verified=0), 0)
-    assert "wrong" in run_verdict(_loadtest_report(wrong=1), 0)
-    assert "failed requests (2 RequestTimeoutError)" in run_verdict(
-        _loadtest_report(errors={"RequestTimeoutError": 2}), 1
-    )
-    assert "dropped" in run_verdict(_loadtest_report(dropped=3), 0)
-    assert "no good response" in run_verdict(_loadtest_report(failures=["c=4: no good response"]), 1)
-    assert "exit code 2" in run_verdict(_loadtest_report(), 2)
+    assert run_verdict(reports.report(), 10.0) == (None, True)
+    assert "not verified" in run_verdict(reports.report(verified=99), 10.0)[0]
+    assert "not verified" in run_verdict(reports.report(enabled=False, verified=0), 10.0)[0]
+    assert "no answer" in run_verdict(reports.report(responses=0, verified=0), 10.0)[0]
+    assert "wrong" in run_verdict(reports.report(wrong=1), 10.0)[0]
+    assert "RequestTimeoutError×2" in run_verdict(reports.report(errors={"RequestTimeoutError": 2}), 10.0)[0]
+    assert "dropped" in run_verdict(reports.report(dropped=3), 10.0)[0]
+    assert "no good response" in run_verdict(reports.report(failures=["c=4: no good response"]), 10.0)[0]
+    # a missed p99 does not disqualify: the climb stops there
+    assert run_verdict(reports.report(p99_all_ms=12.0), 10.0) == (None, False)
 
 
 def test_errors_in_the_warm_up_reject_a_candidate_too():
     """The run totals count the warm-up; a step's own error counts would miss them."""
     from serving.tune_judge import run_verdict
+    from tests import reports
 
-    report = _loadtest_report(errors={"ServerUnavailableError": 1})
-    assert report.steps[0].errors == {} and "failed requests" in run_verdict(report, 0)
+    report = reports.report(warmup_errors={"ServerUnavailableError": 1}, warmup_responses=5)
+    assert report.steps[0].all_errors == {} and "failed during warm-up" in run_verdict(report, 10.0)[0]
 
 
 def test_a_load_test_without_a_report_fails_the_candidate_not_the_search():
     from serving.tune_judge import CandidateFailed, read_loadtest
+    from tests import reports
 
-    good = _loadtest_report().to_json()
+    good = reports.report().to_json()
     assert read_loadtest(1, good, "", "at c=4").totals.verified == 100  # judged by run_verdict
     with pytest.raises(CandidateFailed, match=r"exit code 1\): error: connection refused"):
         read_loadtest(1, "", "error: connection refused", "on resnet18 at c=4")
@@ -196,14 +212,16 @@ def test_precisions_are_checked_before_any_measurement(tmp_path):
     assert result.returncode == 1 and "fp16 not served on CPU" in result.stderr, result.stderr
 
 
-def test_the_scratch_server_and_the_load_generator_get_cpus_of_their_own():
-    server, client = tune.split_cpus()
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        assert (server, client) == ((), ())
-    else:
-        assert client == (cpus[-1],) and set(server) == set(cpus[:-1])
-        assert tune.cores() == len(server)
+def test_the_tuner_searches_the_whole_machine_and_writes_no_core_count():
+    """Its plans are instance counts whose threads the serving policy sets (0) on whatever machine
+    serves them: a config tuned on 2 cores must not cap a bigger machine at 2 threads."""
+    from serving.threads import available_cores
+
+    assert tune.cores() == available_cores()
+    space = tune.default_space(32, 2, has_int8=False)
+    assert space.plans == ((1, 0), (2, 0)) and tune.Candidate().threads == 0
+    assert {n for n, _ in tune.default_space(32, 8, has_int8=False).plans} == {1, 2, 8}
+    assert "2xauto" in tune.Candidate(instances=2).label()
 
 
 def test_a_failing_candidate_is_rejected_and_the_search_goes_on(monkeypatch, tmp_path):
@@ -211,15 +229,18 @@ def test_a_failing_candidate_is_rejected_and_the_search_goes_on(monkeypatch, tmp
 
     calls = []
 
-    def flaky_loadtest(url, model, c, scratch, window_s, cpus):
+    from tests import reports
+
+    def flaky_loadtest(url, model, c, scratch, window_s, slo_ms):
         calls.append(model)
         if model.endswith("_int8"):
             raise CandidateFailed(f"the load test timed out on {model} at c={c} after 600s")
-        return _loadtest_report(), None
+        return reports.report(), None, True
 
     monkeypatch.setattr(tune, "_loadtest", flaky_loadtest)
     monkeypatch.setattr(tune, "_config", lambda *a: _FakeConfig())
-    monkeypatch.setattr(tune, "TritonProcess", _FakeServer)
+    servers = []
+    monkeypatch.setattr(tune, "serve", lambda opts, *a, **k: servers.append(opts) or _FakeServer(opts))
     for model in ("resnet18", "resnet18_int8"):
         (tmp_path / model).mkdir()
     ModelState().save(tmp_path / "resnet18")
@@ -228,11 +249,16 @@ def test_a_failing_candidate_is_rejected_and_the_search_goes_on(monkeypatch, tmp
     rejected = {m.candidate.precision: m.rejected for m in results}
     assert "timed out" in rejected["int8"] and rejected["fp32"] is None
     assert tune.winner(results).candidate.precision == "fp32"
+    # every scratch server gets the cores `serving up`'s would: none are held back for the generator
+    assert servers and all(opts.cpus == () for opts in servers)
 
 
 class _FakeConfig:
+    def __init__(self, text: str = 'name: "x"'):
+        self.text = text
+
     def to_pbtxt(self) -> str:
-        return 'name: "x"\n'
+        return self.text + "\n"
 
 
 class _FakeServer:
@@ -253,7 +279,94 @@ class _FakeServer:
 
 
 def test_a_point_over_the_objective_or_without_gain_stops_the_climb():
-    from serving.tune_judge import saturated, within_slo
+    from serving.tune_judge import run_verdict, saturated
+    from tests import reports
 
-    assert within_slo({"p99_ms": 10.0}, 10) and not within_slo({"p99_ms": 10.1}, 10)
+    assert run_verdict(reports.report(p99_all_ms=10.0), 10)[1]
+    assert not run_verdict(reports.report(p99_all_ms=10.1), 10)[1]
     assert not saturated({"infer_per_s": 106.0}, 100.0) and saturated({"infer_per_s": 104.0}, 100.0)
+
+
+# ---- the A/B before anything is written (serving/tune_judge.py: ab_verdict) ----
+
+
+def _rounds(current, winner, *, current_within=True, winner_within=True, problems=()):
+    from serving.tune_judge import AbRound
+
+    return [
+        AbRound(c, w, current_within, winner_within, tuple(problems) if i == 0 else ())
+        for i, (c, w) in enumerate(zip(current, winner, strict=True))
+    ]
+
+
+def test_the_ab_refuses_a_slower_winner():
+    from serving.tune_judge import ab_verdict
+
+    ahead, why = ab_verdict(_rounds([54.1, 53.8, 54.5], [29.4, 30.1, 29.0]))
+    assert not ahead and "0.54" in why and "not ahead" in why
+
+
+def test_the_ab_accepts_only_a_winner_clearly_and_repeatedly_ahead():
+    from serving.tune_judge import AB_MIN_GAIN, ab_verdict
+
+    assert ab_verdict(_rounds([50, 51, 49], [60, 61, 59]))[0]
+    assert not ab_verdict(_rounds([50, 50, 50], [50.5, 50.4, 50.6]))[0]  # a tie is not worth a config
+    assert not ab_verdict(_rounds([50, 50, 50], [50 * AB_MIN_GAIN * 0.99] * 3))[0]
+    # a busy machine: the median says 1.11x, but the winner lost a round (measured so, c=8)
+    ahead, why = ab_verdict(_rounds([31.4, 39.1, 61.3], [74.9, 43.3, 38.9]))
+    assert not ahead and "faster in 2 of 3" in why
+    assert not ab_verdict(_rounds([50, 50], [80, 80]))[0]  # fewer than 3 rounds
+    assert not ab_verdict(_rounds([50, 50, 50], [80, 80, 80], winner_within=False))[0]
+    # the current config over the p99 objective where the winner meets it: the winner is ahead
+    assert ab_verdict(_rounds([60, 60, 60], [50, 50, 50], current_within=False))[0]
+
+
+def test_an_unsound_ab_run_rejects_the_winner_whatever_its_speed():
+    from serving.tune_judge import ab_verdict
+
+    ahead, why = ab_verdict(_rounds([50, 50, 50], [90, 90, 90], problems=["winner: 1 wrong answers"]))
+    assert not ahead and "not sound" in why and "wrong" in why
+
+
+def test_tune_writes_nothing_when_the_ab_finds_the_winner_slower(monkeypatch, tmp_path, capsys):
+    """The search's winner (fp32 2 instances, faster in the search) loses the A/B: the command says
+    the current config is best here, exits 0, writes no config, and its report holds the A/B."""
+    from serving.cli import main
+    from tests import reports
+
+    def fake_measure(name, candidate, repository, space, slo_ms, window_s, progress):
+        m = tune.Measured(candidate)
+        point = {"concurrency": 4, "infer_per_s": 50.0 * candidate.instances, "p50_ms": 5, "p99_ms": 9,
+                 "verified": 100, "wrong": 0, "errors": 0}  # fmt: skip
+        m.points, m.best = [point], point
+        return m
+
+    served = []
+
+    def slower_loadtest(url, model, c, scratch, window_s, slo_ms):
+        config = (scratch / "repo" / model / "configs" / "cpu.pbtxt").read_text()
+        served.append(config)
+        step = dataclasses.replace(reports.step(), inferences_per_s=30.0 if "count: 2" in config else 54.0)
+        return reports.report(steps=[step]), None, True
+
+    monkeypatch.setattr(tune, "measure", fake_measure)
+    monkeypatch.setattr(tune, "_loadtest", slower_loadtest)
+    monkeypatch.setattr(tune, "serve", lambda opts, *a, **k: _FakeServer(opts))
+    monkeypatch.setattr(tune, "_config", lambda *a: _FakeConfig("count: 2"))
+    model = tmp_path / "resnet18"
+    (model / "configs").mkdir(parents=True)
+    (model / "configs" / "cpu.pbtxt").write_text('name: "resnet18"\n')
+    ModelState().save(model)
+    output = tmp_path / "tune.json"
+    code = main(["tune", "resnet18", "--p99-ms", "100", "--repository", str(tmp_path), "--precisions", "fp32",
+                 "--plans", "1,2", "--delays", "0", "--max-batch-sizes", "32", "--preferred", "none",
+                 "--output", str(output)])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0 and "the current config is best here" in out, out + err
+    report = json.loads(output.read_text())
+    assert report["winner"]["candidate"]["instances"] == 2 and report["written"] is None
+    ab = report["ab"]
+    assert not ab["ahead"] and ab["winner_vs_current"] == pytest.approx(30 / 54)
+    assert len(ab["runs"]) == 6 and len(served) == 6
+    assert [r["config"] for r in ab["runs"]] == ALTERNATING
+    assert not (model / "configs" / "tuned.pbtxt").exists() and ModelState.load(model).tuned is None

@@ -1,9 +1,10 @@
 """`python -m clients loadtest`: concurrency sweeps or request rates against a served model.
 
-Thin over :func:`clients.loadtest.run_loadtest`: options -> LoadTestConfig and Slo, a live progress
-line on stderr, then the files (JSON, CSV, PNG), a table (or `--json`) on stdout, and the exit
-code (see verdict.py): 0 when every objective held, 1 when the run failed (a failed request, a
-wrong or unverified answer), 99 when only the latency objective was missed.
+Thin over :func:`clients.loadtest.run_loadtest`: options -> LoadTestConfig and Objectives, a live
+progress line on stderr, then the files (JSON, CSV, PNG), a table (or `--json`) on stdout, each
+problem the judge found in one line, and the exit code: 0 when every objective held, 1 when the
+run failed (a failed request, a wrong or unverified answer, a dropped request, a lost replica,
+nothing measured), 99 when only the latency objective was missed.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from rich.text import Text
 from clients import ClientError
 from clients.endpoints import add_url_argument, parse_urls
 from clients.keys import add_key_argument, from_file, inference_key
-from clients.loadtest.config import ARRIVALS, INPUTS, SHARED_MEMORY, LoadTestConfig, Slo, default
+from clients.loadtest.config import ARRIVALS, INPUTS, SHARED_MEMORY, LoadTestConfig, default
 from clients.loadtest.redact import redact_command
 from clients.loadtest.report import summary_lines, summary_table, to_json, write_reports
 from clients.loadtest.runner import Progress, run_loadtest
@@ -31,6 +32,7 @@ from clients.tls import tls_from_args
 from cnn_deploy_core import CnnDeployError, paths
 from cnn_deploy_core.console import error, stderr, stdout
 from cnn_deploy_core.fsutil import ensure_writable_dir
+from cnn_deploy_core.judge import LATENCY, Objectives, problems
 from cnn_deploy_core.layout import IDENTITY_MODEL
 
 
@@ -122,7 +124,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         "--verify-fraction",
         type=float,
         default=default("verify_fraction"),
-        help="fraction of answers checked against the golden set (default %(default)s)",
+        help="fraction of answers checked against the golden set; below 1 the run fails only when a step "
+        "had answers and none was checked (default %(default)s)",
     )
     p.add_argument(
         "--repository",
@@ -140,16 +143,29 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-error-rate",
         type=float,
-        default=default("max_error_rate", Slo),
-        help="every step's failed/all requests after warm-up at most this; by default any failed "
-        "request fails the run (default %(default)g)"
+        default=default("max_error_rate", Objectives),
+        help="failed/all requests at most this, over the whole run (warm-up included) and each step "
+        "after warm-up; by default any failed request fails the run (default %(default)g)",
     )
     p.add_argument(
         "--max-wrong",
         type=int,
-        default=default("max_wrong", Slo),
+        default=default("max_wrong", Objectives),
         help="wrong answers allowed over the whole run; by default a wrong answer fails the run "
-        "(default %(default)s)"
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--max-dropped",
+        type=int,
+        default=default("max_dropped", Objectives),
+        help="with --rate: requests allowed to be dropped (scheduled and never sent: every slot of "
+        "--max-outstanding busy); by default a dropped request fails the run (default %(default)s)",
+    )
+    p.add_argument(
+        "--tolerate-replica-loss",
+        action="store_true",
+        help="with several --url: a replica that never answers, or whose requests went on to another "
+        "replica, does not fail the run (by default it does, naming the replica)",
     )
     p.add_argument(
         "--self-test",
@@ -233,7 +249,7 @@ def _admin_key(args: argparse.Namespace) -> str | None:
     return args.admin_key or from_file(args.admin_key_file, "admin key file")
 
 
-def config_from_args(args: argparse.Namespace) -> tuple[LoadTestConfig, Slo]:
+def config_from_args(args: argparse.Namespace) -> tuple[LoadTestConfig, Objectives]:
     if not args.model and not args.self_test:
         raise ClientError("--model is required (or --self-test alone to measure the generator)")
     if args.arrival and not args.rate:
@@ -266,8 +282,16 @@ def config_from_args(args: argparse.Namespace) -> tuple[LoadTestConfig, Slo]:
         tls=tls_from_args(args),
         api_key=inference_key(args.key_file, parse_urls(args.url), warn=_warn),
     )
-    slo = Slo(p99_ms=args.p99_ms, max_error_rate=args.max_error_rate, max_wrong=args.max_wrong)
-    return config, slo
+    objectives = Objectives(
+        p99_ms=args.p99_ms,
+        max_error_rate=args.max_error_rate,
+        max_wrong=args.max_wrong,
+        verify=config.verify,
+        every_answer_verified=config.verify_fraction >= 1,
+        max_dropped=args.max_dropped,
+        tolerate_replica_loss=args.tolerate_replica_loss,
+    )
+    return config, objectives
 
 
 class _ProgressDisplay:
@@ -315,12 +339,12 @@ def run(args: argparse.Namespace) -> int:
     command = getattr(args, "command_line", None) or shlex.join(["python", "-m", "clients", *sys.argv[1:]])
     command = redact_command(command)  # --admin-key never reaches a report
     try:
-        config, slo = config_from_args(args)
+        config, objectives = config_from_args(args)
         output = args.output or paths.reports_dir()
         ensure_writable_dir(output)  # before minutes of load, not after
         with _ProgressDisplay() as progress:
             report = run_loadtest(
-                config, slo=slo, self_test=args.self_test, progress=progress, command=command
+                config, objectives=objectives, self_test=args.self_test, progress=progress, command=command
             )
         data = report.to_dict()
         written = write_reports(data, output)
@@ -347,8 +371,7 @@ def run(args: argparse.Namespace) -> int:
         for line in summary_lines(data):
             stdout.print(line, highlight=False)
         stdout.print(f"reports: {written.json}, {written.csv}, {written.png}", highlight=False, markup=False)
-    for line in data["slo"]["violations"]:
-        error(f"SLO missed: {line}")
-    for line in data["failures"]:
-        error(line)
-    return exit_code(report)
+    found = problems(report, objectives)
+    for problem in found:
+        error(f"SLO missed: {problem}" if problem.kind == LATENCY else str(problem))
+    return exit_code(found)

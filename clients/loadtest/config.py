@@ -1,6 +1,8 @@
-"""What a load test is asked to do (LoadTestConfig) and what it must meet (Slo); both check themselves.
+"""What a load test is asked to do (LoadTestConfig); it checks itself. What the run must meet is
+cnn_deploy_core.judge.Objectives.
 
-The dataclass defaults are the load test's only defaults: the CLI reads its own from them.
+The dataclass defaults are the load test's only defaults: the CLI reads its own from them (and the
+objectives' from Objectives).
 """
 
 from __future__ import annotations
@@ -93,27 +95,6 @@ class LoadTestConfig:
 
     def label(self, level: float) -> str:
         return f"c={int(level)}" if self.mode == "concurrency" else f"{level:g}/s"
-
-
-@dataclass(frozen=True)
-class Slo:
-    """Service-level objectives; None means "not checked"."""
-
-    # every step's p99 response time over every request after warm-up, failures at their time to
-    # failure: a latency objective; missing it exits 99
-    p99_ms: float | None = None
-    # every step's failed / all requests after warm-up; 0 by default: any failed request fails the run
-    max_error_rate: float | None = 0.0
-    # wrong answers over the whole run, warm-up included; 0 by default: a wrong answer fails the run
-    max_wrong: int | None = 0
-
-    def __post_init__(self) -> None:
-        if self.p99_ms is not None and self.p99_ms <= 0:
-            raise LoadTestError(f"--p99-ms must be > 0, got {self.p99_ms:g}")
-        if self.max_error_rate is not None and not 0 <= self.max_error_rate <= 1:
-            raise LoadTestError(f"--max-error-rate must be in [0, 1], got {self.max_error_rate:g}")
-        if self.max_wrong is not None and self.max_wrong < 0:
-            raise LoadTestError(f"--max-wrong must be >= 0, got {self.max_wrong}")
 
 
 def default(name: str, cls: type = LoadTestConfig):

@@ -4,21 +4,18 @@ the reader of Triton's statistics (the model's, and for an ensemble each composi
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from pathlib import Path
 
 from clients import BadInputError, ClientError, LoadTestError
 from clients.aio import AsyncTritonClient
-from clients.endpoints import parse_url, parse_urls
-from clients.keys import ADMIN_KEY_ENV, api_headers, from_env
+from clients.endpoints import parse_urls
+from clients.keys import ADMIN_KEY_ENV, api_headers, from_env, local_server_key
 from clients.loadtest.config import LoadTestConfig
 from clients.loadtest.replicas import ReplicaSet
 from clients.loadtest.transport import GrpcTransport, HttpTransport, Payloads
 from clients.loadtest.workload import Workload, build_workload
 from clients.model_info import ModelInfo
-from cnn_deploy_core import paths
 from cnn_deploy_core.console import stderr
 from cnn_deploy_core.loadtest_report import flatten_statistics
 
@@ -47,20 +44,7 @@ def admin_key(config: LoadTestConfig, endpoint) -> str | None:
     the key of the local server at this endpoint."""
     if config.admin_key:
         return config.admin_key
-    if key := from_env(ADMIN_KEY_ENV, [endpoint], warn=_warn):
-        return key
-    try:
-        state = json.loads((paths.state_dir() / "server.json").read_text())
-    except (OSError, ValueError):
-        return None
-    replicas = [state, *state.get("replicas", [])]
-    mine = {parse_url(r.get(key, "grpc://x:1")) for r in replicas for key in ("grpc_url", "http_url")}
-    if endpoint not in mine or not state.get("admin_key_file"):
-        return None
-    try:  # the record names the key's own private file (serving.local.keep_admin_key)
-        return Path(state["admin_key_file"]).read_text().strip() or None
-    except OSError:
-        return None
+    return from_env(ADMIN_KEY_ENV, [endpoint], warn=_warn) or local_server_key(endpoint)
 
 
 def make_transport(config: LoadTestConfig, payloads: Payloads, slots: int):

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clients.loadtest.table import summary_lines, summary_table
-from clients.loadtest.verdict import error_kinds, evaluate
 from cnn_deploy_core.fsutil import atomic_write_bytes, ensure_writable_dir
+from cnn_deploy_core.judge import error_kinds
 from cnn_deploy_core.loadtest_report import (  # re-exported: the schema lives in the core
     SCHEMA_VERSION,
     Latency,
@@ -40,7 +40,6 @@ __all__ = [  # the schema's dataclasses, re-exported for the callers that import
     "StepResult",
     "Totals",
     "error_kinds",
-    "evaluate",
     "flatten_statistics",
     "summary_lines",
     "summary_table",

@@ -15,7 +15,8 @@ Modelled on Triton's perf_analyzer, with its known pitfalls avoided:
   process (see verifier.py); its counts are read when the step is over. A model whose answers
   cannot be checked is an error unless `verify=False` (`--no-verify`) says otherwise.
 - **Nothing lost.** Every request ends as an answer or an error classified by clients.errors,
-  whatever was raised (windows and stability: measure.py; setup: prepare.py; verdicts: verdict.py).
+  whatever was raised (windows and stability: measure.py; setup: prepare.py). Whether the run was
+  sound is judged by cnn_deploy_core.judge over the finished report.
 - **A cheap generator.** Prebuilt requests (transport.py), optionally through shared memory; the
   generator's and the verifier's CPU time per request are measured and reported.
 
@@ -33,12 +34,12 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from clients import LoadTestError, RequestTimeoutError, ServerUnavailableError
+from clients import LoadTestError, RequestTimeoutError, ServerOverloadedError, ServerUnavailableError
 from clients.aio import AsyncTritonClient
 from clients.errors import classify
 from clients.keys import api_headers
 from clients.loadtest.capacity import describe_generator
-from clients.loadtest.config import LoadTestConfig, Slo
+from clients.loadtest.config import LoadTestConfig
 from clients.loadtest.measure import (
     Schedule,
     StepContext,
@@ -50,18 +51,20 @@ from clients.loadtest.measure import (
 )
 from clients.loadtest.prepare import StatsFn, make_transport, prepare, statistics_reader
 from clients.loadtest.redact import redact_command, redact_url
-from clients.loadtest.verdict import error_kinds, evaluate, unanswered_steps, unverified_steps
 from clients.loadtest.verifier import InlineVerifier, ProcessVerifier
 from clients.loadtest.workload import Workload, image_model
+from cnn_deploy_core.judge import Objectives, error_kinds, problems, slo_result
 from cnn_deploy_core.layout import IDENTITY_MODEL
-from cnn_deploy_core.loadtest_report import LoadTestReport, StepResult, Totals
+from cnn_deploy_core.loadtest_report import LoadTestReport, ReplicaResult, SloResult, StepResult, Totals
 
 __all__ = ["Progress", "ProgressFn", "_Window", "agreeing_suffix", "run_loadtest", "run_loadtest_async"]
 
 TICK_S = 0.25  # progress refresh while a window runs
-# A closed loop that meets an unreachable server pauses before its next request: spinning on
-# instant errors would take the cores a restarting server needs, and measure nothing.
+# A closed loop that meets an unreachable server, or one whose queue policy sheds its request at
+# once, pauses before its next request: spinning on instant errors would take the cores a
+# restarting or overloaded server needs, and measure nothing. The failures are counted all the same.
 UNAVAILABLE_PAUSE_S = 0.05
+PAUSE_AFTER = frozenset({ServerUnavailableError.__name__, ServerOverloadedError.__name__})
 HOPELESS_S = 10.0  # errors and no answer for this long (one window at least): the sweep stops
 SELF_TEST_CONCURRENCY = (1, 4, 16)  # for --self-test after a rate sweep
 DRAIN_S = 10.0  # requests still in flight at a step's end get this long (at most their timeout)
@@ -164,7 +167,7 @@ class _Sweep:
     async def _closed_loop(self, slot: int) -> None:
         while not self.stopping:
             self.window.sent += 1
-            if await self._one(self._item(), slot) == ServerUnavailableError.__name__:
+            if await self._one(self._item(), slot) in PAUSE_AFTER:
                 await asyncio.sleep(UNAVAILABLE_PAUSE_S)
 
     async def _open_loop(self, schedule: Schedule, in_flight: set[asyncio.Task]) -> None:
@@ -347,14 +350,15 @@ async def _sweep(
 async def run_loadtest_async(
     config: LoadTestConfig,
     *,
-    slo: Slo | None = None,
+    objectives: Objectives | None = None,
     self_test: bool = False,
     progress: ProgressFn | None = None,
     command: str = "",
     on_open: Callable | None = None,
 ) -> LoadTestReport:
-    """Run the sweep (and with `self_test`, the same sweep against `identity`); never raises on SLO misses."""
-    slo = slo or Slo()
+    """Run the sweep (and with `self_test`, the same sweep against `identity`); the report records the
+    judge's verdict under `objectives` (default: the strictest). Never raises on a failed run."""
+    objectives = objectives or Objectives()
     if config.input == "image":
         config = replace(config, model=image_model(config.model))
     started_at, t0 = datetime.now(UTC).isoformat(timespec="seconds"), time.perf_counter()
@@ -386,14 +390,13 @@ async def run_loadtest_async(
         await client.close()
     steps, totals = main.steps, main.totals
     verification = main.workload.describe(config.verify_fraction)
-    failures = unanswered_steps(steps) + unverified_steps(steps, verification["enabled"])
-    failures += [sweep.aborted for sweep in (main, calibration) if sweep is not None and sweep.aborted]
+    failures = [sweep.aborted for sweep in (main, calibration) if sweep is not None and sweep.aborted]
     if calibration is not None and calibration is not main and calibration.totals.wrong:
         failures.append(
             f"self-test: {calibration.totals.wrong} wrong answers from {IDENTITY_MODEL}: "
             "requests or responses are corrupted on the way"
         )
-    return LoadTestReport(
+    report = LoadTestReport(
         command=redact_command(command),
         url=redact_url(config.url),
         protocol=config.protocol,
@@ -412,12 +415,14 @@ async def run_loadtest_async(
         verification=verification,
         steps=steps,
         totals=totals,
-        slo=evaluate(slo, steps, totals),
+        slo=SloResult(objectives.to_dict(), passed=False, violations=[]),  # judged below
         generator=(generator := describe_generator(config, main, calibration)),
         generator_capacity=generator["capacity"],
         failures=failures,
-        replicas=[f.to_dict() for f in getattr(main.transport, "figures", [])],
+        replicas=[ReplicaResult(**f.to_dict()) for f in getattr(main.transport, "figures", [])],
     )
+    report.slo = slo_result(problems(report, objectives), objectives)
+    return report
 
 
 def run_loadtest(config: LoadTestConfig, **kwargs) -> LoadTestReport:

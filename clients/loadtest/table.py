@@ -6,7 +6,7 @@ from __future__ import annotations
 from rich.markup import escape
 from rich.table import Table
 
-from clients.loadtest.verdict import error_kinds
+from cnn_deploy_core.judge import error_kinds
 
 
 def _ms(value: float | None) -> str:
@@ -106,7 +106,8 @@ def _behind(step: dict, max_outstanding: int) -> str:
 
 
 def summary_lines(report: dict) -> list[str]:
-    """The lines printed under the table: verification, errors, generator, SLO verdict."""
+    """The lines printed under the table: verification, errors, generator, replicas, the verdict and
+    each problem the judge found."""
     verification = report["verification"]
     if verification.get("enabled"):
         lines = [f"verification: {escape(verification['summary'])}"]
@@ -165,11 +166,31 @@ def summary_lines(report: dict) -> list[str]:
             + (f", {r['failovers']} sent on to another replica" if r["failovers"] else "")
         )
     slo = report["slo"]
-    if any(v is not None for v in slo["objectives"].values()):
-        objectives = ", ".join(f"{k}={v:g}" for k, v in slo["objectives"].items() if v is not None)
-        verdict = "[green]passed[/]" if slo["passed"] else f"[red]missed[/] ({len(slo['violations'])})"
-        lines.append(f"SLO ({objectives}): {verdict}")
+    n = len(slo["violations"])
+    verdict = "[green]passed[/]" if slo["passed"] else f"[red]failed[/] ({n} problem{'' if n == 1 else 's'})"
+    lines.append(f"objectives ({describe_objectives(slo['objectives'])}): {verdict}")
+    lines += [f"  [red]-[/] {escape(line)}" for line in slo["violations"]]
     return lines
+
+
+def describe_objectives(o: dict) -> str:
+    """The objectives a run was judged by, in words (a report's `slo.objectives`)."""
+    rate, wrong, dropped = o.get("max_error_rate", 0), o.get("max_wrong", 0), o.get("max_dropped", 0)
+    parts = [
+        "no failed request" if not rate else f"error rate <= {rate:g}",
+        "no wrong answer" if not wrong else f"<= {wrong} wrong",
+    ]
+    if o.get("allowed_errors"):
+        parts.append(f"{', '.join(o['allowed_errors'])} allowed")
+    if o.get("verify", True):
+        parts.append("every answer verified" if o.get("every_answer_verified", True) else "answers verified")
+    if dropped is not None:
+        parts.append("none dropped" if not dropped else f"<= {dropped} dropped")
+    if not o.get("tolerate_replica_loss"):
+        parts.append("every replica answering")
+    if o.get("p99_ms") is not None:
+        parts.append(f"p99 <= {o['p99_ms']:g} ms")
+    return ", ".join(parts)
 
 
 def composing_lines(step: dict) -> list[str]:

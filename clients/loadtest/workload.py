@@ -16,9 +16,9 @@ from clients import LoadTestError
 from clients.model_info import ModelInfo
 from cnn_deploy_core import CnnDeployError, paths
 from cnn_deploy_core.dtypes import kserve_to_numpy
-from cnn_deploy_core.golden import TOLERANCE_PARAM, GoldenSet
+from cnn_deploy_core.golden import TOLERANCE_PARAM, GoldenSet, golden_path
 from cnn_deploy_core.images import all_photos
-from cnn_deploy_core.layout import GOLDEN_FILE, IDENTITY_MODEL, IMAGE_SUFFIX, PARAM_PREFIX, TRT_SUFFIX
+from cnn_deploy_core.layout import IDENTITY_MODEL, IMAGE_SUFFIX, PARAM_PREFIX, TRT_SUFFIX
 from cnn_deploy_core.metrics import compare
 
 _SENDABLE = ("FP32", "FP16", "UINT8")  # what a workload of image tensors can be sent as
@@ -127,7 +127,11 @@ def _image_workload(
     if tensor is None:
         raise LoadTestError(f"{info.name} takes encoded images but its tensor model is not known")
     repository = repository or paths.repository()
-    path = Path(golden or repository / tensor.name / str(tensor.latest_version) / GOLDEN_FILE)
+    try:
+        version = str(tensor.latest_version)
+        path = Path(golden or golden_path(repository, tensor.name, version, tensor.parameters))
+    except CnnDeployError as e:
+        raise LoadTestError(str(e)) from None
     if golden is None and not path.is_file():
         photos = [p.read_bytes() for p in all_photos()]
         return Workload(_encoded_rows(photos), None, batch_size, "none", reason=f"no golden set at {path}")
@@ -198,7 +202,12 @@ def build_workload(
     # A <name>_trt model serves the ONNX model's export: same golden set.
     exported = info.name.removesuffix(TRT_SUFFIX)
     repository = repository or paths.repository()
-    path = Path(golden or repository / exported / str(info.latest_version) / GOLDEN_FILE)
+    # The golden set the served config names (an INT8 config answers to its own file's outputs).
+    params = info.parameters if exported == info.name else {}
+    try:
+        path = Path(golden or golden_path(repository, exported, str(info.latest_version), params))
+    except CnnDeployError as e:
+        raise LoadTestError(str(e)) from None
     if golden is None and not path.is_file():
         return Workload(random_rows, None, batch_size, "none", reason=f"no golden set at {path}")
     try:

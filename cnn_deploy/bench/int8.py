@@ -1,6 +1,7 @@
 """`python -m cnn_deploy bench-int8 [--model resnet50]`: INT8 / fp32, in process and served, one run.
 
-In process: ONNX Runtime on the exported `model.onnx` and `model.int8.onnx`, at batch 1 and 8,
+In process: ONNX Runtime on the exported `model.onnx`, `model.int8.onnx` (U8S8, the CPU's) and,
+when there, `model.int8.s8s8.onnx` (TensorRT's form, no faster than fp32 here), at batch 1 and 8,
 in interleaved rounds (the median round counts), with every core. Served: the local Triton with
 `<model>` and `<model>_int8`, one client, requests of batch 1 and 8, every answer verified. The
 CPU's instruction sets are printed with the figures: INT8's edge depends on VNNI/AMX.
@@ -19,7 +20,7 @@ from cnn_deploy.harness import step_config, temporary_server, the_step, verified
 from cnn_deploy_core import CnnDeployError, paths
 from cnn_deploy_core.console import stderr, stdout
 from cnn_deploy_core.fsutil import atomic_write_text
-from cnn_deploy_core.layout import INPUT_NAME, INT8_FILE, INT8_SUFFIX, MODEL_FILE
+from cnn_deploy_core.layout import INPUT_NAME, INT8_FILE, INT8_S8S8_FILE, INT8_SUFFIX, MODEL_FILE
 from cnn_deploy_core.machine import cpu_flags
 
 ROUNDS = 3
@@ -35,6 +36,8 @@ def in_process(model_dir: Path, batch_sizes: list[int], seconds: float) -> dict:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
     sessions = {"fp32": session(model_dir / MODEL_FILE), "int8": session(model_dir / INT8_FILE)}
+    if (model_dir / INT8_S8S8_FILE).is_file():  # TensorRT's form, on the CPU: why the CPU keeps U8S8
+        sessions["int8_s8s8"] = session(model_dir / INT8_S8S8_FILE)
     out: dict = {}
     for bs in batch_sizes:
         x = np.random.default_rng(0).standard_normal((bs, 3, 224, 224), dtype=np.float32)
@@ -50,7 +53,13 @@ def in_process(model_dir: Path, batch_sizes: list[int], seconds: float) -> dict:
                 samples[name].append(bs * n / (time.perf_counter() - start))
         ips = {k: float(np.median(v)) for k, v in samples.items()}
         out[bs] = {"fp32_img_s": ips["fp32"], "int8_img_s": ips["int8"], "ratio": ips["int8"] / ips["fp32"]}
-        stderr.print(f"in process, batch {bs}: fp32 {ips['fp32']:.1f} img/s, int8 {ips['int8']:.1f} img/s")
+        s8s8 = ""
+        if "int8_s8s8" in ips:
+            out[bs].update(int8_s8s8_img_s=ips["int8_s8s8"], s8s8_ratio=ips["int8_s8s8"] / ips["fp32"])
+            s8s8 = f", int8 s8s8 {ips['int8_s8s8']:.1f} img/s"
+        stderr.print(
+            f"in process, batch {bs}: fp32 {ips['fp32']:.1f} img/s, int8 {ips['int8']:.1f} img/s{s8s8}"
+        )
     return out
 
 

@@ -2,12 +2,18 @@
 
 Written for the first hour on a GPU host, which may have no network: it uses what is installed,
 runs the checks within an 8-minute budget with progress on stderr, and writes one JSON report
-(reports/gpu-check.json). Exit 0 only when every check passed; 1 when one failed or had to be
-skipped (a skipped check is never a pass); 2 when nothing could be checked — on a machine without
-a GPU it says so in one line. The judges are pure functions in cnn_deploy.checks.gpu_verdicts.
+(reports/gpu-check.json) and one table. Exit 0 only when every check passed; 1 when one failed or
+could not be made (a skipped check is never a pass: no onnxruntime-gpu, no TensorRT, no exported
+model each give SKIPPED rows); 2 when there is no GPU at all, said in one line. The judges are
+pure functions in cnn_deploy.checks.gpu_verdicts.
+
+Wherever PyTorch sees a CUDA device (cnn_deploy.checks.gpu_torch):
+- `torch-cuda-<mode>`: each lecture architecture in eager FP32, TF32, FP16 and a CUDA graph of the
+  FP16 model, batch 1 to 256, each row saying what ran it; answers held to eager FP32.
 
 Per exported model in the repository (`<name>` with model.fp16.onnx, `<name>_int8` with
-model.int8.onnx, each with its golden set):
+model.int8.s8s8.onnx, TensorRT's INT8 form, each with its own golden set), with onnxruntime-gpu
+(`onnxruntime.preload_dlls()` runs first, so pip's CUDA libraries are the ones loaded):
 - `ort-tensorrt-<precision>`: the file through ONNX Runtime's TensorRT provider in process; ORT's
   profile must put >= 90% of the node time on TensorRT (it falls back to CUDA silently), and the
   answers must match the golden set (FP16: the model's own derived tolerance; INT8: the
@@ -17,7 +23,7 @@ model.int8.onnx, each with its golden set):
   onnxruntime-gpu). Per model, the backend's own "on [providers]" line must put TensorRT first and
   name the engine cache it used; that cache must hold engines; `clients verify` must pass; after a
   restart the model must be READY again with no engine rebuilt.
-- `trtexec-plan`: serving/engines.py builds the `<name>_trt` plan with `trtexec` (the compose
+- `trtexec-plan`: serving/triton_side/engines.py builds the `<name>_trt` plan with `trtexec` (the compose
   `engines` service's path), and TensorRT's Python runtime runs the golden inputs through it.
 """
 
@@ -31,9 +37,10 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from cnn_deploy.checks.gpu_torch import LECTURE_ARCHS, measure_arch, throughput_table, torch_inventory
 from cnn_deploy.checks.gpu_verdicts import (
     CUDA_PROVIDER,
     FAIL,
@@ -59,7 +66,8 @@ from cnn_deploy_core.layout import (
     FP16_FILE,
     GOLDEN_FILE,
     INPUT_NAME,
-    INT8_FILE,
+    INT8_S8S8_FILE,
+    INT8_S8S8_GOLDEN_FILE,
     INT8_SUFFIX,
     MODEL_FILE,
     OUTPUT_NAME,
@@ -75,7 +83,7 @@ BUDGET_S = 8 * 60
 
 
 class NoGpu(CnnDeployError):
-    """No NVIDIA GPU (or no GPU build of ONNX Runtime) on this machine."""
+    """No NVIDIA GPU on this machine: neither the driver nor PyTorch sees one."""
 
 
 @dataclass(frozen=True)
@@ -87,37 +95,61 @@ class Target:
     filename: str
     precision: str  # fp16 | int8
     tolerance: str  # the golden set's entry: fp16, or int8_cross_runtime for another INT8 runtime
+    golden_file: str = GOLDEN_FILE  # the INT8 file TensorRT runs has its own
 
     @property
     def golden(self) -> GoldenSet:
-        return GoldenSet.load(self.version_dir / GOLDEN_FILE)
+        return GoldenSet.load(self.version_dir / self.golden_file)
 
 
-def gpu_inventory() -> dict:
-    """nvidia-smi's view, and whether ONNX Runtime can use the GPU; NoGpu when either is missing."""
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        raise NoGpu("no GPU here (no NVIDIA driver: nvidia-smi not found): nothing to check")
-    query = subprocess.run(
-        [smi, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    gpus = [line.strip() for line in query.stdout.splitlines() if line.strip()]
-    if query.returncode != 0 or not gpus:
-        raise NoGpu(f"no GPU here (nvidia-smi: {query.stderr.strip() or 'no GPU listed'}): nothing to check")
+def onnxruntime_gpu():
+    """onnxruntime with pip's NVIDIA libraries preloaded (`preload_dlls`, before any session), or
+    None with the reason when this onnxruntime cannot use the GPU."""
     try:
         import onnxruntime as ort
     except ImportError:
-        raise NoGpu("GPU found but onnxruntime is not installed: pip install 'cnn-deploy[gpu]'") from None
+        return None, "onnxruntime is not installed: pip install 'cnn-deploy[gpu]'"
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        try:
+            preload()
+        except Exception as e:  # a missing library shows below as a missing provider
+            stderr.print(f"gpu-check: onnxruntime.preload_dlls(): {e}", highlight=False, markup=False)
     providers = ort.get_available_providers()
     if CUDA_PROVIDER not in providers:
-        raise NoGpu(
-            f"GPU found but ONNX Runtime {ort.__version__} has no CUDA provider ({providers}): "
-            "pip install 'cnn-deploy[gpu]' (the CPU package must not be installed beside it)"
+        return None, (
+            f"ONNX Runtime {ort.__version__} has no CUDA provider ({', '.join(providers)}): "
+            "pip install 'cnn-deploy[gpu]' (`make gpu-check` builds a venv with it)"
         )
-    return {"gpus": gpus, "onnxruntime": ort.__version__, "providers": providers}
+    return ort, ""
+
+
+def gpu_inventory() -> dict:
+    """The GPU as nvidia-smi and PyTorch see it, and what ONNX Runtime can use; NoGpu when neither
+    sees a GPU."""
+    gpus, why = [], "no NVIDIA driver: nvidia-smi not found"
+    smi = shutil.which("nvidia-smi")
+    if smi is not None:
+        query = subprocess.run(
+            [smi, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        listed = [line.strip() for line in query.stdout.splitlines() if line.strip()]
+        gpus = listed if query.returncode == 0 else []
+        why = f"nvidia-smi: {query.stderr.strip() or 'no GPU listed'}"
+    torch_cuda = torch_inventory()
+    if not gpus and torch_cuda is None:
+        raise NoGpu(f"no GPU here ({why}; PyTorch sees no CUDA device): nothing to check")
+    ort, ort_missing = onnxruntime_gpu()
+    return {
+        "gpus": gpus or [torch_cuda["device"]],
+        "torch_cuda": torch_cuda,
+        "onnxruntime": ort.__version__ if ort else None,
+        "providers": ort.get_available_providers() if ort else [],
+        "onnxruntime_missing": ort_missing,
+    }
 
 
 def targets(repository: Path, wanted: list[str] | None) -> list[Target]:
@@ -132,8 +164,9 @@ def targets(repository: Path, wanted: list[str] | None) -> list[Target]:
         if not numbered or not (numbered[-1][1] / GOLDEN_FILE).is_file():
             continue
         vdir = numbered[-1][1]
-        if name.endswith(INT8_SUFFIX) and (vdir / INT8_FILE).is_file():
-            found.append(Target(name, vdir, INT8_FILE, "int8", INT8_CROSS_RUNTIME))
+        if name.endswith(INT8_SUFFIX) and (vdir / INT8_S8S8_FILE).is_file():
+            int8 = Target(name, vdir, INT8_S8S8_FILE, "int8", INT8_CROSS_RUNTIME, INT8_S8S8_GOLDEN_FILE)
+            found.append(int8)
         elif not name.endswith((INT8_SUFFIX, TRT_SUFFIX)) and (vdir / FP16_FILE).is_file():
             found.append(Target(name, vdir, FP16_FILE, "fp16", "fp16"))
     return found
@@ -151,10 +184,11 @@ def _judge_golden(target: Target, golden: GoldenSet, got) -> tuple[list[str], di
 
 
 def check_ort(target: Target, provider: str, work: Path) -> Check:
-    import onnxruntime as ort
-
-    golden = target.golden
+    ort, missing = onnxruntime_gpu()
     name = f"ort-{'tensorrt' if provider == TRT_PROVIDER else 'cuda'}-{target.precision}"
+    if ort is None or provider not in ort.get_available_providers():
+        return Check(name, target.model, SKIPPED, missing or f"ONNX Runtime has no {provider} here")
+    golden = target.golden
     providers: list = [CUDA_PROVIDER, "CPUExecutionProvider"]
     if provider == TRT_PROVIDER:
         cache = work / f"trt-cache-{target.model}"
@@ -199,14 +233,14 @@ def _engines(cache: str | None) -> dict[str, float]:
 def _serve_once(repo: Path, work: Path, label: str, models: list[str], verify_now: bool):
     from clients.sync import TritonClient
     from clients.verify import verify
-    from serving.triton import ServerOptions, TritonProcess
+    from serving.triton import ServerOptions, serve
 
     opts = ServerOptions.on_free_ports(repo, config_name="gpu", backend_dir=work / "backends")
     log = work / f"triton-gpu-{label}.log"
     start = time.monotonic()
     results = []
-    with TritonProcess(opts, log_path=log).start() as server:
-        server.wait_ready(BUDGET_S / 2)
+    # A model that failed to load is reported per model below (its verification fails).
+    with serve(opts, log, BUDGET_S / 2, failed_ok=True):
         ready_s = time.monotonic() - start
         if verify_now:
             with TritonClient(opts.grpc_url, timeout=300) as client:
@@ -216,6 +250,10 @@ def _serve_once(repo: Path, work: Path, label: str, models: list[str], verify_no
 
 def check_served(repository: Path, chosen: list[Target], work: Path) -> list[Check]:
     """The local Triton on the gpu configs of these models only (a repository of links to them)."""
+    ort, missing = onnxruntime_gpu()
+    if ort is None:  # our backend runs the gpu configs on onnxruntime-gpu
+        names = ("served-gpu-config", "served-restart")
+        return [Check(n, t.model, SKIPPED, missing) for t in chosen for n in names]
     repo = work / "served-repo"
     repo.mkdir(exist_ok=True)
     for t in chosen:
@@ -261,27 +299,34 @@ def _engine_json(repository: Path, target: Target, golden: GoldenSet) -> dict:
     if existing.is_file():
         spec = json.loads(existing.read_text())
         spec["source"] = str((existing.parent / spec["source"]).resolve())
+        if "check" in spec:  # engines.py checks the plan against this golden set itself
+            spec["check"]["golden"] = str((existing.parent / spec["check"]["golden"]).resolve())
         return spec
-    max_batch = max(get(golden.architecture).max_batch_size, len(golden.inputs))
+    sizing = get(golden.architecture).gpu
+    max_batch = max(sizing.max_batch_size, len(golden.inputs))
     return {
         "source": str((target.version_dir / MODEL_FILE).resolve()),
         "version": 1,
         "input": INPUT_NAME,
         "input_dims": list(golden.inputs.shape[1:]),
         "max_batch_size": max_batch,
-        "opt_batch_size": max(1, max_batch // 4),
+        "opt_batch_size": min(sizing.opt_batch_size, max_batch),
         "precision": "fp16",
     }
 
 
 def check_trtexec(target: Target, repository: Path, work: Path) -> Check:
-    """serving/engines.py builds the plan with trtexec; TensorRT's runtime runs the golden inputs."""
-    from serving import engines
+    """serving/triton_side/engines.py builds the plan with trtexec; TensorRT's runtime runs the golden
+    inputs."""
+    from serving.triton_side import engines
 
     golden = target.golden
     trt_dir = work / "plans" / (target.model + TRT_SUFFIX)
     trt_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(trt_dir / "engine.json", json.dumps(_engine_json(repository, target, golden)))
+    spec = _engine_json(repository, target, golden)
+    if spec.get("precision") == "int8":  # an INT8 plan from the S8S8 graph: the fp32 set's INT8 bound
+        target = replace(target, precision="int8", tolerance=INT8_CROSS_RUNTIME)
+    atomic_write_text(trt_dir / "engine.json", json.dumps(spec))
     try:
         (result,) = engines.run(trt_dir.parent)
     except engines.TrtexecNotFound as e:
@@ -316,19 +361,28 @@ def check_trtexec(target: Target, repository: Path, work: Path) -> Check:
 def run_gpu_check(*, repository: Path, models: list[str] | None, output: Path) -> int:
     inventory = gpu_inventory()  # NoGpu: the caller prints one line and exits 2
     chosen = targets(repository, models)
+    plan: list[tuple[str, str, Callable[[Path], Check | list[Check]]]] = []
+    torch_cuda = inventory["torch_cuda"]
+    for arch in LECTURE_ARCHS:
+        if torch_cuda is None:
+            why = "PyTorch sees no CUDA device (or is not installed)"
+            plan.append(("torch-cuda", arch, lambda w, a=arch, why=why: Check("torch-cuda", a, SKIPPED, why)))
+        else:
+            plan.append(("torch-cuda", arch, lambda w, a=arch: measure_arch(a, torch_cuda)))
     if not chosen:
-        raise CnnDeployError(
+        why = (
             f"no model with an FP16 or INT8 export in {repository}: export one first "
             "(python -m export build resnet18 --int8 && python -m serving repo resnet18; "
             "--weights random needs no network)"
         )
-    plan: list[tuple[str, str, Callable[[Path], Check | list[Check]]]] = []
+        plan.append(("onnx-models", str(repository), lambda w: Check("onnx-models", "-", SKIPPED, why)))
     for t in chosen:
         plan.append((f"ort-tensorrt-{t.precision}", t.model, lambda w, t=t: check_ort(t, TRT_PROVIDER, w)))
         if t.precision == "fp16":
             plan.append(("ort-cuda-fp16", t.model, lambda w, t=t: check_ort(t, CUDA_PROVIDER, w)))
     names = ",".join(t.model for t in chosen)
-    plan.append(("served-gpu-config", names, lambda w: check_served(repository, chosen, w)))
+    if chosen:
+        plan.append(("served-gpu-config", names, lambda w: check_served(repository, chosen, w)))
     for t in (t for t in chosen if t.precision == "fp16"):
         plan.append(("trtexec-plan", t.model, lambda w, t=t: check_trtexec(t, repository, w)))
 
@@ -367,7 +421,10 @@ def run_gpu_check(*, repository: Path, models: list[str] | None, output: Path) -
     }
     atomic_write_text(output, json.dumps(report, indent=2) + "\n")
     for c in checks:
-        stdout.print(f"{c.status:8s} {c.name:18s} {c.model:20s} {c.detail}", highlight=False, markup=False)
+        stdout.print(f"{c.status:8s} {c.name:24s} {c.model:20s} {c.detail}", highlight=False, markup=False)
+    table = throughput_table(checks)
+    if table:
+        stdout.print(f"\nimages per second, PyTorch on CUDA:\n{table}\n", highlight=False, markup=False)
     stdout.print(f"{summary}; report: {output}", highlight=False)
     return code
 

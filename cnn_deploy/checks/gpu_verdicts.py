@@ -18,7 +18,7 @@ CUDA_PROVIDER = "CUDAExecutionProvider"
 # ONNX Runtime runs what TensorRT declines on CUDA, silently; a few shape ops may land there, a real
 # share below this means TensorRT did not take the network.
 MIN_PROVIDER_SHARE = 0.9
-# Our backend's line per model (serving/backends/onnxruntime/model.py): the providers its session
+# Our backend's line per model (serving/triton_side/onnxruntime/model.py): the providers its session
 # really has, and the engine cache it used. Read per model, never by grepping the whole log for a
 # provider name: ORT's fallback warning names TensorRT too.
 _BACKEND_LINE = re.compile(
@@ -75,6 +75,21 @@ def golden_verdict(result: Comparison, label: str) -> str | None:
         return None
     why = "top-5 labels differ" if result.within_tolerance else f"max rel err {result.max_rel_err:.2e}"
     return f"answers beyond the {label} tolerance (rtol {result.rtol:.2e}): {why}"
+
+
+def agreement_verdict(mode: str, max_rel_err: float, rtol: float) -> str | None:
+    """A PyTorch CUDA mode's answers against eager FP32 on the same inputs, relative to the logit scale."""
+    if not max_rel_err <= rtol:  # NaN fails too
+        return f"{mode} answers differ from eager fp32 by {max_rel_err:.2e} (logit scale) > rtol {rtol:.0e}"
+    return None
+
+
+def memory_verdict(out_of_memory: list[int], max_batch_size: int) -> str | None:
+    """Running out of GPU memory above the GPU config's batch range is information; within it, a failure."""
+    within = [b for b in out_of_memory if b <= max_batch_size]
+    if within:
+        return f"out of GPU memory at batch {within[0]} (the GPU config serves up to {max_batch_size})"
+    return None
 
 
 def backend_lines(log_text: str) -> dict[str, dict]:

@@ -53,17 +53,17 @@ def with_queue_policy(repository: Path, model: str, policy: QueuePolicy, config_
     path.write_text(text)
 
 
-def memory_mb(pid: int) -> float:
+def memory_mb(pid: int) -> float | None:
     """A tritonserver and its backend processes (Triton's Python stubs are its children), their PSS
-    summed: the pool they both map counts once (summed RSS counted it twice)."""
-    return tree_pss_mb(pid) or 0.0  # the server gone meanwhile: 0
+    summed: the pool they both map counts once (summed RSS counted it twice). None when it could not
+    be read (the server gone meanwhile): no sample, never a 0 that a judge would take for one."""
+    return tree_pss_mb(pid) or None
 
 
 class Replicas:
     """N tritonservers of one repository on consecutive port blocks; killed, restarted at will."""
 
     def __init__(self, repository: Path, scratch: Path, count: int, cpus: tuple[int, ...] = ()):
-        from serving.local import admin_key as serving_admin_key
         from serving.local import replica_options
         from serving.triton import ServerOptions, free_port_block
 
@@ -75,28 +75,21 @@ class Replicas:
             metrics_port=base + 2,
             backend_dir=scratch / "backends",
             cpus=cpus,
-            # admin APIs behind a key, as `serving up`'s are (nothing of ours opens them)
-            admin_key=serving_admin_key(None),
-        )
+        )  # admin APIs behind a random key (ServerOptions), all replicas the same
         self.options = replica_options(opts, count)
         self.scratch = scratch
         self.processes: list = []
 
     def __enter__(self) -> Replicas:
-        try:
-            for k in range(len(self.options)):  # all started, then awaited: they load side by side
-                self.processes.append(self._start(k))  # recorded at once: stop() sees it
-            for p in self.processes:
-                p.wait_ready(READY_TIMEOUT_S)
-        except BaseException:
-            self.stop()
-            raise
+        from serving.triton import serve_all
+
+        # serving's one way to start servers: they load side by side, and all stop if one fails.
+        logs = [self._log(k) for k in range(len(self.options))]
+        self.processes = serve_all(self.options, logs, READY_TIMEOUT_S)
         return self
 
-    def _start(self, k: int):
-        from serving.triton import TritonProcess
-
-        return TritonProcess(self.options[k], log_path=self.scratch / f"triton-{k + 1}.log").start()
+    def _log(self, k: int) -> Path:
+        return self.scratch / f"triton-{k + 1}.log"
 
     def __exit__(self, *exc) -> None:
         self.stop()
@@ -118,10 +111,11 @@ class Replicas:
 
     def restart(self, k: int) -> float:
         """Start replica k again (after a kill); seconds until it is ready."""
+        from serving.triton import serve
+
         started = time.perf_counter()
         self.processes[k].stop()
-        self.processes[k] = self._start(k)
-        self.processes[k].wait_ready(READY_TIMEOUT_S)
+        self.processes[k] = serve(self.options[k], self._log(k), READY_TIMEOUT_S)
         return time.perf_counter() - started
 
     def alive(self, k: int = 0) -> bool:
@@ -347,7 +341,8 @@ def run_load_sampling_memory(config, pid: int, every_s: float, clock: RequestClo
 
         async def sample():
             while True:
-                samples.append((time.perf_counter() - t0, memory_mb(pid)))
+                if (mb := memory_mb(pid)) is not None:
+                    samples.append((time.perf_counter() - t0, mb))
                 await asyncio.sleep(every_s)
 
         return asyncio.create_task(sample())

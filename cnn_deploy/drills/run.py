@@ -18,7 +18,9 @@ generator to that one (`split_cpus`), as if it ran on another machine.
 - soak:             80% of capacity for a full 10 minutes: no error, no wrong answer, memory's
                     fitted trend grows < 5%, the median p99 < 20%.
 
-Every drill requires verified answers and no wrong one. `--short` runs each briefly (what CI
+Every drill's load-test run is judged by cnn_deploy_core.judge under the drill's own objectives
+(judges.py: the kill drills tolerate the killed replica's loss, the overload drill its shedding):
+answers verified, none wrong. `--short` runs each briefly (what CI
 runs); the promises are the same except the soak's wear (memory trend, p99 drift), reported but
 not judged: half a minute cannot show wear. Exit code 1 when any judged promise is broken.
 """
@@ -52,6 +54,7 @@ from cnn_deploy.drills.harness import (
 from cnn_deploy.drills.judges import Check
 from cnn_deploy_core.console import stderr, stdout
 from cnn_deploy_core.fsutil import atomic_write_text
+from cnn_deploy_core.judge import Objectives, problems
 
 REPROBE_S = 4.0  # the client leaves a failed replica out for 5 s: failures before that are the kill's
 OVERLOAD_QUEUE = QueuePolicy(max_queue_size=16, timeout_s=2.0)
@@ -99,6 +102,11 @@ def _mark(check: Check) -> str:
 
 def _failed(errors: dict[str, int]) -> int:
     return sum(errors.values())
+
+
+def _problems(report, objectives: Objectives) -> tuple[str, ...]:
+    """What the one judge finds in a drill's load-test run, under the drill's objectives."""
+    return tuple(str(p) for p in problems(report, objectives))
 
 
 def drill_kill(model, repository, scratch, d: Durations, *, failover: bool = True, cpus=()) -> DrillResult:
@@ -157,6 +165,9 @@ def drill_kill(model, repository, scratch, d: Durations, *, failover: bool = Tru
         wrong=report.totals.wrong,
         restarted_in_s=at["restarted_in_s"],
         answers_after_restart=killed.responses - at["killed_answers_at_restart"],
+        problems=_problems(
+            report, judges.KILL_OBJECTIVES if failover else judges.KILL_NO_FAILOVER_OBJECTIVES
+        ),
     )
     return DrillResult(name).record(figures, judges.judge_kill(figures))
 
@@ -183,13 +194,14 @@ def drill_restart(model, repository, scratch, d: Durations, *, cpus=()) -> Drill
         ran_s=took,
         planned_s=d.restart_s,
         restart_s=restart_s,
-        failures=tuple(report.failures),
         errors=dict(report.totals.errors),
         verified=report.totals.verified,
         wrong=report.totals.wrong,
         after_verified=after.totals.verified,
         after_wrong=after.totals.wrong,
         after_failed=_failed(after.totals.errors),
+        problems=_problems(report, judges.RESTART_OBJECTIVES),
+        after_problems=_problems(after, judges.AFTER_RESTART_OBJECTIVES),
     )
     return DrillResult("restart").record(figures, judges.judge_restart(figures))
 
@@ -247,6 +259,7 @@ def drill_overload(model, repository, scratch, d: Durations, capacity_: float, *
         recovered_after_s=judges.recovered_after(recovery_started - ended, windows, before.inferences_per_s),
         verified=report.totals.verified,
         wrong=report.totals.wrong,
+        problems=_problems(report, judges.OVERLOAD_OBJECTIVES),
     )
     return DrillResult("overload").record(figures, judges.judge_overload(figures))
 
@@ -278,6 +291,8 @@ def drill_soak(
         memory_per_min_mb=trend[0] if trend else None,
         memory_growth=trend[1] if trend else None,
         p99=judges.p99_drift(p99s),
+        memory_samples=len(samples),
+        problems=_problems(report, judges.SOAK_OBJECTIVES),
     )
     result = DrillResult("soak").record(figures, judges.judge_soak(figures, wear_judged=judged))
     result.figures.update(rate_req_s=rate, memory_mb=samples, window_p99_ms=p99s)

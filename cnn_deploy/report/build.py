@@ -181,7 +181,7 @@ def _stub_pss_mb(server_pid: int, model_dir: Path) -> float | None:
 def served(arch: Architecture, models_dir: Path, window_s: float, url: str | None = None) -> dict:
     """p50/p99 at c=1 and the peak of a short sweep through the harness (a wrong, unverified or
     failed answer raises UnverifiedStep: no figure of a wrong model is reported); its memory."""
-    from cnn_deploy.harness import StepFigures, place, step_config, temporary_server, verified_step
+    from cnn_deploy.harness import place, step_config, temporary_server, verified_step
     from serving.repository import CpuPlan
 
     def sweep(target_url: str, repository: Path | None) -> dict:
@@ -189,7 +189,7 @@ def served(arch: Architecture, models_dir: Path, window_s: float, url: str | Non
             target_url, arch.name, repository, level=1, window_s=window_s, levels=(1, 2, 4), max_windows=5
         )
         report = verified_step(config, f"{arch.name} served")
-        steps, checked = report.steps, StepFigures.of(report)
+        steps, totals = report.steps, report.totals
         best = max(steps, key=lambda s: s.inferences_per_s)
         return {
             "p50_ms_c1": steps[0].latency_ms.p50,
@@ -197,9 +197,12 @@ def served(arch: Architecture, models_dir: Path, window_s: float, url: str | Non
             "samples_c1": steps[0].samples,  # the answers those percentiles rest on
             "peak_img_s": best.inferences_per_s,
             "peak_at": best.label,
-            "answered": checked.answered,  # the whole run, warm-up included
-            "verified": checked.verified,
-            "wrong": checked.wrong,
+            "answered": totals.responses,  # the whole run, warm-up included
+            "verified": totals.verified,
+            "wrong": totals.wrong,
+            # cnn_deploy_core.judge's verdict on the run, as the load test recorded it: the page's
+            # "every answer verified" is this, not a rule of its own
+            "judge": {"passed": report.slo.passed, "problems": report.slo.violations},
         }
 
     if url:

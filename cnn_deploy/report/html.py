@@ -148,16 +148,17 @@ def _checked(served: dict) -> str:
 
 
 def verified_claim(report: dict) -> str:
-    """What the page may say about the served answers: "every answer verified" only when, for every
-    architecture, each answer was checked and none was wrong (a saved report is drawn as it was)."""
+    """What the page may say about the served answers: "every answer verified" only when the judge
+    (cnn_deploy_core.judge, whose default objectives want every answer verified and right) passed
+    every architecture's served run, as the report recorded it. A report without that verdict is
+    drawn as it was, and claims nothing."""
     served = [r["served"] or {} for r in report["architectures"]]
-    ok = served and all(
-        s.get("answered", 0) > 0 and s.get("verified") == s.get("answered") and s.get("wrong") == 0
-        for s in served
-    )
-    if ok:
-        return f"every answer verified: {sum(s['verified'] for s in served)} answers, none wrong"
-    return "NOT every answer verified: see the verified / wrong column"
+    verdicts = [s.get("judge") or {} for s in served]
+    if served and all(v.get("passed") is True for v in verdicts):
+        return f"every answer verified: {sum(s.get('verified', 0) for s in served)} answers, none wrong"
+    problems = [p for v in verdicts for p in v.get("problems", [])]
+    why = "; ".join(problems) if problems else "see the verified / wrong column"
+    return f"NOT every answer verified: {why}"
 
 
 def roof_text(machine: dict) -> str:

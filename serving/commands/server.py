@@ -13,10 +13,11 @@ from serving import ServingError
 from serving.commands import repository as _repository
 from serving.threads import DEFAULT_POLICY, POLICIES
 
-# Triton takes the admin key only as a command-line flag: say so wherever the server is described.
+# Triton takes its keys only as command-line flags: say so wherever the server is described.
 ARGV_NOTE = (
-    "note: tritonserver takes the admin key in its own command line, which every local user can read "
-    "(/proc/PID/cmdline); keep this machine to its operators (docs/security.md)"
+    "note: tritonserver takes the admin key in its own command line (the inference key too, when "
+    "given), which every local user can read (/proc/PID/cmdline); keep this machine to its operators "
+    "(docs/security.md)"
 )
 
 
@@ -89,6 +90,17 @@ def add_parsers(sub, repo_opt, json_opt, state_opt) -> dict:
         default=None,
         help="mutual TLS: accept only gRPC clients whose certificate this CA signed (PEM)",
     )
+    u.add_argument(
+        "--http-plaintext",
+        action="store_true",
+        help="with --tls-cert and a --host beyond loopback, open Triton's HTTP (which has no TLS) on "
+        "--host too; by default it then listens on loopback only",
+    )
+    u.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="count a replica ready once its models are READY, without sending each its golden set",
+    )
     u.add_argument("--detach", action="store_true", help="return once ready; stop with `serving down`")
     u.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for readiness")
     sub.add_parser(
@@ -121,22 +133,31 @@ def _gpu_repository_check(repository: Path, config_name: str) -> None:
             )
 
 
-def _exposure_warning(host: str, tls_cert, inference_key_file) -> None:
-    """Beyond loopback, say what is open (Triton's HTTP and metrics have no TLS): one line."""
+def _exposure_warning(opts, inference_key_file) -> None:
+    """Beyond loopback, say what is open (Triton's HTTP and metrics have no TLS): one line each."""
     from cnn_deploy_core.secrets import is_loopback
 
-    if is_loopback(host):
+    if is_loopback(opts.host):
         return
-    plain = "HTTP and metrics are" if tls_cert else "HTTP, gRPC and metrics are"
+    if opts.tls_cert and opts.http_host != opts.host:
+        plain = "metrics are"  # HTTP stays on loopback: no inference around the TLS
+    else:
+        plain = "HTTP and metrics are" if opts.tls_cert else "HTTP, gRPC and metrics are"
     keyless = "" if inference_key_file else ", and inference needs no key (--inference-key-file)"
     stderr.print(
-        f"[yellow]warning:[/] listening on {host}: {plain} plaintext{keyless}; see docs/security.md",
+        f"[yellow]warning:[/] listening on {opts.host}: {plain} plaintext{keyless}; see docs/security.md",
         highlight=False,
     )
+    if opts.tls_cert and opts.http_plaintext:
+        stderr.print(
+            f"[yellow]warning:[/] --http-plaintext: inference over plaintext HTTP on {opts.host} port "
+            f"{opts.http_port}, around the gRPC TLS and its client CA",
+            highlight=False,
+        )
 
 
 def cmd_up(args) -> int:
-    from serving.local import admin_key, forget, inference_key, start, state_file, supervise
+    from serving.local import admin_key, forget, inference_key, start, state_file
     from serving.triton import ServerOptions, server_share
 
     repository = _repository(args)
@@ -145,7 +166,6 @@ def cmd_up(args) -> int:
             f"model repository {repository} does not exist; create it with `python -m serving repo ARCH...`"
         )
     _gpu_repository_check(repository, args.config_name)
-    _exposure_warning(args.host, args.tls_cert, args.inference_key_file)
     opts = ServerOptions(
         repository=repository,
         config_name=args.config_name,
@@ -161,22 +181,24 @@ def cmd_up(args) -> int:
         tls_client_ca=args.tls_client_ca,
         inference_key=inference_key(args.inference_key_file),
         inference_apis=args.inference_key_apis,
+        http_plaintext=args.http_plaintext,
     )
+    _exposure_warning(opts, args.inference_key_file)
     what = f"{args.replicas} tritonserver replicas" if args.replicas > 1 else "tritonserver"
     with stderr.status(f"starting {what} and warming up the models..."):
-        processes, state = start(
-            opts, detach=args.detach, timeout=args.timeout, state_dir=args.state_dir, replicas=args.replicas
-        )
+        supervisor, state = start(
+            opts, detach=args.detach, timeout=args.timeout, state_dir=args.state_dir, replicas=args.replicas,
+            verify=not args.no_verify, say=lambda line: stderr.print(line, highlight=False),
+        )  # fmt: skip
     if not args.json:
         stderr.print(server_share(replace(opts, replicas=args.replicas)).describe(), highlight=False)
     if args.detach:
         _announce(args, state)
         stdout.print(
-            f"detached, supervised by pid {state.supervisor_pid} (a replica that dies is restarted; "
-            "log: supervisor.log beside the state file); stop it with `python -m serving down`"
+            f"detached, supervised by pid {state.supervisor_pid} (a replica that dies or hangs is "
+            "restarted; log: supervisor.log beside the state file); stop it with `python -m serving down`"
         )
-        return 0
-    supervisor = supervise(processes, args.state_dir, say=lambda line: stderr.print(line, highlight=False))
+        return 0 if all(r["state"] == "ready" for r in state.all()) else 1
     try:  # whatever happens now, a foreground server stops with us
         _announce(args, state)
         stdout.print("serving; a replica that dies is restarted; press Ctrl-C to stop")
@@ -222,6 +244,13 @@ def _announce(args, state) -> None:
         stdout.print(_models_table(models))
     if not any(m.get("state") == "READY" for m in models):
         stderr.print("[yellow]warning:[/] no model is READY; see the reasons above and the log")
+    for k, replica in enumerate(state.all(), 1):
+        if replica["state"] != "ready":
+            stderr.print(
+                f"[red]error:[/] replica {k} ({replica['http_url']}) is NOT ready: {replica['problem']}; "
+                "it keeps serving its other models (the record says which failed: `serving status`)",
+                highlight=False,
+            )
 
 
 def cmd_status(args) -> int:
@@ -254,7 +283,9 @@ def cmd_status(args) -> int:
         from serving.local import replica_ready
 
         for r in state.all():
-            word = "ready" if replica_ready(r) else f"NOT ready: {r.get('state', '?')} (log: {r['log']})"
+            problem = f" ({r['problem']})" if r.get("problem") else ""
+            word = "ready" if replica_ready(r, state) else f"NOT ready: {r.get('state', '?')}{problem}"
+            word += "" if word == "ready" else f" (log: {r['log']})"
             history = f"; restarts {r.get('restarts', 0)}" + (
                 f", last exit: {r['last_exit']}" if r.get("last_exit") else ""
             )

@@ -22,14 +22,23 @@ def add_parsers(sub, repo_opt, json_opt, state_opt) -> dict:
     )
     t.add_argument("model", metavar="MODEL", help="a model in the repository, e.g. resnet50")
     t.add_argument("--p99-ms", type=float, required=True, help="the latency objective (client p99, ms)")
-    t.add_argument("--budget-s", type=float, default=900.0, help="search time at most (default 900)")
+    t.add_argument(
+        "--budget-s",
+        type=float,
+        default=900.0,
+        help="search time at most (default 900); the A/B of the winner against the current config "
+        "follows it (6 short runs)",
+    )
     t.add_argument(
         "--precisions",
         default=None,
         help="comma-separated, of fp32,int8 (default: what is exported; fp16 is the gpu config's)",
     )
     t.add_argument(
-        "--plans", default=None, help="instances x threads, e.g. 1x2,2x1 (default: within the cores)"
+        "--plans",
+        default=None,
+        help="instance counts, e.g. 1,2 (threads set by the server's policy for the machine: the "
+        "default); or instances x threads, e.g. 1x2 (a fixed count, kept on every machine)",
     )
     t.add_argument("--delays", default=None, help="queue delays to try, us (default 0,500,2000,8000)")
     t.add_argument(
@@ -57,6 +66,16 @@ def _list(text: str | None, parse, option: str):
         raise ServingError(f"{option}: cannot read {text!r}") from None
 
 
+def _plan(text: str) -> tuple[int, int]:
+    """Instances "2" (threads: the policy's, 0) or "2x1" (instances x a fixed thread count)."""
+    parts = [int(x) for x in text.lower().split("x")]
+    if len(parts) == 1:
+        parts.append(0)
+    if len(parts) != 2 or parts[0] < 1 or parts[1] < 0:
+        raise ValueError(text)
+    return parts[0], parts[1]
+
+
 def cmd_tune(args) -> int:
     from serving import tune
 
@@ -66,7 +85,7 @@ def cmd_tune(args) -> int:
         raise ServingError(f"{name} is not in {repository}; place it first: python -m serving repo {name}")
     arch = registry.get(name)
     space = tune.default_space(arch.max_batch_size, tune.cores(), tune.has_int8(repository, name))
-    plans = _list(args.plans, lambda v: tuple(int(x) for x in v.lower().split("x")), "--plans")
+    plans = _list(args.plans, _plan, "--plans")
     preferred = _list(
         args.preferred, lambda v: () if v == "none" else tuple(int(x) for x in v.split("+")), "--preferred"
     )
@@ -98,8 +117,24 @@ def cmd_tune(args) -> int:
     )
     best = tune.winner(results)
     baseline = results[0]
+    ab = None
+    if best is not None and best is not baseline:
+        stderr.print(
+            f"A/B: the winner against the current config, {tune.AB_ROUNDS} rounds each, alternately",
+            highlight=False,
+        )
+        ab = tune.ab_test(
+            name,
+            repository,
+            best,
+            slo_ms=args.p99_ms,
+            window_s=args.window_s,
+            progress=lambda m: stderr.print(m, highlight=False, markup=False),
+        )
     written = (
-        tune.write_tuned(name, repository, best.candidate, args.config_name, args.force) if best else None
+        tune.write_tuned(name, repository, best.candidate, args.config_name, args.force)
+        if ab is not None and ab.ahead
+        else None
     )
     report = {
         "command": "python -m serving tune " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "",
@@ -112,6 +147,9 @@ def cmd_tune(args) -> int:
         "speedup_vs_baseline": (best.best["infer_per_s"] / baseline.best["infer_per_s"])
         if best and baseline.best
         else None,
+        # the winner against the current config, alternately: the figures that decided `written`
+        "ab": ab.to_dict() if ab else None,
+        "verdict": _verdict(best, baseline, ab),
         "written": str(written) if written else None,
         "state": str(repository / name / "serving.json"),
     }
@@ -122,6 +160,8 @@ def cmd_tune(args) -> int:
     tune.plot(results, args.p99_ms, output.with_suffix(".png"))
     if args.json:
         print(json.dumps(report, indent=2))
+        if report["verdict"]:
+            stderr.print(report["verdict"], highlight=False, markup=False)
     else:
         table = Table(title=f"{name}: candidates (p99 objective {args.p99_ms:g} ms)")
         for col in ("#", "configuration", "best infer/s", "at c", "p50", "p99", "verified", "rejected", "s"):
@@ -147,12 +187,44 @@ def cmd_tune(args) -> int:
             line = f"winner: {best.candidate.label()}, {point['infer_per_s']:.1f} infer/s"
             line += f" at c={point['concurrency']}"
             stdout.print(line + (f" ({speed:.2f}x the current config)" if speed else ""), highlight=False)
-            stdout.print(
-                f"written: {written}; serve it with `python -m serving up --config-name {args.config_name}`"
-            )
+            if ab is not None:
+                stdout.print(_ab_table(ab))
+            stdout.print(report["verdict"], highlight=False, markup=False)
+            if written:
+                serve = f"python -m serving up --config-name {args.config_name}"
+                stdout.print(f"written: {written}; serve it with `{serve}`")
         stdout.print(f"JSON: {output}  chart: {output.with_suffix('.png')}", highlight=False)
     if best is None:
         raise ServingError(
             f"no configuration of {name} met p99 <= {args.p99_ms:g} ms with every answer right"
         )
     return 0
+
+
+def _verdict(best, baseline, ab) -> str | None:
+    """What the run decided, in one line."""
+    if best is None:
+        return None
+    if best is baseline:
+        return "the current config is best here: no candidate beat it in the search"
+    if ab.ahead:
+        return f"A/B: {ab.why}"
+    return f"the current config is best here: {ab.why}"
+
+
+def _ab_table(ab) -> Table:
+    table = Table(title=f"A/B at c={ab.concurrency}: the current config and the winner, alternately")
+    for col in ("round", "config", "infer/s", "p99", "generator ms/req", "verifier ms/req", "problems"):
+        table.add_column(col, justify="left" if col in ("config", "problems") else "right")
+    for run in ab.runs:
+        point = run["point"] or {}
+        cpu = [point.get(f"{who}_cpu_ms_per_request") for who in ("generator", "verifier")]
+        table.add_row(
+            str(run["round"]),
+            run["config"],
+            f"{point['infer_per_s']:.1f}" if point else "-",
+            f"{point['p99_ms']:.1f}" if point else "-",
+            *(f"{ms:.2f}" if ms is not None else "-" for ms in cpu),
+            "; ".join(run["problems"]),
+        )
+    return table

@@ -3,7 +3,8 @@
 configs/cpu.pbtxt   KIND_CPU, ONNX Runtime threads that fit the cores
 configs/gpu.pbtxt   KIND_GPU, ORT's TensorRT accelerator, FP16 model
 <name>_int8         the same signature and batching, the INT8 file
-<name>_trt          a tensorrt_plan model whose plans serving/engines.py builds in the Triton image
+<name>_trt          a tensorrt_plan model whose plans serving/triton_side/engines.py builds in the
+                    Triton image
 <name>_image        an ensemble: encoded image bytes -> preprocessing -> <name>
 preprocess_<spec>   the preprocessing model (Python backend) for one spec
 """
@@ -14,14 +15,17 @@ import hashlib
 import json
 from dataclasses import dataclass, replace
 
-from cnn_deploy_core.golden import INT8_CROSS_RUNTIME, TOLERANCE_PARAM
+from cnn_deploy_core.golden import GOLDEN_PARAM, INT8_CROSS_RUNTIME, TOLERANCE_PARAM
 from cnn_deploy_core.layout import (
     FP16_FILE,
+    GOLDEN_FILE,
     IDENTITY_MODEL,
     IMAGE_INPUT,
     IMAGE_SUFFIX,
     INPUT_NAME,
     INT8_FILE,
+    INT8_S8S8_FILE,
+    INT8_S8S8_GOLDEN_FILE,
     INT8_SUFFIX,
     LABELS_FILE,
     MODEL_FILE,
@@ -106,16 +110,22 @@ def cpu_config(arch: Architecture, served: list[Version], plan: CpuPlan) -> Mode
         instance_count=plan.instances,
         default_model_filename=MODEL_FILE,
         # Sessions whose threads the server decides take turns on the cores (policy "turns");
-        # a config with its own thread count (--cpu-threads, the tuner's winner) runs free.
+        # a config with its own thread count (--cpu-threads, a tuner plan like 1x2) runs free.
         rate_limiter=() if plan.threads else ((CORES_RESOURCE, 1),),
         **shared,
     )
 
 
+def gpu_sized(arch: Architecture) -> Architecture:
+    """The architecture with the registry's GPU batch range (`arch.gpu`) in place of the CPU's."""
+    return replace(arch, max_batch_size=arch.gpu.max_batch_size)
+
+
 def tensorrt_accelerator(arch: Architecture, precision: str, name: str, *, cuda_graph: bool = False):
     """ONNX Runtime's TensorRT EP for one GPU config: engines and timings cached on the volume, one
     profile over the dynamic batcher's whole batch range (1..max_batch_size), so the warm-up (batch 1
-    and max) builds the one engine before the model is READY and no later batch triggers a rebuild."""
+    and max) builds the one engine before the model is READY and no later batch triggers a rebuild.
+    The profile is tuned for the smallest preferred batch (`arch.gpu.opt_batch_size`)."""
     return TensorRTAccelerator(
         precision=precision,
         cache_path=f"{TRT_CACHE_ROOT}/{name}",
@@ -123,16 +133,19 @@ def tensorrt_accelerator(arch: Architecture, precision: str, name: str, *, cuda_
         cuda_graph=cuda_graph,
         # opt as the `_trt` plan's engine.json (serving/repository/variants.py): one rule for both.
         profile=TensorRTProfile(
-            INPUT_NAME, arch.input_shape, arch.max_batch_size, max(1, arch.max_batch_size // 4)
+            INPUT_NAME, arch.input_shape, arch.gpu.max_batch_size, arch.gpu.opt_batch_size
         ),
     )
 
 
 def gpu_config(arch: Architecture, served: list[Version], *, cuda_graph: bool = False) -> ModelConfig:
+    arch = gpu_sized(arch)
     return ModelConfig(
         name=arch.name,
         backend="onnxruntime",
         instance_kind="KIND_GPU",
+        instance_count=arch.gpu.instances,
+        preferred_batch_sizes=arch.gpu.preferred_batch_sizes,
         # The verified FP16 file: TensorRT (or CUDA, for nodes TensorRT declines) runs FP16,
         # within the FP16 tolerance the export measured against PyTorch.
         default_model_filename=FP16_FILE,
@@ -141,29 +154,46 @@ def gpu_config(arch: Architecture, served: list[Version], *, cuda_graph: bool = 
     )
 
 
-def _int8(config: ModelConfig, accelerator: TensorRTAccelerator | None = None) -> ModelConfig:
-    """`<name>_int8`: the same signature and batching, the INT8 file, its precision recorded."""
-    parameters = {**config.parameters, PARAM_PREFIX + "precision": "int8"}
+# `<name>_int8`'s two INT8 files (export/int8.py's SCHEMES) -> (scheme, the golden set that file made,
+# as serving/repository/variants.py places it in the version folder). Each config names its file's own
+# set (GOLDEN_PARAM), so `clients verify` checks a file against the answers it gave, never the other's.
+INT8_SERVED = {
+    INT8_FILE: ("u8s8", GOLDEN_FILE),  # the folder's default set, for clients that read no parameter
+    INT8_S8S8_FILE: ("s8s8", INT8_S8S8_GOLDEN_FILE),
+}
+
+
+def _int8(config: ModelConfig, filename: str, accelerator: TensorRTAccelerator | None = None) -> ModelConfig:
+    """`<name>_int8`: the same signature and batching, one INT8 file, its precision, scheme and golden
+    set recorded."""
+    scheme, golden = INT8_SERVED[filename]
+    parameters = {
+        **config.parameters,
+        PARAM_PREFIX + "precision": "int8",
+        PARAM_PREFIX + "int8_scheme": scheme,
+        GOLDEN_PARAM: golden,
+    }
     return replace(
         config,
         name=config.name + INT8_SUFFIX,
-        default_model_filename=INT8_FILE,
+        default_model_filename=filename,
         parameters=parameters,
         accelerator=accelerator if config.accelerator else None,
     )
 
 
 def int8_cpu_config(arch: Architecture, served: list[Version], plan: CpuPlan) -> ModelConfig:
-    return _int8(cpu_config(arch, served, plan))
+    return _int8(cpu_config(arch, served, plan), INT8_FILE)  # u8s8: what ORT's CPU kernels run fastest
 
 
 def int8_gpu_config(arch: Architecture, served: list[Version], *, cuda_graph: bool = False) -> ModelConfig:
     # TensorRT reads the QDQ graph as explicit quantization: INT8 kernels where the graph says so.
-    # Its answers are held to the golden set's cross-runtime INT8 tolerance: another INT8
-    # implementation rounds differently from the ONNX Runtime kernels that made the golden outputs.
+    # The signed, symmetric file (export/int8.py's s8s8 scheme): TensorRT builds no other form.
+    # Its answers are held to the S8S8 golden set's cross-runtime INT8 tolerance: TensorRT rounds
+    # differently from the ONNX Runtime kernels that made that set's outputs from the same file.
     # Untested: these machines have no GPU.
     accelerator = tensorrt_accelerator(arch, "INT8", arch.name + INT8_SUFFIX, cuda_graph=cuda_graph)
-    config = _int8(gpu_config(arch, served), accelerator)
+    config = _int8(gpu_config(arch, served), INT8_S8S8_FILE, accelerator)
     return replace(config, parameters={**config.parameters, TOLERANCE_PARAM: INT8_CROSS_RUNTIME})
 
 
@@ -176,12 +206,27 @@ def candidate_config(arch: Architecture, served: list[Version], tuned: dict) -> 
     return replace(config, preferred_batch_sizes=preferred, warmup_batch_sizes=(1, arch.max_batch_size))
 
 
+def trt_int8(default: Version) -> bool:
+    """`<name>_trt` is an INT8 plan when its export has TensorRT's S8S8 graph and that graph's golden
+    set (export/int8.py); FP16 otherwise."""
+    return INT8_S8S8_FILE in default.files and INT8_S8S8_GOLDEN_FILE in default.files
+
+
 def trt_config(arch: Architecture, served: list[Version]) -> ModelConfig:
     # engines.py builds the plan of one export only, in the version directory of that export;
-    # pinned (`specific`) like every variant, so a rollback reaches the plan too.
-    shared = _shared(arch, served[:1], "fp16", arch.gpu_queue_delay_us)
+    # pinned (`specific`) like every variant, so a rollback reaches the plan too. An INT8 plan is
+    # held to the fp32 golden set's cross-runtime INT8 tolerance (clients verify `<name>_trt` with it).
+    int8 = trt_int8(served[0])
+    shared = _shared(gpu_sized(arch), served[:1], "int8" if int8 else "fp16", arch.gpu_queue_delay_us)
+    if int8:
+        shared["parameters"][TOLERANCE_PARAM] = INT8_CROSS_RUNTIME
     return ModelConfig(
-        name=arch.name + TRT_SUFFIX, platform="tensorrt_plan", instance_kind="KIND_GPU", **shared
+        name=arch.name + TRT_SUFFIX,
+        platform="tensorrt_plan",
+        instance_kind="KIND_GPU",
+        instance_count=arch.gpu.instances,
+        preferred_batch_sizes=arch.gpu.preferred_batch_sizes,
+        **shared,
     )
 
 

@@ -1,10 +1,12 @@
 """A model's variants beside it: the INT8 mirror, the preprocessing model and image ensemble, the
 TensorRT-plan model, and the tiny identity model the load generator calibrates against.
 
-    <repo>/<name>_int8/<v>/           with an INT8 export: model.int8.onnx and its own golden set
+    <repo>/<name>_int8/<v>/           with an INT8 export: model.int8.onnx (cpu config) with its own
+                                      golden set as golden.npz, model.int8.s8s8.onnx (gpu config) with
+                                      golden.int8.s8s8.npz
     <repo>/<name>_image/              an ensemble: encoded image bytes -> preprocessing -> <name>
     <repo>/preprocess_<spec>/         the preprocessing model (Python backend) for one spec
-    <repo>/<name>_trt/...             with tensorrt=True: plans built by serving/engines.py
+    <repo>/<name>_trt/...             with tensorrt=True: plans built by serving/triton_side/engines.py
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 import cnn_deploy_core as core_package
 from cnn_deploy_core import preprocess as core_preprocess
 from cnn_deploy_core.fsutil import atomic_write_bytes, atomic_write_text, sha256_file
+from cnn_deploy_core.golden import INT8_CROSS_RUNTIME
 from cnn_deploy_core.layout import (
     GOLDEN_FILE,
     IDENTITY_MODEL,
@@ -22,6 +25,8 @@ from cnn_deploy_core.layout import (
     INPUT_NAME,
     INT8_FILE,
     INT8_GOLDEN_FILE,
+    INT8_S8S8_FILE,
+    INT8_S8S8_GOLDEN_FILE,
     INT8_SUFFIX,
     LABELS_FILE,
     MODEL_FILE,
@@ -34,6 +39,7 @@ from serving import ServingError
 from serving.config import CPU, GPU
 from serving.repository.configs import (
     DEFAULT_CONFIG,
+    INT8_SERVED,
     identity_config,
     image_config,
     int8_cpu_config,
@@ -41,11 +47,12 @@ from serving.repository.configs import (
     preprocess_config,
     preprocess_model_name,
     trt_config,
+    trt_int8,
 )
 from serving.repository.state import ModelState
 from serving.repository.versions import Version, versions
 
-PREPROCESS_TEMPLATE = Path(__file__).parent.parent / "models" / "preprocess.py"
+PREPROCESS_TEMPLATE = Path(__file__).parent.parent / "triton_side" / "preprocess.py"
 
 
 def place_int8(arch: Architecture, served: list[Version], repository: Path, state: ModelState) -> None:
@@ -58,9 +65,12 @@ def place_int8(arch: Architecture, served: list[Version], repository: Path, stat
         return
     int8_dir = repository / (arch.name + INT8_SUFFIX)
     model_dir = repository / arch.name
+    # Each INT8 file beside its own golden set, under the name its config gives it (INT8_SERVED).
     copies = {
         INT8_FILE: INT8_FILE,
-        INT8_GOLDEN_FILE: GOLDEN_FILE,
+        INT8_GOLDEN_FILE: INT8_SERVED[INT8_FILE][1],
+        INT8_S8S8_FILE: INT8_S8S8_FILE,  # the gpu config's (TensorRT's) INT8 file
+        INT8_S8S8_GOLDEN_FILE: INT8_SERVED[INT8_S8S8_FILE][1],
         REPORT_FILE: REPORT_FILE,
         LABELS_FILE: LABELS_FILE,
     }
@@ -76,7 +86,13 @@ def place_int8(arch: Architecture, served: list[Version], repository: Path, stat
     atomic_write_text(
         int8_dir / "configs" / f"{CPU}.pbtxt", int8_cpu_config(arch, served, state.cpu).to_pbtxt()
     )
-    atomic_write_text(int8_dir / "configs" / f"{GPU}.pbtxt", int8_gpu_config(arch, served).to_pbtxt())
+    # The gpu config serves the versions exported with TensorRT's file; an older export has none.
+    gpu = int8_dir / "configs" / f"{GPU}.pbtxt"
+    gpu_served = [v for v in served if INT8_S8S8_FILE in v.files]
+    if gpu_served:
+        atomic_write_text(gpu, int8_gpu_config(arch, gpu_served).to_pbtxt())
+    else:
+        gpu.unlink(missing_ok=True)
 
 
 def place_image_pipeline(arch: Architecture, default: Version, repository: Path) -> None:
@@ -105,20 +121,32 @@ def place_image_pipeline(arch: Architecture, default: Version, repository: Path)
     atomic_write_text(ens_dir / DEFAULT_CONFIG, ens_text)
 
 
+def trt_engine_source(arch: Architecture, default: Version) -> dict:
+    """What serving/triton_side/engines.py builds the plan from, and the golden set and tolerance it
+    checks the plan against. INT8 (explicit quantization) from the S8S8 QDQ graph when the export has
+    one, held to that graph's own cross-runtime tolerance; otherwise FP16 from the fp32 graph."""
+    version = f"../{arch.name}/{default.number}"
+    int8 = trt_int8(default)
+    source, golden = (INT8_S8S8_FILE, INT8_S8S8_GOLDEN_FILE) if int8 else (MODEL_FILE, GOLDEN_FILE)
+    precision, tolerance = ("int8", INT8_CROSS_RUNTIME) if int8 else ("fp16", "fp16")
+    return {
+        "source": f"{version}/{source}",
+        "precision": precision,
+        "check": {"golden": f"{version}/{golden}", "tolerance": tolerance},
+    }
+
+
 def place_trt(arch: Architecture, served: list[Version], repository: Path) -> None:
     trt_dir = repository / (arch.name + TRT_SUFFIX)
     default = served[0]
     atomic_write_text(trt_dir / "configs" / f"{GPU}.pbtxt", trt_config(arch, served).to_pbtxt())
     atomic_write_bytes(trt_dir / LABELS_FILE, (repository / arch.name / LABELS_FILE).read_bytes())
-    engine = {
-        "source": f"../{arch.name}/{default.number}/{MODEL_FILE}",
-        "version": default.number,
-        "input": INPUT_NAME,
-        "input_dims": list(arch.input_shape),
-        "max_batch_size": arch.max_batch_size,
-        "opt_batch_size": max(1, arch.max_batch_size // 4),
-        "precision": "fp16",
-    }
+    engine = {**trt_engine_source(arch, default), "version": default.number, "input": INPUT_NAME}
+    engine.update(
+        input_dims=list(arch.input_shape),
+        max_batch_size=arch.gpu.max_batch_size,
+        opt_batch_size=arch.gpu.opt_batch_size,  # as the gpu configs' TensorRT profile
+    )
     atomic_write_text(trt_dir / "engine.json", json.dumps(engine, indent=2) + "\n")
 
 

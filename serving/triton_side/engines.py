@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
 """Build the TensorRT plans of a Triton model repository's `<name>_trt` models.
 
-    python3 serving/engines.py --repository /models [--trtexec PATH] [--force] [--dry-run] [--json]
+    python3 serving/triton_side/engines.py --repository /models [--trtexec PATH] [--force]
+        [--dry-run] [--json]
 
 For every `<name>_trt/engine.json` (written by `python -m serving repo NAME --tensorrt`) this
 runs `trtexec` on the ONNX source with one optimization profile over batch 1..max_batch_size and
-publishes `<name>_trt/<version>/model.plan` atomically (a temp file, then a rename). A plan is
+publishes `<name>_trt/<version>/model.plan` atomically (a temp file, then a rename). INT8 plans are
+built by explicit quantization from the export's S8S8 QDQ graph (no calibration table). When the
+engine.json names a `check` (a golden set and the tolerance in it), trtexec then runs the golden
+inputs through the new plan, and a plan whose answers fall outside that tolerance is removed. A plan is
 kept when it is newer than its ONNX source and was built with the same settings in the same
 image, unless --force.
 
@@ -18,12 +22,16 @@ Python 3.8 syntax. docker-compose.yml runs it as the `engines` service.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import time
+import zipfile
+from array import array
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,7 +42,8 @@ LOG_FILE = "model.plan.log"  # trtexec's output for the last build
 TRT_SUFFIX = "_trt"
 # Where NVIDIA's images (Triton's included) install TensorRT's command-line tool.
 DEFAULT_TRTEXEC = "/usr/src/tensorrt/bin/trtexec"
-PRECISION_FLAGS = {"fp32": [], "fp16": ["--fp16"]}
+# int8: INT8 where the QDQ graph's nodes say so (explicit quantization), FP16 elsewhere.
+PRECISION_FLAGS = {"fp32": [], "fp16": ["--fp16"], "int8": ["--int8", "--fp16"]}
 # Set by the Triton image (its build.py), so a plan records which release built it.
 IMAGE_ENV = ("NVIDIA_TRITON_SERVER_VERSION", "TRITON_SERVER_VERSION", "TRT_VERSION")
 
@@ -60,6 +69,8 @@ class EngineSpec:
     max_batch_size: int
     opt_batch_size: int
     precision: str
+    golden: Path | None = None  # the golden set the built plan is checked against
+    tolerance: str | None = None  # its entry that the plan is held to
 
     @classmethod
     def load(cls, path: Path) -> EngineSpec:
@@ -97,6 +108,14 @@ class EngineSpec:
             "precision", str, lambda v: v in PRECISION_FLAGS, "one of " + ", ".join(PRECISION_FLAGS)
         )
         trt_dir = path.parent.resolve()
+        check = data.get("check")
+        if check is not None and not (
+            isinstance(check, dict)
+            and all(isinstance(check.get(k), str) and check[k] for k in ("golden", "tolerance"))
+        ):
+            raise EngineError(
+                f'{path}: \'check\' must be {{"golden": PATH, "tolerance": NAME}}, got {check!r}'
+            )
         return cls(
             name=trt_dir.name,
             trt_dir=trt_dir,
@@ -107,6 +126,8 @@ class EngineSpec:
             max_batch_size=max_batch,
             opt_batch_size=opt_batch,
             precision=precision,
+            golden=(trt_dir / check["golden"]).resolve() if check else None,
+            tolerance=check["tolerance"] if check else None,
         )
 
     @property
@@ -248,6 +269,105 @@ def build(spec: EngineSpec, trtexec: str) -> Result:
     return Result(spec.name, spec.version, "built", time.monotonic() - start, str(spec.plan))
 
 
+def _npy(data: bytes, name: str) -> tuple[str, tuple, bytes]:
+    """(dtype, shape, raw C-order bytes) of one .npy file (numpy's format 1.0 to 3.0)."""
+    if data[:6] != b"\x93NUMPY":
+        raise EngineError(f"{name} is not a .npy array")
+    if data[6] == 1:
+        size, start = struct.unpack("<H", data[8:10])[0], 10
+    else:
+        size, start = struct.unpack("<I", data[8:12])[0], 12
+    header = ast.literal_eval(data[start : start + size].decode("latin1"))
+    if header.get("fortran_order"):
+        raise EngineError(f"{name}: Fortran-ordered arrays are not read here")
+    return header["descr"], tuple(header["shape"]), data[start + size :]
+
+
+def read_golden(path: Path) -> dict:
+    """A golden set (cnn_deploy_core/golden.py's .npz) with the standard library only: inputs as raw
+    float32 bytes and their shape, outputs as rows of floats, and the tolerances."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            arrays = {
+                n: _npy(z.read(n + ".npy"), f"{path.name}:{n}") for n in ("inputs", "outputs", "header")
+            }
+    except (OSError, KeyError, zipfile.BadZipFile) as e:
+        raise EngineError(f"golden set {path} is unreadable: {e}") from e
+    for n in ("inputs", "outputs"):
+        if arrays[n][0] != "<f4":
+            raise EngineError(f"golden set {path}: {n} are {arrays[n][0]}, expected float32 (<f4)")
+    values = array("f")
+    values.frombytes(arrays["outputs"][2])
+    rows, classes = arrays["outputs"][1]
+    return {
+        "input_shape": arrays["inputs"][1],
+        "input_bytes": arrays["inputs"][2],
+        "outputs": [values[i * classes : (i + 1) * classes].tolist() for i in range(rows)],
+        "tolerances": json.loads(arrays["header"][2].decode())["tolerances"],
+    }
+
+
+def check_command(spec: EngineSpec, trtexec: str, batch: int, inputs: Path, outputs: Path) -> list[str]:
+    """trtexec running the golden inputs once through the built plan, its outputs written as JSON."""
+    return [
+        trtexec,
+        f"--loadEngine={spec.plan}",
+        f"--shapes={spec.shape(batch)}",
+        f"--loadInputs={spec.input}:{inputs}",
+        f"--exportOutput={outputs}",
+        "--iterations=1",
+        "--warmUp=0",
+        "--duration=0",
+    ]
+
+
+def judge_outputs(reference: list, got: list, atol: float, rtol: float) -> tuple[float, bool]:
+    """(max error relative to each row's logit scale, every element within atol + rtol * scale):
+    the rule of cnn_deploy_core.metrics.compare, in the standard library."""
+    worst, ok = 0.0, len(reference) == len(got)
+    for ref, out in zip(reference, got):  # noqa: B905 - Python 3.8 has no strict=
+        scale = max(max(abs(v) for v in ref), 1e-30)
+        same = len(ref) == len(out)
+        diff = max(abs(a - b) for a, b in zip(ref, out)) if same else float("inf")  # noqa: B905
+        worst = max(worst, diff / scale)
+        ok = ok and diff <= atol + rtol * scale
+    return worst, ok
+
+
+def check_plan(spec: EngineSpec, trtexec: str) -> str:
+    """Run the golden inputs through the new plan; EngineError when its answers are out of tolerance."""
+    golden = read_golden(spec.golden)
+    tol = golden["tolerances"].get(spec.tolerance)
+    if tol is None:
+        raise EngineError(f"{spec.golden.name} has no {spec.tolerance!r} tolerance (re-run the export)")
+    shape = golden["input_shape"]
+    batch = min(shape[0], spec.max_batch_size)
+    per_row = len(golden["input_bytes"]) // shape[0]
+    inputs, outputs = spec.version_dir / ".check-inputs.bin", spec.version_dir / ".check-outputs.json"
+    try:
+        inputs.write_bytes(golden["input_bytes"][: batch * per_row])
+        log = subprocess.run(
+            check_command(spec, trtexec, batch, inputs, outputs), capture_output=True, text=True
+        )
+        if log.returncode != 0:
+            tail = (log.stdout + log.stderr).strip()[-300:]
+            raise EngineError(f"trtexec could not run the plan on the golden inputs: {tail}")
+        (first,) = json.loads(outputs.read_text())[:1]
+        values = [float(v) for v in first["values"]]
+    finally:
+        for path in (inputs, outputs):
+            if path.exists():
+                path.unlink()
+    classes = len(values) // batch
+    got = [values[i * classes : (i + 1) * classes] for i in range(batch)]
+    worst, ok = judge_outputs(golden["outputs"][:batch], got, float(tol["atol"]), float(tol["rtol"]))
+    rtol = float(tol["rtol"])
+    verdict = f"max rel err {worst:.2e} vs rtol {rtol:.2e} ({spec.golden.name}, {spec.tolerance})"
+    if not ok:
+        raise EngineError(f"the plan's answers are beyond the tolerance: {verdict}")
+    return f"checked on {batch} golden inputs: {verdict}"
+
+
 def prepare_cache(cache_dir: Path, owner: str) -> None:
     """Make the ONNX Runtime TensorRT engine cache writable for the (non-root) server user."""
     try:
@@ -295,7 +415,17 @@ def run(
                 f"building {name} v{spec.version} ({spec.precision}, batch 1..{spec.max_batch_size}, "
                 f"opt {spec.opt_batch_size}) from {spec.source}"
             )
-            results.append(build(spec, tool))
+            result = build(spec, tool)
+            if spec.golden is not None:
+                try:
+                    result.detail = check_plan(spec, tool)
+                except EngineError:
+                    # never served, and rebuilt on the next run
+                    for path in (spec.plan, spec.version_dir / RECORD_FILE):
+                        if path.exists():
+                            path.unlink()
+                    raise
+            results.append(result)
         except TrtexecNotFound:
             raise
         except EngineError as e:
