@@ -6,10 +6,13 @@
 #   triton-gpu   the GPU server: NVIDIA's Triton image (TRITON_IMAGE) plus what the image
 #                ensembles' preprocessing model imports (deploy/triton-gpu/requirements.txt)
 #
-# BASE_IMAGE: python:3.11-slim where a registry is reachable; any Debian bookworm image with
-# python3, python3-venv and ca-certificates otherwise (`make compose-test` builds one offline with
-# debootstrap). EXTRA_CA_CERT: PEM text of a CA that a TLS-intercepting proxy signs with, for pip.
-ARG BASE_IMAGE=python:3.11-slim
+# BASE_IMAGE: python:3.13-slim where a registry is reachable; any Debian image with python3 (3.11
+# to 3.13), python3-venv, ca-certificates and libpython3.X otherwise (`make compose-test` builds
+# them offline with debootstrap: Debian trixie, Python 3.13, for the client; bookworm, Python 3.11,
+# for serving-cpu, whose server runs on 3.11 and 3.12 only: docker-compose.yml passes
+# CNN_DEPLOY_SERVING_BASE_IMAGE, python:3.11-slim by default, for it). EXTRA_CA_CERT: PEM text of a
+# CA that a TLS-intercepting proxy signs with, for pip.
+ARG BASE_IMAGE=python:3.13-slim
 # docker-compose.yml passes the release it pins for the engines and the server.
 ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:24.10-py3
 
@@ -52,8 +55,11 @@ CMD ["python", "-m", "clients", "--help"]
 FROM base AS serving-cpu
 COPY constraints.txt /tmp/constraints.txt
 COPY --from=wheel /wheels /tmp/wheels
+# The server runs on Python 3.11 and 3.12 (pyproject.toml says why): the last command stops a build
+# from another Python's base image with that reason in one line.
 RUN pip install -c /tmp/constraints.txt "$(ls /tmp/wheels/*.whl)[serving,cpu]" \
-    && rm -rf /tmp/wheels /tmp/constraints.txt
+    && rm -rf /tmp/wheels /tmp/constraints.txt \
+    && python -c "import sys; from serving.wheel import python_refusal as r; sys.exit(r(sys.version_info[:2]))"
 # The server's record and log live in /tmp (a tmpfs in docker-compose.yml): the repository is
 # mounted read-only and the root file system can be too.
 ENV CNN_DEPLOY_HOME=/work CNN_DEPLOY_STATE_DIR=/tmp/cnn-deploy-serving MPLCONFIGDIR=/tmp/matplotlib

@@ -8,7 +8,7 @@ URL    ?= grpc://127.0.0.1:8001
 # What `make venv` installs: everything for one CPU machine, plus the test tools.
 EXTRAS ?= export,serving,cpu,dev
 
-.PHONY: help venv browser test test-slow lint demo export repo serve loadtest bench-export bench-serving bench-loadgen bench-int8 bench-images tune report compose-test drills bench-threads gpu-check clean
+.PHONY: help venv browser test test-slow lint demo export repo serve loadtest bench-export bench-serving bench-loadgen bench-int8 bench-images tune report compose-test drills bench-threads gpu-check benchmarks-doc clean
 
 help:
 	@echo "make demo          export $(MODELS) ($(WEIGHTS) weights), serve them with Triton on CPU, classify,"
@@ -29,14 +29,26 @@ help:
 	@echo "make bench-threads one and two models busy: ORT default, cores, share, turns, side by side"
 	@echo "make drills        failure drills (replica killed, restarted, overload, 10-min soak): < 15 min"
 	@echo "make gpu-check     every GPU check in one run, JSON in reports/ (exit 2 without a GPU)"
+	@echo "make benchmarks-doc  docs/benchmarks.md from the JSON reports in docs/benchmarks/"
 
-# The venv is rebuilt from nothing when the project's dependency files change.
-$(VENV)/.installed: pyproject.toml constraints.txt
-	rm -rf $(VENV)
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
-	touch $@
+# gpu-check has its own venv: the `gpu` extra's onnxruntime-gpu installs the same `onnxruntime`
+# module as the `cpu` extra's package, so the two must never share one. With no network on the GPU
+# host, `python -m cnn_deploy gpu-check` in any Python with PyTorch still measures what is there.
+GPU_VENV   ?= .venv-gpu
+GPU_PY     := $(GPU_VENV)/bin/python
+GPU_EXTRAS ?= export,serving,gpu
+
+# $(call venv_rule,DIR,EXTRAS): a venv rebuilt from nothing when the project's dependency files change.
+define venv_rule
+$(1)/.installed: pyproject.toml constraints.txt
+	rm -rf $(1)
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet --upgrade pip
+	$(1)/bin/python -m pip install --quiet -c constraints.txt -e '.[$(2)]'
+	touch $$@
+endef
+$(eval $(call venv_rule,$(VENV),$(EXTRAS)))
+$(eval $(call venv_rule,$(GPU_VENV),$(GPU_EXTRAS)))
 
 venv: $(VENV)/.installed
 
@@ -121,21 +133,11 @@ compose-test: venv
 	$(PY) -m serving repo $(MODELS)
 	$(PY) -m cnn_deploy compose-test
 
-# gpu-check has its own venv: the `gpu` extra's onnxruntime-gpu installs the same `onnxruntime`
-# module as the `cpu` extra's package, so the two must never share one. With no network on the GPU
-# host, `python -m cnn_deploy gpu-check` in any Python with PyTorch still measures what is there.
-GPU_VENV ?= .venv-gpu
-GPU_PY   := $(GPU_VENV)/bin/python
-
-$(GPU_VENV)/.installed: pyproject.toml constraints.txt
-	rm -rf $(GPU_VENV)
-	$(PYTHON) -m venv $(GPU_VENV)
-	$(GPU_PY) -m pip install --quiet --upgrade pip
-	$(GPU_PY) -m pip install --quiet -c constraints.txt -e '.[export,serving,gpu]'
-	touch $@
-
 gpu-check: $(GPU_VENV)/.installed
 	$(GPU_PY) -m cnn_deploy gpu-check
+
+benchmarks-doc: venv
+	$(PY) -m cnn_deploy benchmarks-doc
 
 clean:
 	rm -rf build reports

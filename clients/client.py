@@ -32,7 +32,7 @@ from clients.endpoints import (
 from clients.errors import classify
 from clients.sync import TritonClient
 
-translate = classify  # the name of round 2
+translate = classify  # the older public name, kept for callers that import it
 
 __all__ = [
     "DEFAULT_PORTS",

@@ -1,5 +1,5 @@
-"""`python -m cnn_deploy demo|bench-*|report|drills|compose-test|gpu-check`: the commands that run
-several stages."""
+"""`python -m cnn_deploy demo|bench-*|report|drills|compose-test|gpu-check|benchmarks-doc`: the commands
+that run several stages."""
 
 from __future__ import annotations
 
@@ -147,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--model", action="append", dest="models", metavar="NAME", help="only these models")
     g.add_argument("--output", type=Path, default=None, help="JSON report (default reports/gpu-check.json)")
+    bd = sub.add_parser(
+        "benchmarks-doc", help="docs/benchmarks.md and README's figures, from docs/benchmarks/*.json"
+    )
+    bd.add_argument(
+        "--add", nargs="+", type=Path, default=[], metavar="REPORT",
+        help="benchmark reports to copy into docs/benchmarks/ first (each must carry its provenance)",
+    )  # fmt: skip
     return parser
 
 
@@ -316,7 +323,14 @@ def cmd_gpu_check(args) -> int:
     return main_args(args.repository, args.models, args.output)
 
 
+def cmd_benchmarks_doc(args) -> int:
+    from cnn_deploy import benchdoc
+
+    return benchdoc.run(args.add)
+
+
 COMMANDS = {
+    "benchmarks-doc": cmd_benchmarks_doc,
     "demo": cmd_demo,
     "bench-serving": cmd_bench_serving,
     "bench-loadgen": cmd_bench_loadgen,

@@ -27,7 +27,7 @@ import numpy as np
 
 from cnn_deploy_core import CnnDeployError
 
-SCHEMA_VERSION = 2  # 1: the unversioned report of round 2; 2: this schema
+SCHEMA_VERSION = 2  # 1: the first report, without a version field; 2: this schema
 
 
 class ReportSchemaError(CnnDeployError):
@@ -210,6 +210,7 @@ class LoadTestReport:
     failures: list[str]  # what went wrong in the run itself (a sweep that stopped), judged as problems
     replicas: list[ReplicaResult] = field(default_factory=list)  # with several URLs: each one's figures
     schema_version: int = SCHEMA_VERSION
+    provenance: dict = field(default_factory=dict)  # cnn_deploy_core.machine.provenance
 
     @property
     def passed(self) -> bool:

@@ -4,7 +4,11 @@ we report is the same measure (PSS)."""
 
 from __future__ import annotations
 
+import os
+import platform
 from collections.abc import Callable
+from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 
 # The instruction sets that change our figures (ORT's kernels, INT8 speed-ups).
@@ -79,3 +83,49 @@ def tree_pss_mb(pid: int) -> float | None:
     if own is None:
         return None
     return own + sum(pss_mb(c) or 0.0 for c in children(pid))  # a stub gone meanwhile: 0
+
+
+# The packages whose versions move our figures; looked up in the installed metadata, never imported
+# (the core must not import torch).
+PROVENANCE_PACKAGES = ("onnxruntime", "onnxruntime-gpu", "torch", "tritonclient", "nvidia-pytriton", "numpy")
+
+
+def memory_gib() -> float | None:
+    """The machine's memory in GiB, from /proc/meminfo; None where it is not readable."""
+    try:
+        text = Path("/proc/meminfo").read_text()
+    except OSError:
+        return None
+    kib = next((int(ln.split()[1]) for ln in text.splitlines() if ln.startswith("MemTotal:")), None)
+    return None if kib is None else round(kib / 1024**2, 1)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity), which is what a benchmark gets."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def provenance(command: str) -> dict:
+    """Where and how a figure was measured: every benchmark report carries this under "provenance",
+    and docs/benchmarks.md refuses a report without it (a figure means nothing without its machine)."""
+    versions = {}
+    for name in PROVENANCE_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return {
+        "machine": {
+            "cpu_model": cpu_model(),
+            "instruction_sets": cpu_flags(),
+            "cores": usable_cores(),
+            "memory_gib": memory_gib(),
+        },
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": command,
+        "python": platform.python_version(),
+        "packages": versions,
+    }

@@ -41,7 +41,7 @@ class Int8Guard:
 class GpuSizing:
     """The GPU configs' batching and instances, sized for one H100/H200-class GPU (80-141 GB):
     batches big enough to fill its SMs, two instances so one batch's copies overlap another's
-    compute. Reasoning and what was (not) measured: docs/deploy-gpu.md."""
+    compute. Reasoning and figures: docs/deploy-gpu.md."""
 
     max_batch_size: int = 128
     instances: int = 2
@@ -83,8 +83,8 @@ class Architecture:
     gpu: GpuSizing = GpuSizing()
     # The dynamic batcher's max_queue_delay_microseconds, per device. CPU: none. A batch of N
     # costs about N batches of 1 there, so waiting for one to fill only idles the instance;
-    # requests that arrive during a run still meet in the next batch (README, "Batching on the
-    # CPU"). GPU: 2 ms, where a bigger batch costs little more than one image.
+    # requests that arrive during a run still meet in the next batch (`make bench-serving`,
+    # docs/benchmarks.md). GPU: 2 ms, where a bigger batch costs little more than one image.
     cpu_queue_delay_us: int = 0
     gpu_queue_delay_us: int = 2000
 
@@ -98,10 +98,10 @@ class Architecture:
         return self.name
 
 
-# FP16 error, relative to the logit scale, measured on weights whose outputs depend on their inputs
-# (export.random_init; `python -m export build --all`): at most 9.6e-3 (VGG-19-BN) and 6.9e-3
-# (GoogLeNet), 4e-3 or less elsewhere. Their FP16 tolerance is twice that; FP32 errors stay below
-# 1e-5 everywhere, a tenth of the default rtol.
+# VGG-19-BN and GoogLeNet have the largest FP16 error, relative to the logit scale, on weights
+# whose outputs depend on their inputs (export.random_init; `python -m export build --all` prints
+# it): well above the others'. Their FP16 tolerance is twice their error; FP32 errors stay
+# a tenth of the default rtol everywhere.
 LOOSE_FP16 = Tolerance(atol=1e-4, rtol=2e-2)
 
 

@@ -80,7 +80,7 @@ def read_key_file(path: Path, what: str = "key file") -> str:
 
 def new_key(nbytes: int = 18) -> str:
     """A random key (URL-safe) that never begins with '-': `--admin-key KEY` would read such a key
-    as an option (one generated key in 64 did)."""
+    as an option (about one random key in 64 begins with '-')."""
     while True:
         key = secrets.token_urlsafe(nbytes)
         if not key.startswith("-"):

@@ -24,6 +24,7 @@ from rich.table import Table
 
 from cnn_deploy_core.fsutil import atomic_write_text
 from cnn_deploy_core.layout import INPUT_NAME
+from cnn_deploy_core.machine import provenance
 from cnn_deploy_core.registry import Architecture
 from export.convert import optimize, to_onnx
 from export.models import load_model, weights_enum
@@ -201,6 +202,7 @@ def run_benchmark(
         },
         "results": [asdict(r) for r in results],
     }
+    report["provenance"] = provenance(report["command"])
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output, json.dumps(report, indent=2))
     _plot(results, output.with_suffix(".png"))

@@ -25,6 +25,7 @@ import numpy as np
 
 from cnn_deploy_core.fsutil import atomic_write_text
 from cnn_deploy_core.layout import INPUT_NAME, OUTPUT_NAME
+from cnn_deploy_core.machine import provenance
 from cnn_deploy_core.registry import Architecture
 from export import ExportError
 
@@ -113,16 +114,29 @@ def availability(torch_cuda: bool, ort_version: str | None, providers: list[str]
     return reasons
 
 
-def _timed(run, seconds: float) -> tuple[float, int]:
-    import torch
+def cuda_seconds_per_call(
+    run, *, seconds: float, sync_each: bool, min_calls: int = MIN_ITERATIONS, warmup: int = 1, sync=None
+) -> tuple[float, int]:
+    """Seconds per call of `run` on the GPU, and the calls timed: at least `min_calls` and `seconds`,
+    after `warmup` calls. CUDA calls return before the GPU is done, so the clock stops only after a
+    synchronize: `sync_each` waits after every call (each call's latency, as a lone request sees
+    it: the gpu-check's rows); otherwise the calls queue back to back and one wait ends the run
+    (throughput: this benchmark's). `sync` defaults to torch.cuda.synchronize."""
+    if sync is None:
+        import torch
 
-    run()
-    torch.cuda.synchronize()
+        sync = torch.cuda.synchronize
+    for _ in range(warmup):
+        run()
+    sync()
     n, start = 0, time.perf_counter()
-    while n < MIN_ITERATIONS or time.perf_counter() - start < seconds:
+    while n < min_calls or time.perf_counter() - start < seconds:
         run()
         n += 1
-    torch.cuda.synchronize()
+        if sync_each:
+            sync()
+    if not sync_each:
+        sync()
     return (time.perf_counter() - start) / n, n
 
 
@@ -229,7 +243,9 @@ def benchmark_arch_cuda(
                     rng = np.random.default_rng(0)
                     for bs in batch_sizes:
                         x = rng.standard_normal((bs, *arch.input_shape), dtype=np.float32)
-                        per_batch, n = _timed(_runner(backend, handle, models.get(backend), x), seconds)
+                        per_batch, n = cuda_seconds_per_call(
+                            _runner(backend, handle, models.get(backend), x), seconds=seconds, sync_each=False
+                        )
                         results.append(
                             GpuMeasurement(arch.name, backend, bs, bs / per_batch, per_batch * 1e3, n)
                         )
@@ -274,6 +290,7 @@ def run_benchmark_cuda(
         "failed": failed,
         "results": [asdict(r) for r in results],
     }
+    report["provenance"] = provenance(report["command"])
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output, json.dumps(report, indent=2))
     if as_json:

@@ -3,18 +3,19 @@
 QDQ format (QuantizeLinear/DequantizeLinear around each quantized op), per-channel INT8 weights,
 activations calibrated with min/max on a seeded set: the calibration photos, seeded
 augmentations of them, seeded random tensors, and any folder of images the user gives. The
-tensors are there because verification sends such inputs too: calibrated on photos alone,
-ResNet-18 kept the top-1 class of 0 of 8 held-out random tensors (cosine 0.98); with 8 seeded
-tensors in the calibration set, 8 of 8, and the photos' agreement improved too (top-5 81% -> 92%).
+tensors are there because verification sends such inputs too: calibrated on photos alone, a
+network loses the top-1 class of held-out random tensors; with seeded tensors in the calibration
+set it keeps them, and agrees better on the photos too.
 
-QDQ because it was the fastest at the batch sizes a dynamic batcher builds (ResNet-50 on an
-AVX-512/VNNI machine, ORT 1.32, 2 threads: QDQ 3.2x fp32 at batch 1 and 3.4x at batch 8; QOperator
-3.4x and 2.2x), and because TensorRT reads a QDQ graph as explicit quantization.
+QDQ because it is the faster format at the batch sizes a dynamic batcher builds (QOperator falls
+behind at batch 8 on a VNNI CPU), and because TensorRT reads a QDQ graph as explicit quantization.
 
 Two files from one calibration, one per runtime (SCHEMES):
 - u8s8 (model.int8.onnx, the cpu config): UINT8 activations with a zero point, INT8 weights. ONNX
-  Runtime's CPU kernels want it: ResNet-50, batch 8, 2 threads, VNNI CPU, 3 alternated rounds:
-  FP32 22.7-25.4 img/s, U8S8 84.9-92.6, S8S8 21.6-26.5 (`make bench-int8` measures it again).
+  Runtime's CPU kernels want it: they run U8S8 several times faster than FP32, S8S8 no faster
+  (`make bench-int8`; docs/benchmarks.md, INT8). Its spatial mean is written as the
+  GlobalAveragePool it is before quantizing (`spatial_means_as_pooling`), so ORT runs every op
+  between the input's quantization and the logits' dequantization in INT8.
 - s8s8 (model.int8.s8s8.onnx, the gpu config and the INT8 TensorRT plan): INT8 activations and
   weights, symmetric (zero point 0), per-channel weights, float bias. TensorRT builds explicitly
   quantized networks from nothing else; `tensorrt_violations` holds the file to that before it is
@@ -157,6 +158,12 @@ def quantize(
     with tempfile.TemporaryDirectory() as tmp, _quiet():
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(model), str(prepared))
+        if not scheme.signed_activations:
+            import onnx
+
+            graph = onnx.load(str(prepared))
+            if spatial_means_as_pooling(graph):
+                onnx.save(graph, str(prepared))
         quantize_static(
             str(prepared),
             str(output),
@@ -167,6 +174,42 @@ def quantize(
             weight_type=QuantType.QInt8,
             extra_options=extra,
         )
+
+
+def spatial_means_as_pooling(model) -> int:
+    """Rewrite each mean over H and W of an NCHW tensor (ReduceMean, keepdims) as the
+    GlobalAveragePool it is; returns how many. The quantizer leaves ReduceMean in float, so ONNX
+    Runtime would transpose the last block's output back to NCHW, dequantize it, average it in
+    float and quantize it again for the classifier; a GlobalAveragePool it runs as
+    QLinearGlobalAveragePool in NHWC, INT8 from the first convolution to the classifier."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    ranks = {
+        v.name: len(v.type.tensor_type.shape.dim)
+        for v in [*graph.input, *graph.value_info, *graph.output]
+        if v.type.tensor_type.HasField("shape")
+    }
+    rewritten, axes_inputs = 0, set()
+    for index, node in enumerate(list(graph.node)):
+        if node.op_type != "ReduceMean" or ranks.get(node.input[0]) != 4:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        axes = attrs.get("axes")  # an attribute before opset 18, an input from 18
+        if axes is None and len(node.input) > 1 and node.input[1] in consts:
+            axes = consts[node.input[1]].tolist()
+        if attrs.get("keepdims", 1) != 1 or axes is None or sorted(a % 4 for a in axes) != [2, 3]:
+            continue
+        axes_inputs.update(node.input[1:])
+        pool = helper.make_node("GlobalAveragePool", [node.input[0]], list(node.output), name=node.name)
+        graph.node.remove(node)
+        graph.node.insert(index, pool)
+        rewritten += 1
+    used = {i for n in graph.node for i in n.input}
+    for init in [i for i in graph.initializer if i.name in axes_inputs - used]:
+        graph.initializer.remove(init)
+    return rewritten
 
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")

@@ -75,7 +75,7 @@ class TensorRTAccelerator:
     # TensorRT's default (3): higher levels search longer (minutes per model) for a few percent.
     builder_optimization_level: int = 3
     # Off by default: a CUDA graph is captured per input shape, and the dynamic batcher forms any
-    # batch from 1 to max; not measured on a GPU yet (`cuda_graph=True` turns it on).
+    # batch from 1 to max, so its gain is unproven (`cuda_graph=True` turns it on).
     cuda_graph: bool = False
     profile: TensorRTProfile | None = None
 

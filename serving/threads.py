@@ -16,11 +16,10 @@ model's threads are waiting for. Policies (`serving up --ort-threads`):
 - "share": the sessions the repository loads split the cores (each gets cores ÷ sessions).
 A config that names its own `intra_op_thread_count` (`--cpu-threads`, or a `serving tune`
 plan like 1x2) keeps it and runs free of turns and twins. Spinning is turned off as soon as more than
-one session shares the machine, but within an "adapt" run (see `cpu_share`). The numbers behind
-the default are in the README ("The cores are shared") and `make bench-threads` (alternated
-rounds, ratios side by side). A lock in our backend *instead* of Triton's rate limiter, making
-runs wait for all the cores, lost to it (1.18x, 0.99x): it takes its batch before waiting, where
-the rate limiter lets the batch grow. "adapt"'s runs never wait while a core is free for them.
+one session shares the machine, but within an "adapt" run (see `cpu_share`). The figures behind
+the default: `make bench-threads` (docs/benchmarks.md, threads). "turns" waits in Triton's rate
+limiter, not on a lock in our backend: a lock takes its batch before waiting, where the rate
+limiter lets the batch grow while it waits. "adapt"'s runs never wait while a core is free for them.
 
 The backend reads the decision from the environment (ENV_ORT_THREADS, ENV_ORT_SPINNING, and for
 "adapt" ENV_ORT_NARROW and ENV_ORT_GATE), because Triton starts it per model and it cannot see the
@@ -152,8 +151,8 @@ def cpu_share(
     policy: str = DEFAULT_POLICY,
     cores: int | None = None,
 ) -> CpuShare:
-    """Each session's threads under `policy` (see the module's docstring; the measured trade-off is
-    in the README and `make bench-threads`). `cores`: the server's own (pinned) count, else this
+    """Each session's threads under `policy` (see the module's docstring; the trade-off's figures:
+    `make bench-threads`, docs/benchmarks.md). `cores`: the server's own (pinned) count, else this
     process's `available_cores()`."""
     if policy not in POLICIES:
         raise ValueError(f"thread policy must be one of {', '.join(POLICIES)}, got {policy!r}")
@@ -171,14 +170,12 @@ def cpu_share(
         narrow = max(1, threads // -(-sessions.shared // replicas))
         narrow = narrow if narrow < threads else 0
     # Spinning only for a session truly alone. Not for one busy model beside the identity model:
-    # measured in `make drills`' soak, a spinning resnet18 beside a client on the same 2 cores
-    # fell behind for a minute (p99 from 22 ms to 2.6 s) and its memory grew 25% with the
-    # backlog. (Spinning was not the whole cause: a soak with it off fell behind too, until the
-    # drills pinned the load generator to a core of its own.) Under "adapt", spinning within a run
-    # only (ORT's `session.force_spinning_stop`): a wide run has the cores to itself (a narrow run
-    # waits for it to end), and its workers stop spinning the moment it returns. Measured with
-    # ResNet-50 served (best of c=2/4/8 ÷ in-process, 5 alternated rounds): ahead of "off" in 4.
-    # Not under "turns": even with "off" in one `make bench-threads` run, 8% behind in the next.
+    # spinning workers take the cores a client on the same machine needs, and a served model then
+    # falls behind into a backlog that grows its latency and memory (`make drills`' soak). Under
+    # "adapt", spinning within a run only (ORT's `session.force_spinning_stop`): a wide run has the
+    # cores to itself (a narrow run waits for it to end), and its workers stop spinning the moment
+    # it returns, which serves faster than "off" (`make bench-threads`). Not under "turns": there
+    # it is no better than "off".
     turns = policy == "turns"
     if sessions.shared + sessions.pinned <= 1:
         spinning = "1"

@@ -172,8 +172,8 @@ def shm_prefix(grpc_port: int) -> str:
 def remove_shm_regions(grpc_port: int, shm_dir: Path = Path("/dev/shm")) -> int:
     """Unlink what is left of the Python backend's shared-memory regions once the server on this
     port has ended; how many there were. Triton removes them on a clean exit; a SIGKILLed server
-    cannot, and each region (32 MB of RAM: /dev/shm is tmpfs) stays until reboot. Found after a
-    day of drills and tests: 168 regions, 5.4 GB."""
+    cannot, and each region (32 MB of RAM: /dev/shm is tmpfs) stays until reboot: a day of
+    drills and tests would leave gigabytes of them."""
     removed = 0
     for region in shm_dir.glob(f"{shm_prefix(grpc_port)}*"):
         with contextlib.suppress(FileNotFoundError):
@@ -215,7 +215,7 @@ def command(opts: ServerOptions, wheel: Wheel) -> list[str]:
         # Room for a max batch of 224x224 images without regrowing the shared memory, and a
         # per-server prefix so several servers (tests, demo) can share /dev/shm.
         "--backend-config=python,shm-default-byte-size=33554432",
-        # Grown in 8 MB steps: a backlog that needs a few MB more than that (seen at batch ~24 with
+        # Grown in 8 MB steps: a backlog that needs a few MB more than that (a batch of ~24 with
         # the next batch's inputs already in) then costs a few MB of RAM for good, not 32.
         "--backend-config=python,shm-growth-byte-size=8388608",
         f"--backend-config=python,shm-region-prefix-name={shm_prefix(opts.grpc_port)}",

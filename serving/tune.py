@@ -27,6 +27,10 @@ up` serves) in an A/B: AB_ROUNDS rounds, each on fresh servers of the same setup
 alternating order, at the winner's concurrency, every run judged sound (tune_judge.ab_verdict).
 The user's repository is written once, at the end, atomically: Ctrl-C at any point leaves it as it
 was.
+
+`--device gpu` tunes the gpu config instead (configs/gpu.pbtxt: TensorRT through ONNX Runtime, on
+KIND_GPU instances), over gpu_space: the registry's GPU sizing and around it. Its winner is
+written beside the report, not into the repository: nothing of it has run on a GPU yet.
 """
 
 from __future__ import annotations
@@ -44,10 +48,17 @@ from pathlib import Path
 
 from cnn_deploy_core import registry
 from cnn_deploy_core.fsutil import atomic_write_bytes, atomic_write_text
-from cnn_deploy_core.layout import INT8_FILE, INT8_SUFFIX
+from cnn_deploy_core.golden import TOLERANCE_PARAM
+from cnn_deploy_core.layout import INT8_FILE, INT8_S8S8_FILE, INT8_SUFFIX, MODEL_FILE, PARAM_PREFIX
+from cnn_deploy_core.registry import Architecture, GpuSizing
 from cnn_deploy_core.secrets import write_private
 from serving import ServingError
-from serving.repository.configs import candidate_config
+from serving.repository.configs import (
+    candidate_config,
+    gpu_config,
+    int8_gpu_config,
+    tensorrt_accelerator,
+)
 from serving.repository.placement import write_configs
 from serving.repository.state import ModelState
 from serving.repository.versions import served_versions
@@ -67,6 +78,8 @@ from serving.tune_judge import (
 )
 
 TUNED = "tuned"
+GPU_PRECISIONS = ("fp16", "fp32", "int8")  # TensorRT's, on the gpu config's files
+GPU_DELAYS = (0, 500, 2000)  # us; the gpu config's own is 2000 (the registry's gpu_queue_delay_us)
 
 
 @dataclass(frozen=True)
@@ -122,36 +135,127 @@ def default_space(max_batch: int, cores: int, has_int8: bool) -> Space:
     )
 
 
-def _config(name: str, candidate: Candidate, model_dir: Path):
+def gpu_space(arch: Architecture, has_s8s8: bool) -> Space:
+    """The GPU search around the registry's sizing for one large GPU (`arch.gpu`, reasoning in
+    docs/deploy-gpu.md): batches up to its max_batch_size (and a half and a quarter of it, for a
+    smaller GPU or a tighter p99), 1 to one more than its instance count, its preferred batches or
+    none, queue delays up to the gpu config's 2 ms; TensorRT FP16 (the gpu config's), FP32, and
+    INT8 when the S8S8 file TensorRT builds is exported. Client concurrency doubles up to two of the
+    largest batches: enough requests waiting to fill one instance's batch while another runs."""
+    sizing = arch.gpu
+    top = sizing.max_batch_size
+    concurrency, c = [], 1
+    while c <= 2 * top:
+        concurrency.append(c)
+        c *= 2
+    return Space(
+        precisions=GPU_PRECISIONS if has_s8s8 else GPU_PRECISIONS[:2],
+        plans=tuple((n, 0) for n in range(1, sizing.instances + 2)),
+        max_batch_sizes=tuple(sorted({top, max(2, top // 2), max(2, top // 4)}, reverse=True)),
+        preferred=(sizing.preferred_batch_sizes, ()),
+        delays=GPU_DELAYS,
+        concurrency=tuple(concurrency),
+    )
+
+
+def check_gpu_precisions(precisions: tuple[str, ...], has_s8s8: bool) -> tuple[str, ...]:
+    """The GPU precisions to try, or a one-line error: unknown ones, or int8 without the S8S8 file."""
+    unknown = [p for p in precisions if p not in GPU_PRECISIONS]
+    if unknown or not precisions:
+        raise ServingError(
+            f"--precisions: {', '.join(unknown) or 'none given'} not served on the GPU; choose from "
+            f"{', '.join(GPU_PRECISIONS)}"
+        )
+    if "int8" in precisions and not has_s8s8:
+        raise ServingError(
+            "--precisions int8: no S8S8 INT8 file (the form TensorRT builds); "
+            "run `python -m export build NAME --int8`"
+        )
+    return tuple(dict.fromkeys(precisions))
+
+
+def current_candidate(arch: Architecture, state: ModelState, device: str) -> Candidate:
+    """What `serving up` serves now: the search's starting point and the A/B's `current`."""
+    if device == "gpu":
+        return Candidate(
+            precision="fp16",
+            instances=arch.gpu.instances,
+            max_batch_size=arch.gpu.max_batch_size,
+            preferred=arch.gpu.preferred_batch_sizes,
+            queue_delay_us=arch.gpu_queue_delay_us,
+        )
+    return Candidate(
+        precision="fp32",
+        instances=state.cpu.instances,
+        threads=state.cpu.threads,  # 0 (the default): the policy's, as `serving up` serves it
+        max_batch_size=arch.max_batch_size,
+        queue_delay_us=arch.cpu_queue_delay_us,
+    )
+
+
+def gpu_candidate_config(arch: Architecture, served, candidate: Candidate):
+    """The gpu config with a candidate's settings. fp16 is the gpu config's own (TensorRT FP16 on the
+    FP16 file), int8 the `<name>_int8` gpu config (the S8S8 file), fp32 TensorRT FP32 on the fp32
+    file, held to the FP16 tolerance: TensorRT may run FP32 convolutions in TF32, which keeps FP16's
+    10 mantissa bits."""
+    top = candidate.max_batch_size
+    preferred = tuple(b for b in candidate.preferred if b <= top)
+    # TensorRT's profile is tuned for the smallest preferred batch; without any, for the largest
+    sizing = GpuSizing(top, candidate.instances, preferred or (top,))
+    sized = dataclasses.replace(arch, gpu=sizing, gpu_queue_delay_us=candidate.queue_delay_us)
+    if candidate.precision == "int8":
+        config = int8_gpu_config(sized, served)
+    else:
+        config = gpu_config(sized, served)
+        if candidate.precision == "fp32":
+            config = dataclasses.replace(
+                config,
+                default_model_filename=MODEL_FILE,
+                accelerator=tensorrt_accelerator(sized, "FP32", arch.name),
+                parameters={**config.parameters, PARAM_PREFIX + "precision": "fp32", TOLERANCE_PARAM: "fp16"},
+            )
+    return dataclasses.replace(config, preferred_batch_sizes=preferred)
+
+
+def _config(name: str, candidate: Candidate, model_dir: Path, device: str = "cpu"):
     state = ModelState.load(model_dir)
     served = served_versions(model_dir, state.pinned)
     if candidate.precision == "int8":
-        served = [v for v in served if INT8_FILE in v.files]
+        wanted = INT8_S8S8_FILE if device == "gpu" else INT8_FILE
+        served = [v for v in served if wanted in v.files]
+    if device == "gpu":
+        return gpu_candidate_config(registry.get(name), served, candidate)
     return candidate_config(registry.get(name), served, asdict(candidate))
 
 
-def current_config(repository: Path, name: str) -> str:
-    """The model's current config, as `serving up` reads it: configs/cpu.pbtxt, else config.pbtxt."""
+def current_config(repository: Path, name: str, device: str = "cpu") -> str:
+    """The model's current config, as `serving up` reads it: configs/cpu.pbtxt, else config.pbtxt
+    (configs/gpu.pbtxt for the GPU)."""
     model_dir = repository / name
-    for path in (model_dir / "configs" / "cpu.pbtxt", model_dir / "config.pbtxt"):
+    paths = [model_dir / "configs" / f"{device}.pbtxt"] + (
+        [model_dir / "config.pbtxt"] if device == "cpu" else []
+    )
+    for path in paths:
         if path.is_file():
             return path.read_text()
-    raise ServingError(f"{name} has no cpu config in {repository}: python -m serving repo {name}")
+    raise ServingError(f"{name} has no {device} config in {repository}: python -m serving repo {name}")
 
 
 @contextlib.contextmanager
-def _scratch_server(repository: Path, model: str, config_text: str):
-    """A server of `model` alone, `config_text` its cpu config, started as `serving up` starts one:
-    every core this process may use, the default thread policy. Yields (options, scratch folder);
-    ServingError if it does not start."""
+def _scratch_server(repository: Path, model: str, config_text: str, device: str = "cpu"):
+    """A server of `model` alone, `config_text` its config for `device` (cpu or gpu), started as
+    `serving up` starts one: every core this process may use, the default thread policy. Yields
+    (options, scratch folder); ServingError if it does not start."""
     with tempfile.TemporaryDirectory(prefix="tune-") as tmp:
         scratch = Path(tmp)
         # Only the model under test: the scratch server spends the cores on nothing else.
         shutil.copytree(
             repository / model, scratch / "repo" / model, ignore=shutil.ignore_patterns("configs")
         )
-        atomic_write_text(scratch / "repo" / model / "configs" / "cpu.pbtxt", config_text)
-        opts = ServerOptions.on_free_ports(scratch / "repo", backend_dir=scratch / "backends")
+        atomic_write_text(scratch / "repo" / model / "configs" / f"{device}.pbtxt", config_text)
+        opts = ServerOptions.on_free_ports(
+            scratch / "repo", backend_dir=scratch / "backends", config_name=device
+        )
         write_private(scratch / "admin.key", opts.admin_key)  # the load test's shared memory needs it
         # keyed and strictly ready, as every server is (serving.triton.serve)
         with serve(opts, scratch / "triton.log", 300):
@@ -180,14 +284,21 @@ def _loadtest(url: str, model: str, c: int, scratch: Path, window_s: float, slo_
 
 
 def measure(
-    name: str, candidate: Candidate, repository: Path, space: Space, slo_ms: float, window_s: float, progress
+    name: str,
+    candidate: Candidate,
+    repository: Path,
+    space: Space,
+    slo_ms: float,
+    window_s: float,
+    progress,
+    device: str = "cpu",
 ) -> Measured:
     started = time.monotonic()
     measured = Measured(candidate)
     model = name + (INT8_SUFFIX if candidate.precision == "int8" else "")
-    config = _config(name, candidate, repository / name).to_pbtxt()
+    config = _config(name, candidate, repository / name, device).to_pbtxt()
     try:
-        with _scratch_server(repository, model, config) as (opts, scratch):
+        with _scratch_server(repository, model, config, device) as (opts, scratch):
             _climb(measured, opts.grpc_url, model, scratch, space, slo_ms, window_s, progress)
     except ServingError as e:  # the server's start: _climb records its load tests' own
         measured.rejected = f"the server did not start: {e}"
@@ -235,18 +346,11 @@ def search(
     space: Space,
     window_s: float,
     progress=lambda message: None,
+    device: str = "cpu",
 ) -> list[Measured]:
-    """Coordinate descent from the current configuration, within the budget."""
+    """Coordinate descent from the current configuration (of `device`), within the budget."""
     deadline = time.monotonic() + budget_s
-    state = ModelState.load(repository / name)
-    arch = registry.get(name)
-    current = Candidate(
-        precision="fp32",
-        instances=state.cpu.instances,
-        threads=state.cpu.threads,  # 0 (the default): the policy's, as `serving up` serves it
-        max_batch_size=arch.max_batch_size,
-        queue_delay_us=arch.cpu_queue_delay_us,
-    )
+    current = current_candidate(registry.get(name), ModelState.load(repository / name), device)
     results: dict[Candidate, Measured] = {}
     dimensions = (
         ("precision", [(p,) for p in space.precisions], ("precision",)),
@@ -259,7 +363,9 @@ def search(
     def run(candidate: Candidate) -> Measured:
         if candidate not in results:
             progress(f"candidate {len(results) + 1}: {candidate.label()}")
-            results[candidate] = measure(name, candidate, repository, space, slo_ms, window_s, progress)
+            results[candidate] = measure(
+                name, candidate, repository, space, slo_ms, window_s, progress, device
+            )
             m = results[candidate]
             verdict = m.rejected or f"best {m.best['infer_per_s']:.1f} infer/s at c={m.best['concurrency']}"
             progress(f"  -> {verdict}")
@@ -306,11 +412,13 @@ class AbResult:
         }
 
 
-def _ab_run(repository: Path, model: str, config: str, c: int, window_s: float, slo_ms: float) -> dict:
+def _ab_run(
+    repository: Path, model: str, config: str, c: int, window_s: float, slo_ms: float, device: str = "cpu"
+) -> dict:
     """One A/B run: a fresh server of `config`, one load test at `c`; its figures and what the judge
     found unsound in it (a server that did not start, a load test without a report, included)."""
     try:
-        with _scratch_server(repository, model, config) as (opts, scratch):
+        with _scratch_server(repository, model, config, device) as (opts, scratch):
             report, problem, within = _loadtest(opts.grpc_url, model, c, scratch, window_s, slo_ms)
     except CandidateFailed as e:
         return {"point": None, "within": False, "problems": [str(e)]}
@@ -330,6 +438,7 @@ def ab_test(
     window_s: float,
     rounds: int = AB_ROUNDS,
     progress=lambda message: None,
+    device: str = "cpu",
 ) -> AbResult:
     """The winner and the current config (the model's cpu config), each on fresh servers of the same
     setup, alternately (current first in odd rounds, the winner first in even ones, so that a drift
@@ -339,15 +448,15 @@ def ab_test(
     c = winner.best["concurrency"]
     model = name + (INT8_SUFFIX if winner.candidate.precision == "int8" else "")
     configs = {
-        "current": (name, current_config(repository, name)),
-        "winner": (model, _config(name, winner.candidate, repository / name).to_pbtxt()),
+        "current": (name, current_config(repository, name, device)),
+        "winner": (model, _config(name, winner.candidate, repository / name, device).to_pbtxt()),
     }
     result = AbResult(concurrency=c)
     for number in range(1, rounds + 1):
         order = ("current", "winner") if number % 2 else ("winner", "current")
         runs = {}
         for which in order:
-            run = _ab_run(repository, *configs[which], c, window_s, slo_ms)
+            run = _ab_run(repository, *configs[which], c, window_s, slo_ms, device)
             runs[which] = run
             result.runs.append({"round": number, "config": which, "model": configs[which][0], **run})
             point = run["point"]
@@ -426,10 +535,19 @@ def write_tuned(
     return repository / model / "configs" / f"{config_name}.pbtxt"
 
 
-def has_int8(repository: Path, name: str) -> bool:
+def write_gpu_winner(name: str, repository: Path, best: Candidate, path: Path) -> Path:
+    """The GPU winner's config at `path` (beside the tuner's report), for the versions served now."""
+    config = _config(name, best, repository / name, "gpu")
+    atomic_write_text(path, config.to_pbtxt())
+    return path
+
+
+def has_int8(repository: Path, name: str, filename: str = INT8_FILE) -> bool:
+    """Whether `<name>_int8` has a version holding `filename` (the CPU's UINT8 file; the GPU's is
+    INT8_S8S8_FILE)."""
     int8_dir = repository / (name + INT8_SUFFIX)
     return (
-        any((p / INT8_FILE).is_file() for p in int8_dir.iterdir() if p.is_dir())
+        any((p / filename).is_file() for p in int8_dir.iterdir() if p.is_dir())
         if int8_dir.is_dir()
         else False
     )

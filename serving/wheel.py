@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,18 @@ from serving import ServingError
 
 BACKEND_SOURCE = Path(__file__).parent / "triton_side" / "onnxruntime" / "model.py"
 PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def python_refusal(version: tuple[int, int]) -> str | None:
+    """Why the server cannot run on this Python, or None. The wheel's Triton Python backend reads
+    numpy 1.x arrays only (under numpy 2 every tensor arrives garbled), and numpy 1.x has no build
+    for Python 3.13, so the serving extra leaves the wheel out there (pyproject.toml)."""
+    if version >= (3, 13):
+        return (
+            f"the server runs on Python 3.11 and 3.12, not {version[0]}.{version[1]}: its Triton "
+            "Python backend needs numpy 1.x, which has no build for Python 3.13"
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -24,6 +37,9 @@ class Wheel:
 
     @classmethod
     def find(cls) -> Wheel:
+        refusal = python_refusal(sys.version_info[:2])
+        if refusal:
+            raise ServingError(refusal)
         try:
             import pytriton
         except ImportError:
@@ -84,10 +100,14 @@ def prepare_backends(target: Path, wheel: Wheel | None = None) -> Path:
 
 def environment(wheel: Wheel) -> dict[str, str]:
     env = dict(os.environ)
-    # The backend stub finds its libraries next to the wheel, and its embedded interpreter
-    # takes its prefix (hence site-packages: onnxruntime, numpy) from the first `python3` on
-    # PATH, so this environment's bin directory goes first, as pytriton itself does.
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(wheel.libs), env.get("LD_LIBRARY_PATH")]))
+    # The backend stub finds its libraries next to the wheel and the shared libpython it embeds
+    # in this interpreter's LIBDIR (outside the loader's paths for pyenv and uv builds), and its
+    # embedded interpreter takes its prefix (hence site-packages: onnxruntime, numpy) from the
+    # first `python3` on PATH, so this environment's bin directory goes first, as pytriton does.
+    libdir = sysconfig.get_config_var("LIBDIR")
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(
+        filter(None, [str(wheel.libs), libdir, env.get("LD_LIBRARY_PATH")])
+    )
     env["PATH"] = os.pathsep.join(filter(None, [str(Path(sys.executable).parent), env.get("PATH")]))
     env.setdefault("OMP_NUM_THREADS", "1")  # ORT sizes its own pools; no OpenMP oversubscription
     return env

@@ -1,4 +1,4 @@
-"""Our ONNX Runtime backend refuses a GPU instance that would run elsewhere (issue 21, item 1).
+"""Our ONNX Runtime backend refuses a GPU instance that would run elsewhere.
 
 Triton itself refuses KIND_GPU on a machine without a GPU ("has kind KIND_GPU but no GPUs are
 available"), so these tests drive the backend's own code: the pure provider check, and the real

@@ -3,7 +3,7 @@
 The harness asks the one judge (cnn_deploy_core.judge, shown saying no rule by rule in
 tests/test_run_judge.py) and raises one line naming each problem; then a
 real benchmark (`bench-serving`'s served runs) is shown failing on a damaged model that a server
-really serves (tests/mutations.py), where before it measured the damaged model's speed."""
+really serves (tests/mutations.py) instead of reporting the damaged model's speed."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def test_failed_requests_are_allowed_only_when_the_objectives_say_so():
 @pytest.mark.integration
 def test_a_benchmark_fails_on_a_damaged_served_model(models_dir, tmp_path):
     """bench-serving measures a damaged resnet18 (its golden set the original's): it must refuse
-    to report a figure. Before the harness, its own generator verified nothing."""
+    to report a figure: the harness, not the benchmark, verifies every answer."""
     from cnn_deploy.bench.serving import served
     from cnn_deploy_core.console import stderr
 

@@ -55,3 +55,23 @@ def test_the_table_puts_backends_side_by_side_and_lists_the_absent_ones():
     assert text[1].split() == ["resnet50", "8", "2000", "9000"]
     assert "absent: tensorrt_plan_fp16: no tensorrt" in text
     assert "failed: resnet50 ort_cuda_fp32: RuntimeError: boom" in text
+
+
+@pytest.mark.parametrize("sync_each", [True, False])
+def test_one_cuda_timing_loop_waits_after_each_call_or_once_at_the_end(sync_each):
+    """bench-export's throughput (one wait) and gpu-check's latency rows (a wait per call) share one
+    loop; a counting `sync` stands in for torch.cuda.synchronize, which needs a GPU."""
+    from export.benchmark_gpu import cuda_seconds_per_call
+
+    calls, syncs = [], []
+    per_call, n = cuda_seconds_per_call(
+        lambda: calls.append(1),
+        seconds=0.0,
+        sync_each=sync_each,
+        min_calls=4,
+        warmup=2,
+        sync=lambda: syncs.append(1),
+    )
+    assert (len(calls), n) == (2 + 4, 4) and per_call >= 0
+    # before the clock starts (the warm-up's work done), then after each call or once at the end
+    assert len(syncs) == (1 + 4 if sync_each else 2)

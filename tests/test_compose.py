@@ -599,9 +599,10 @@ def _pinned(requirement_name: str) -> str:
     return next(d.split("==")[1] for d in deps if d.split("==")[0].strip() == requirement_name)
 
 
-def test_dockerfile_is_python311_slim_by_default_with_cpu_torch_pinned_like_pyproject():
+def test_dockerfile_is_python313_slim_by_default_with_cpu_torch_pinned_like_pyproject():
     lines = _dockerfile()
-    assert "ARG BASE_IMAGE=python:3.11-slim" in lines
+    assert "ARG BASE_IMAGE=python:3.13-slim" in lines
+    assert "${CNN_DEPLOY_BASE_IMAGE:-python:3.13-slim}" in (ROOT / "docker-compose.yml").read_text()
     stages = {"${BASE_IMAGE}", "${TRITON_IMAGE}"}  # the GPU server: tests/test_triton_gpu_image.py
     for ln in (ln for ln in lines if ln.startswith("FROM ")):
         parts = ln.split()
@@ -725,3 +726,33 @@ def test_schema_file_records_where_it_came_from_and_its_license():
     schema = json.loads(SCHEMA_FILE.read_text())
     assert schema["$schema"].endswith("2020-12/schema") and schema["title"] == "Compose Specification"
     assert "compose-spec/compose-go" in schema["$comment"] and "Apache License 2.0" in schema["$comment"]
+
+
+def test_the_server_image_is_built_on_a_python_that_the_server_runs_on(services):
+    """The serving extra has no nvidia-pytriton on Python 3.13 (serving/wheel.py says why): the
+    server's image takes its own base image, a Python 3.11 one by default, and a build on 3.13 stops."""
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    (pytriton,) = [d for d in extras["serving"] if d.startswith("nvidia-pytriton")]
+    assert "python_version < '3.13'" in pytriton
+    args = services["triton-cpu"]["build"]["args"]
+    assert args["BASE_IMAGE"] == "python:3.11-slim" and "EXTRA_CA_CERT" in args
+    assert "${CNN_DEPLOY_SERVING_BASE_IMAGE:-python:3.11-slim}" in (ROOT / "docker-compose.yml").read_text()
+    install = next(ln for ln in _dockerfile() if "[serving" in ln)
+    assert "python_refusal" in install
+
+
+def test_the_image_python_check_says_no():
+    from cnn_deploy.checks.compose import python_verdict
+
+    both = {"serving": "Python 3.11.2", "client": "Python 3.13.5"}
+    expected = {"serving": "3.11", "client": "3.13"}
+    assert python_verdict(both, expected) is None
+    assert python_verdict({**both, "client": "Python 3.11.2"}, expected) == (
+        "expected client on Python 3.13, found Python 3.11.2"
+    )
+    assert python_verdict({"serving": "Python 3.1.0"}, {"serving": "3.1"}) is None
+    assert python_verdict({"serving": "Python 3.13.5"}, {"serving": "3.1"}) is not None  # not 3.1
+    assert python_verdict({}, expected) == "no image reported its Python version"
+    assert python_verdict(both, {"serving": None, "client": "3.13"}) is None  # the user's base image

@@ -1,6 +1,6 @@
 """The CPU compose deployment, really run (`make compose-test`), and its refusal where Docker cannot
 run. The full run builds images and starts containers: marked `docker`, run by hand or by
-`pytest -m docker` (see docs/deploy-cpu.md for its last output here)."""
+`pytest -m docker` (docs/deploy-cpu.md shows its output)."""
 
 from __future__ import annotations
 

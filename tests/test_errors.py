@@ -198,8 +198,8 @@ def test_a_connect_that_times_out_is_unavailable_not_a_request_timeout():
 
 
 def test_unavailable_that_says_timed_out_is_unavailable():
-    """Round 2's bug: the text "timed out" was checked before the code, so gRPC's connect-phase
-    "Connection timed out" (UNAVAILABLE) became a request timeout and was never failed over."""
+    """The status code decides before the text: checked on "timed out" first, gRPC's connect-phase
+    "Connection timed out" (UNAVAILABLE) would become a request timeout and never fail over."""
     details = (
         "failed to connect to all addresses; last error: UNKNOWN: ipv4:10.0.0.1:8001: "
         "Failed to connect to remote host: Connection timed out"
@@ -414,7 +414,7 @@ def test_real_triton_unknown_model_failed_model_and_bad_shape(small_triton, prot
 @pytest.mark.integration
 def test_a_queue_timeout_is_overload_counted_as_failure_never_failed_over(small_triton, capsys, tmp_path):
     """Load shed by a queue policy's timeout, over two URLs of one server: it must not vanish into
-    failovers (it did while "Request timeout expired" was taken for an unreachable server)."""
+    failovers, as it would if "Request timeout expired" were taken for an unreachable server."""
     import json
 
     from clients.cli import main as clients_main

@@ -1,6 +1,6 @@
 """Every registered architecture through the whole export pipeline, then proof that its verification
 can fail: each mutation of tests/mutations.py is caught by the export's verification and by
-`clients verify` against a server serving the damaged graph (slow: see the README for its time).
+`clients verify` against a server serving the damaged graph (slow).
 
 Disk: a VGG case would hold ~6.5 GB if each mutation copied the whole model; here a mutated model
 is hard links to the clean one's files but for its damaged graph (one file per mutation), and a

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -186,3 +187,71 @@ def test_gpu_check_passes_every_check_on_the_ci_models(repository, tmp_path):
         for check in ("ort-cuda-fp16", "served-gpu-config", "served-restart", "trtexec-plan"):
             assert checks[(check, name)]["status"] == "OK", checks[(check, name)]
     assert checks[("ort-tensorrt-int8", f"{INT8_ARCH}_int8")]["status"] == "OK"
+
+
+# What onnxruntime-gpu 1.31.1's wheel asks for in its `cuda` and `cudnn` extras (its METADATA,
+# Provides-Extra): CUDA 13 and cuDNN 9 for CUDA 13, the libraries `preload_dlls()` loads.
+ORT_GPU_EXTRAS = {
+    "cuda": (
+        "nvidia-cuda-nvrtc~=13.0",
+        "nvidia-cuda-runtime~=13.0",
+        "nvidia-cufft~=12.0",
+        "nvidia-curand~=10.0",
+    ),
+    "cudnn": ("nvidia-cudnn-cu13~=9.0",),
+}
+
+
+def test_the_gpu_extra_brings_onnxruntimes_cuda_libraries_pinned_as_pytorch_has_them():
+    """The gpu extra installs onnxruntime-gpu with its CUDA and cuDNN wheels; constraints.txt pins
+    each at a version both onnxruntime-gpu and PyTorch accept, so the gpu-check venv holds one copy
+    of each library, which PyTorch loads first and preload_dlls() then finds loaded."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    (gpu,) = (Requirement(r) for r in extras["gpu"])
+    assert gpu.name == "onnxruntime-gpu" and gpu.extras == set(ORT_GPU_EXTRAS)
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.split("#")[0].strip():
+            pin = Requirement(line.split("#")[0])
+            if pin.marker is None or pin.marker.evaluate():
+                pins[pin.name.lower()] = str(pin.specifier).removeprefix("==")
+    for wanted in (Requirement(r) for extra in ORT_GPU_EXTRAS.values() for r in extra):
+        assert wanted.name in pins, f"{wanted.name} is not pinned in constraints.txt"
+        assert pins[wanted.name] in wanted.specifier, f"{wanted.name}=={pins[wanted.name]} breaks {wanted}"
+
+
+def test_the_gpu_check_loads_pytorchs_cuda_libraries_before_onnxruntimes(monkeypatch):
+    """Importing the check loads neither; its inventory asks PyTorch first, then ONNX Runtime (whose
+    preload_dlls() then finds the CUDA and cuDNN libraries of the same wheels already loaded)."""
+    from cnn_deploy.checks import gpu
+    from serving import gpus
+
+    probe = "import sys, cnn_deploy.checks.gpu; print(sorted({'torch', 'onnxruntime'} & set(sys.modules)))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert loaded.stdout.strip() == "[]"
+    calls = []
+    monkeypatch.setattr(
+        gpus, "nvidia_gpus", lambda: calls.append("nvidia-smi") or (["H100, 560.35, 81559 MiB"], "")
+    )
+    monkeypatch.setattr(gpu, "torch_inventory", lambda: calls.append("torch"))
+    monkeypatch.setattr(
+        gpu, "onnxruntime_gpu", lambda: calls.append("onnxruntime") or (None, "no onnxruntime-gpu")
+    )
+    assert gpu.gpu_inventory()["gpus"] == ["H100, 560.35, 81559 MiB"]
+    assert calls == ["nvidia-smi", "torch", "onnxruntime"]
+
+
+def test_a_gpu_is_what_nvidia_smi_lists():
+    from serving.gpus import listed
+
+    assert listed(0, "NVIDIA H100 80GB HBM3, 560.35.03, 81559 MiB\n\n") == [
+        "NVIDIA H100 80GB HBM3, 560.35.03, 81559 MiB"
+    ]
+    assert listed(9, "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver") == []
+    assert listed(0, "") == []

@@ -1,4 +1,4 @@
-"""The GPU configs' TensorRT options (issue 21, item 3), set through Triton's protobuf: engine and
+"""The GPU configs' TensorRT options, set through Triton's protobuf: engine and
 timing caches on the volume, FP16/INT8, builder level, CUDA graphs behind a switch, one explicit
 profile over the dynamic batcher's range, and a warm-up that builds the engines before READY.
 

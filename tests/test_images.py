@@ -1,6 +1,7 @@
 """Images in, labels out: the `<name>_image` ensembles with server-side preprocessing, on the real
-server. Bit-identity with the client's preprocessing, every format, bad images failing alone in a
-shared dynamic batch, `verify` over both protocols, and the README's curl command."""
+server. Bit-identity with the client's preprocessing, the top-5 of reduced JPEG decoding, every
+format, bad images failing alone in a shared dynamic batch, `verify` over both protocols, and the
+README's curl command."""
 
 from __future__ import annotations
 
@@ -25,7 +26,13 @@ from clients.client import TritonClient, encoded
 from cnn_deploy_core.golden import GoldenSet
 from cnn_deploy_core.images import all_photos, sample_photos
 from cnn_deploy_core.metrics import compare
-from cnn_deploy_core.preprocess import Preprocessing, preprocess_bytes, preprocess_files
+from cnn_deploy_core.preprocess import (
+    Preprocessing,
+    load_image,
+    preprocess,
+    preprocess_bytes,
+    preprocess_files,
+)
 from serving.repository import preprocess_model_name
 from tests.conftest import ROOT, run_cli
 
@@ -104,6 +111,18 @@ def test_every_format_classifies_like_the_tensor_model(triton, protocol):
     result = compare(local, served, atol=1e-5, rtol=1e-4)
     assert result.passed, result
     assert len({int(np.argmax(row)) for row in served}) > 1  # the formats are not all one answer
+
+
+def test_reduced_jpeg_decoding_keeps_every_photos_top5(triton):
+    """The server decodes large JPEGs at a reduced scale (cnn_deploy_core/preprocess.py); its
+    top-5 on every photo is the tensor model's on a full-size decode, torchvision's way."""
+    photos = all_photos()
+    with TritonClient(triton.grpc_url) as client:
+        spec = client.model_info("resnet18").preprocessing
+        served = client.infer_images("resnet18_image", [p.read_bytes() for p in photos])
+        full = client.infer("resnet18", np.stack([preprocess(load_image(p), spec) for p in photos]))
+    for photo, got, want in zip(photos, served, full, strict=True):
+        assert list(np.argsort(-got)[:5]) == list(np.argsort(-want)[:5]), photo.name
 
 
 def _bomb_png(width: int = 30000, height: int = 30000) -> bytes:

@@ -84,3 +84,51 @@ def test_a_stage_without_its_extra_names_the_extra_in_one_line(base_venv, tmp_pa
         r"pip install 'cnn-deploy\[export\]'",
         line,
     ), line
+
+
+SUPPORTED_PYTHONS = ("3.11", "3.12", "3.13")
+
+
+def _project() -> dict:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def test_every_supported_python_is_admitted_and_listed():
+    from packaging.specifiers import SpecifierSet
+
+    project = _project()
+    admitted = SpecifierSet(project["requires-python"])
+    for version in (*SUPPORTED_PYTHONS, "3.14"):
+        assert version in admitted, f"requires-python {admitted} refuses Python {version}"
+    listed = {c.rsplit(" :: ", 1)[1] for c in project["classifiers"] if c.startswith("Programming Language")}
+    assert set(SUPPORTED_PYTHONS) <= listed
+
+
+def test_constraints_pin_each_package_once_for_every_supported_python():
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    lines = [ln.split("#")[0].strip() for ln in (ROOT / "constraints.txt").read_text().splitlines()]
+    requirements = [Requirement(ln) for ln in lines if ln]
+    for version in SUPPORTED_PYTHONS:
+        env = {"python_version": version, "python_full_version": f"{version}.0"}
+        pinned = [
+            canonicalize_name(r.name) for r in requirements if r.marker is None or r.marker.evaluate(env)
+        ]
+        assert len(pinned) == len(set(pinned)), f"Python {version}: a package pinned twice"
+        assert "numpy" in pinned, f"Python {version}: numpy unpinned"
+        for r in requirements:
+            assert len(r.specifier) == 1 and next(iter(r.specifier)).operator == "==", str(r)
+
+
+def test_the_server_says_in_one_line_that_it_needs_python_311_or_312():
+    from serving.wheel import python_refusal
+
+    assert python_refusal((3, 11)) is None and python_refusal((3, 12)) is None
+    refusal = python_refusal((3, 13))
+    assert refusal is not None and "\n" not in refusal and "3.11 and 3.12, not 3.13" in refusal
+    assert python_refusal((3, 14)) is not None
+    (pytriton,) = [d for d in _project()["optional-dependencies"]["serving"] if "pytriton" in d]
+    assert pytriton.endswith("; python_version < '3.13'")  # installed where it can run, only

@@ -199,3 +199,56 @@ def test_a_calibration_folder_adds_its_images(tmp_path):
         int8_module.calibration_set(
             spec, folder=tmp_path / "empty" if (tmp_path / "empty").mkdir() is None else None
         )
+
+
+def _ort_optimized_ops(path, tmp_path) -> dict[str, int]:
+    """The op types ONNX Runtime's CPU provider runs for this file, after all its graph rewrites."""
+    import collections
+
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    opts.log_severity_level = 3
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return dict(collections.Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node))
+
+
+def test_the_cpu_int8_file_runs_in_int8_from_the_input_to_the_logits(models_dir, tmp_path):
+    ops = _ort_optimized_ops(models_dir / INT8_ARCH / "model.int8.onnx", tmp_path)
+    # one quantization of the input, one dequantization of the logits, nothing in float between:
+    # the pooling too runs in INT8 (a ReduceMean would be dequantized, averaged, quantized again)
+    assert ops["QuantizeLinear"] == 1 and ops["DequantizeLinear"] == 1, ops
+    assert ops["QLinearGlobalAveragePool"] == 1 and ops["QGemm"] == 1, ops
+    assert not {"Conv", "Gemm", "Add", "ReduceMean", "GlobalAveragePool"} & set(ops), ops
+
+
+def _reduce_mean(axes: list[int], *, keepdims: int = 1, shape=(2, 3, 4, 5)) -> onnx.ModelProto:
+    node = helper.make_node("ReduceMean", ["x", "axes"], ["y"], name="mean", keepdims=keepdims)
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(np.array(axes, dtype=np.int64), "axes")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_only_a_mean_over_height_and_width_becomes_global_average_pooling():
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 5), dtype=np.float32)
+    for axes in ([-1, -2], [2, 3]):
+        model = _reduce_mean(axes)
+        want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+        assert int8_module.spatial_means_as_pooling(model) == 1
+        assert [n.op_type for n in model.graph.node] == ["GlobalAveragePool"]
+        assert not model.graph.initializer  # the axes went with the ReduceMean
+        got = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    rank3 = _reduce_mean([-1, -2], shape=(3, 4, 5))
+    for other in (_reduce_mean([1]), _reduce_mean([2, 3], keepdims=0), rank3):
+        assert int8_module.spatial_means_as_pooling(other) == 0
+        assert [n.op_type for n in other.graph.node] == ["ReduceMean"]

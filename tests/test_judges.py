@@ -1,5 +1,5 @@
 """The drills' judges are pure: each is shown keeping its promise on good figures and saying BROKEN
-on the figures main's looser checks let pass (no server needed)."""
+on figures that looser checks would let pass (no server needed)."""
 
 from __future__ import annotations
 
@@ -119,7 +119,7 @@ def test_overload_keeps_its_promises():
 
 
 def test_overload_breaks_when_the_server_never_sheds():
-    # main's closed loop at concurrency 64: no ServerOverloadedError ever ran, and it passed
+    # a closed loop never overloads the server: no ServerOverloadedError, so shedding is unproven
     assert any("sheds load" in p for p in broken(judge_overload(replace(OVERLOAD, errors={}))))
 
 

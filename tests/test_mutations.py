@@ -24,7 +24,7 @@ from serving.triton import ServerOptions, TritonProcess
 from tests.conftest import INT8_ARCH, run_cli
 from tests.mutations import MUTATIONS
 
-MUTATED = ("resnet18", "googlenet")  # googlenet's verification was vacuous before the new init
+MUTATED = ("resnet18", "googlenet")  # googlenet: vacuous verification unless export.random_init works
 
 
 @functools.cache
@@ -96,7 +96,7 @@ def test_int8_verification_catches_a_damaged_int8_graph(models_dir, mutation):
 
 def test_the_cross_runtime_int8_tolerance_still_catches_gross_damage(models_dir):
     """Another INT8 implementation (TensorRT) is held to a looser tolerance, derived from how much two
-    correct executions differ; it can miss a one-conv damage (the README says so), not these."""
+    correct executions differ; it can miss a one-conv damage (a documented limit), not these."""
     golden = GoldenSet.load(models_dir / INT8_ARCH / INT8_GOLDEN_FILE)
     assert golden.tolerances[INT8_CROSS_RUNTIME]["measured_rel_err"] > 0
     clean = onnx.load(str(models_dir / INT8_ARCH / INT8_FILE))

@@ -114,7 +114,7 @@ def test_percentiles_show_their_sample_counts_and_memory_is_pss():
 def test_the_layer_table_counts_two_flops_per_multiply_add():
     page = _page(SERVED)
     assert report_html.LAYER_MFLOPS in page
-    assert "<td>236.0</td>" in page  # 118.0 M multiply-adds in conv1: 236.0 MFLOPs (main showed 118.0)
+    assert "<td>236.0</td>" in page  # 118.0 M multiply-adds in conv1: 236.0 MFLOPs (a MAC is two FLOPs)
 
 
 def test_the_compute_roof_is_the_best_gemm_and_says_how_it_was_measured():
@@ -173,7 +173,9 @@ def test_in_process_figures_match_a_separate_measurement(models_dir):
         session.run(None, {"input": x})
         n += 1
     separate = 8 * n / (time.perf_counter() - start)
-    assert 0.6 < reported / separate < 1.6, (reported, separate)  # a shared 2-core machine: noise
+    # It guards the accounting (images, not batches of 8, per second), not the speed: on a shared
+    # machine two 1.5 s windows can differ 2x, a batch-size slip is 8x.
+    assert 1 / 3 < reported / separate < 3, (reported, separate)
 
 
 @pytest.mark.integration

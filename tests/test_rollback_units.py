@@ -1,4 +1,4 @@
-"""A model and its variants move together on a running server (issue 23): two INT8 exports with an
+"""A model and its variants move together on a running server: two INT8 exports with an
 image ensemble, rolled back, rolled forward, and a corrupted variant whose reload fails and leaves
 every model serving as before."""
 

@@ -1,19 +1,21 @@
 """The GPU server image (the Dockerfile's `triton-gpu` target): NVIDIA's Triton image plus exactly
 deploy/triton-gpu/requirements.txt, used by the compose GPU `triton` service and the k8s gpu
-overlay. No GPU and no NVIDIA registry here: the preprocessing model is run in a bare venv that
-holds only what the image has for it (its numpy line and that list), behind a stand-in
-triton_python_backend_utils."""
+overlay. No GPU and no NVIDIA registry here: the preprocessing model is run in a bare venv on the
+image's Python (3.10) that holds only what the image has for it (its numpy line and that list),
+behind a stand-in triton_python_backend_utils."""
 
 from __future__ import annotations
 
+import glob
 import json
 import re
+import shutil
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 from cnn_deploy_core.images import all_photos
@@ -28,6 +30,24 @@ DOCKERFILE = ROOT / "Dockerfile"
 REQUIREMENTS = ROOT / "deploy" / "triton-gpu" / "requirements.txt"
 # The numpy line NVIDIA's Triton 24.x images ship for the Python backend (numpy<2).
 IMAGE_NUMPY = "numpy==1.26.4"
+# The image's Python (tritonserver:24.10-py3 is Ubuntu 22.04, python3 3.10): the venv runs on it,
+# so a pin without a wheel for it, or a line of the model's code it cannot read, fails here.
+IMAGE_PYTHON = (3, 10)
+
+
+def _image_python() -> str | None:
+    """An interpreter of the image's Python version on this machine (pyenv's included), or None."""
+    major, minor = IMAGE_PYTHON
+    found = [
+        shutil.which(f"python{major}.{minor}"),
+        *glob.glob(f"{Path.home()}/.pyenv/versions/{major}.{minor}*/bin/python{major}.{minor}"),
+    ]
+    for candidate in filter(None, found):
+        probe = subprocess.run([candidate, "-c", "import sys, venv; print(sys.version_info[:2])"],
+                               capture_output=True, text=True)  # fmt: skip
+        if probe.returncode == 0 and probe.stdout.strip() == str(IMAGE_PYTHON):
+            return candidate
+    return None
 
 
 def _stages() -> list[tuple[str, str]]:
@@ -119,8 +139,11 @@ CHILD = textwrap.dedent(
 
 
 def test_the_preprocessing_model_answers_with_only_what_the_gpu_image_installs(tmp_path):
+    image_python = _image_python()
+    if image_python is None:
+        pytest.skip(f"no Python {'.'.join(map(str, IMAGE_PYTHON))} here, the Triton image's")
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    subprocess.run([image_python, "-m", "venv", str(venv)], check=True, timeout=300)
     python = venv / "bin" / "python"
     pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--only-binary=:all:"]
     install = subprocess.run([*pip, IMAGE_NUMPY, "-r", str(REQUIREMENTS)], capture_output=True, text=True)

@@ -13,7 +13,7 @@ import pytest
 from serving import ServingError, tune
 from serving.config import parse_pbtxt
 from serving.repository import ModelState
-from tests.conftest import port_args, run_cli
+from tests.conftest import _has_gpu, port_args, run_cli
 
 pytestmark = pytest.mark.integration
 # the A/B's order: the current config first in odd rounds, the winner first in even ones
@@ -132,7 +132,7 @@ def test_tune_refuses_to_overwrite_the_cpu_config_without_force(tmp_path):
 
 
 def test_a_candidate_with_a_wrong_answer_loses_whatever_its_speed(monkeypatch, tmp_path):
-    def fake_measure(name, candidate, repository, space, slo_ms, window_s, progress):
+    def fake_measure(name, candidate, repository, space, slo_ms, window_s, progress, device="cpu"):
         m = tune.Measured(candidate)
         fast = candidate.precision == "int8"
         point = {"concurrency": 4, "infer_per_s": 200.0 if fast else 50.0, "p50_ms": 5, "p99_ms": 9,
@@ -312,7 +312,7 @@ def test_the_ab_accepts_only_a_winner_clearly_and_repeatedly_ahead():
     assert ab_verdict(_rounds([50, 51, 49], [60, 61, 59]))[0]
     assert not ab_verdict(_rounds([50, 50, 50], [50.5, 50.4, 50.6]))[0]  # a tie is not worth a config
     assert not ab_verdict(_rounds([50, 50, 50], [50 * AB_MIN_GAIN * 0.99] * 3))[0]
-    # a busy machine: the median says 1.11x, but the winner lost a round (measured so, c=8)
+    # a busy machine: the median says 1.11x, but the winner lost a round
     ahead, why = ab_verdict(_rounds([31.4, 39.1, 61.3], [74.9, 43.3, 38.9]))
     assert not ahead and "faster in 2 of 3" in why
     assert not ab_verdict(_rounds([50, 50], [80, 80]))[0]  # fewer than 3 rounds
@@ -334,7 +334,7 @@ def test_tune_writes_nothing_when_the_ab_finds_the_winner_slower(monkeypatch, tm
     from serving.cli import main
     from tests import reports
 
-    def fake_measure(name, candidate, repository, space, slo_ms, window_s, progress):
+    def fake_measure(name, candidate, repository, space, slo_ms, window_s, progress, device="cpu"):
         m = tune.Measured(candidate)
         point = {"concurrency": 4, "infer_per_s": 50.0 * candidate.instances, "p50_ms": 5, "p99_ms": 9,
                  "verified": 100, "wrong": 0, "errors": 0}  # fmt: skip
@@ -370,3 +370,71 @@ def test_tune_writes_nothing_when_the_ab_finds_the_winner_slower(monkeypatch, tm
     assert len(ab["runs"]) == 6 and len(served) == 6
     assert [r["config"] for r in ab["runs"]] == ALTERNATING
     assert not (model / "configs" / "tuned.pbtxt").exists() and ModelState.load(model).tuned is None
+
+
+# ---- the GPU search space (`serving tune --device gpu`): pure, checked without a GPU ----
+
+
+def test_the_gpu_space_is_built_around_the_registrys_gpu_sizing():
+    from cnn_deploy_core.registry import get
+
+    resnet50 = tune.gpu_space(get("resnet50"), has_s8s8=False)
+    assert resnet50.max_batch_sizes == (128, 64, 32) and resnet50.plans == ((1, 0), (2, 0), (3, 0))
+    assert resnet50.preferred == ((64, 128), ()) and resnet50.delays == (0, 500, 2000)
+    assert resnet50.precisions == ("fp16", "fp32") and resnet50.concurrency[-1] == 256
+    assert tune.gpu_space(get("resnet50"), has_s8s8=True).precisions == ("fp16", "fp32", "int8")
+    assert max(tune.gpu_space(get("vgg16"), has_s8s8=False).max_batch_sizes) == 64
+    assert max(tune.gpu_space(get("resnet18"), has_s8s8=False).max_batch_sizes) == 256
+    # the search starts from the gpu config `serving up` serves: a point of the space
+    start = tune.current_candidate(get("resnet50"), None, "gpu")
+    assert (start.precision, start.instances, start.max_batch_size) == ("fp16", 2, 128)
+    assert start.preferred in resnet50.preferred and start.queue_delay_us in resnet50.delays
+
+
+def test_a_gpu_candidate_is_the_gpu_config_with_its_settings(tmp_path):
+    from cnn_deploy_core.golden import TOLERANCE_PARAM
+    from cnn_deploy_core.registry import get
+    from serving.repository import gpu_config, int8_gpu_config, served_versions
+    from tests.test_serving_config import _version_dir
+
+    _version_dir(tmp_path / "resnet50", 1)
+    served, arch = served_versions(tmp_path / "resnet50"), get("resnet50")
+    start = tune.current_candidate(arch, None, "gpu")
+    assert tune.gpu_candidate_config(arch, served, start) == gpu_config(arch, served)
+    int8 = dataclasses.replace(start, precision="int8")
+    assert tune.gpu_candidate_config(arch, served, int8) == int8_gpu_config(arch, served)
+
+    fp32 = tune.gpu_candidate_config(
+        arch,
+        served,
+        dataclasses.replace(start, precision="fp32", max_batch_size=32, instances=3, queue_delay_us=0),
+    )
+    parsed = parse_pbtxt(fp32.to_pbtxt())
+    assert parsed.default_model_filename == "model.onnx" and parsed.max_batch_size == 32
+    assert parsed.instance_group[0].count == 3 and parsed.instance_group[0].kind == 1  # KIND_GPU
+    assert parsed.dynamic_batching.max_queue_delay_microseconds == 0
+    assert not parsed.dynamic_batching.preferred_batch_size  # (64, 128) exceed the max: none left
+    (trt,) = parsed.optimization.execution_accelerators.gpu_execution_accelerator
+    assert trt.parameters["precision_mode"] == "FP32"
+    profile = {k: trt.parameters[f"trt_profile_{k}_shapes"] for k in ("opt", "max")}
+    assert profile == {"opt": "input:32x3x224x224", "max": "input:32x3x224x224"}  # no preferred: the max
+    # TensorRT may run FP32 in TF32: held to the FP16 bound
+    assert parsed.parameters[TOLERANCE_PARAM].string_value == "fp16"
+
+
+def test_gpu_precisions_are_checked_before_any_measurement():
+    assert tune.check_gpu_precisions(("fp32", "fp16", "fp32"), has_s8s8=False) == ("fp32", "fp16")
+    with pytest.raises(ServingError, match="bf16 not served on the GPU"):
+        tune.check_gpu_precisions(("fp16", "bf16"), has_s8s8=True)
+    with pytest.raises(ServingError, match="no S8S8 INT8 file"):
+        tune.check_gpu_precisions(("int8",), has_s8s8=False)
+
+
+@pytest.mark.skipif(_has_gpu(), reason="this machine has a GPU")
+def test_tune_on_the_gpu_without_one_says_so_in_one_line_and_exits_2(tmp_path):
+    output = tmp_path / "tune.json"
+    result = run_cli("serving", "tune", "resnet50", "--p99-ms", "10", "--device", "gpu", "--repository",
+                     str(tmp_path), "--output", str(output), home=tmp_path)  # fmt: skip
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: no GPU: --device gpu") and not output.exists()

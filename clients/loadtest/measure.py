@@ -54,7 +54,7 @@ class Window:
         return float(np.percentile(self.response, 99)) * 1e3 if self.response else math.inf
 
 
-_Window = Window  # the round-2 name
+_Window = Window  # the older name, kept for callers that import it
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Secrets never reach a report: the command line and URLs are redacted before anything is written.
 
-A report is shared (CI artefacts, tickets, the README's figures); `--admin-key` opens the server's
+A report is shared (CI artefacts, tickets, docs/benchmarks.md); `--admin-key` opens the server's
 admin APIs (shared memory, model control), and a URL may carry a password.
 """
 

@@ -56,6 +56,7 @@ from clients.loadtest.workload import Workload, image_model
 from cnn_deploy_core.judge import Objectives, error_kinds, problems, slo_result
 from cnn_deploy_core.layout import IDENTITY_MODEL
 from cnn_deploy_core.loadtest_report import LoadTestReport, ReplicaResult, SloResult, StepResult, Totals
+from cnn_deploy_core.machine import provenance
 
 __all__ = ["Progress", "ProgressFn", "_Window", "agreeing_suffix", "run_loadtest", "run_loadtest_async"]
 
@@ -420,6 +421,7 @@ async def run_loadtest_async(
         generator_capacity=generator["capacity"],
         failures=failures,
         replicas=[ReplicaResult(**f.to_dict()) for f in getattr(main.transport, "figures", [])],
+        provenance=provenance(redact_command(command)),
     )
     report.slo = slo_result(problems(report, objectives), objectives)
     return report

@@ -17,7 +17,7 @@ or JSON work. Answers come back as raw bytes and are decoded by the verifier, of
 
 Written against the raw protocol because tritonclient builds, copies and serializes every
 request anew (InferInput.set_data_from_numpy, protobuf assembly), which is most of a fast
-model's client cost (measured: see `make bench-loadgen`).
+model's client cost (`make bench-loadgen`, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class Payloads:
 
 
 def translate_grpc(error: BaseException, target: str, model: str, *, connected: bool | None = None):
-    """grpc.aio errors -> our typed errors: :func:`clients.errors.classify` (the round-2 name)."""
+    """grpc.aio errors -> our typed errors: :func:`clients.errors.classify` (kept under its older name)."""
     return classify(error, target, model, connected=connected)
 
 

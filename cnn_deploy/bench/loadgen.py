@@ -32,7 +32,7 @@ from cnn_deploy.harness import place, step_config, temporary_server, the_step, v
 from cnn_deploy_core import CnnDeployError, paths
 from cnn_deploy_core.console import stderr, stdout
 from cnn_deploy_core.fsutil import atomic_write_bytes, atomic_write_text
-from cnn_deploy_core.machine import cpu_flags
+from cnn_deploy_core.machine import cpu_flags, provenance
 
 NO_PERF_ANALYZER_EXIT = 2
 TRITONCLIENT = "tritonclient==2.51.0"
@@ -278,6 +278,7 @@ def run_bench(
         "ratios": rows,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    report["provenance"] = provenance(report["command"])
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output, json.dumps(report, indent=2) + "\n")
     _plot(points, output.with_suffix(".png"))

@@ -4,7 +4,7 @@ in one run.
 
 `python -m cnn_deploy bench-serving [--model resnet50] [--rounds 3]` (`make bench-serving`).
 In-process ORT is measured before each round of served runs and once after the last, and every
-figure is the mean over the rounds: the machine is shared and its speed moves by 10% from minute
+figure is the mean over the rounds: the machine is shared and its speed moves from minute
 to minute, so a ratio means something only when both sides were measured alternately.
 """
 
@@ -26,7 +26,7 @@ from cnn_deploy.harness import place, step_config, temporary_server, the_step, v
 from cnn_deploy_core import CnnDeployError
 from cnn_deploy_core.fsutil import atomic_write_text
 from cnn_deploy_core.layout import MODEL_FILE
-from cnn_deploy_core.machine import cpu_flags, cpu_model
+from cnn_deploy_core.machine import cpu_flags, cpu_model, provenance
 from cnn_deploy_core.registry import get
 from serving.repository import CpuPlan
 
@@ -196,6 +196,7 @@ def run_benchmark(
         "best_served": asdict(best),
         "ratio_best_served_to_ort": best.images_per_s / ort[best_bs],
     }
+    report["provenance"] = provenance(report["command"])
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output, json.dumps(report, indent=2))
     if as_json:

@@ -10,8 +10,8 @@ Settings (`serving up --ort-threads`, and the server's environment read by our b
   the cores through Triton's rate limiter (`--ort-threads turns`);
 - adapt:        every core for a run alone, the sessions' share beside another model's run (a
   narrow twin of the session; `--ort-threads adapt`, the default).
-Measured before and dropped (README): turns with spinning on (0.69x with two busy), or on within
-a run only (no better than off under turns).
+Not offered: turns with spinning on (slower with two models busy), or spinning within a run under
+turns (no better than off).
 
 Scenarios: both models under load at once (one client each, concurrency 2) and the first model
 alone (the other loaded, idle); every answer verified. Settings are measured alternately, three
@@ -31,7 +31,7 @@ from cnn_deploy.harness import place, step_config, temporary_server, the_step, v
 from cnn_deploy_core.console import stderr, stdout
 from cnn_deploy_core.fsutil import atomic_write_text
 from cnn_deploy_core.layout import ENV_ORT_SPINNING, ENV_ORT_THREADS
-from cnn_deploy_core.machine import cpu_flags, cpu_model
+from cnn_deploy_core.machine import cpu_flags, cpu_model, provenance
 
 ROUNDS = 3
 
@@ -111,6 +111,7 @@ def run(models: list[str], *, models_dir: Path, window_s: float, output: Path) -
         "default": DEFAULT_POLICY,
         "cpu_model": cpu_model(),
     }
+    report["provenance"] = provenance(report["command"])
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output, json.dumps(report, indent=2) + "\n")
     for name in settings:

@@ -3,7 +3,9 @@
 Steps (each prints its status and time; a failed one stops the run, and the teardown always runs):
 engine (start Debian's dockerd when none answers and we are root; else exit 2 saying what is
 missing) -> compose v2 (Debian trixie's static plugin when `docker compose` is missing) -> base
-image (offline: debootstrap + `docker import`, unless CNN_DEPLOY_BASE_IMAGE names one) -> build ->
+images (offline: debootstrap + `docker import` of Debian trixie, Python 3.13, for the client and of
+bookworm, Python 3.11, for the server, unless CNN_DEPLOY_BASE_IMAGE and CNN_DEPLOY_SERVING_BASE_IMAGE
+name them) -> build -> the images' Python (3.13 and 3.11 on those bases) ->
 up (`--profile cpu up -d triton-cpu`, wait for healthy: its health check verified every model once)
 -> verify every model of the repository over gRPC and HTTP -> a short
 load test -> non-root and admin-key checks -> down. It leaves no container, network, or engine
@@ -28,15 +30,41 @@ from pathlib import Path
 
 from cnn_deploy_core import CnnDeployError, paths
 from cnn_deploy_core.console import stderr, stdout
+from cnn_deploy_core.machine import provenance
 from cnn_deploy_core.secrets import new_key
 from cnn_deploy_core.steps import SkipStep, Status, Step, StepResult, run_steps
 
 NOT_HERE_EXIT = 2
-# What the serving image needs beside Python in a minimal Debian: TLS roots for pip, and the shared
-# libpython that Triton's Python backend stub links against (python:3.11-slim has it built in).
-DEBOOTSTRAP_PACKAGES = "python3,python3-venv,python3-pip,ca-certificates,libpython3.11"
-# Named after its package list, so a change to the list builds a new base image.
-BASE_TAG = f"cnn-deploy-base:bookworm-{hashlib.sha256(DEBOOTSTRAP_PACKAGES.encode()).hexdigest()[:8]}"
+
+
+@dataclass(frozen=True)
+class Base:
+    """An offline base image: a Debian suite, its python3, and the compose variable that names it."""
+
+    suite: str
+    python: str
+    variable: str
+    image: str  # what is built on it
+
+    @property
+    def packages(self) -> str:
+        # Beside Python in a minimal Debian: TLS roots for pip, and the shared libpython that
+        # Triton's Python backend stub links against (python:3.X-slim has it built in).
+        return f"python3,python3-venv,python3-pip,ca-certificates,libpython{self.python}"
+
+    @property
+    def tag(self) -> str:
+        # Named after its suite and package list, so a change to either builds a new base image.
+        return f"cnn-deploy-base:{self.suite}-{hashlib.sha256(self.packages.encode()).hexdigest()[:8]}"
+
+
+# The clients on the newest Python the project supports (Debian trixie's 3.13), the server on the
+# oldest (bookworm's 3.11): it runs on 3.11 and 3.12 only (serving/wheel.py says why).
+BASES = (
+    Base("trixie", "3.13", "CNN_DEPLOY_BASE_IMAGE", "cnn-deploy-client:local"),
+    Base("bookworm", "3.11", "CNN_DEPLOY_SERVING_BASE_IMAGE", "cnn-deploy-serving-cpu:local"),
+)
+IMAGES = tuple(base.image for base in BASES)
 PROJECT = "cnn-deploy-cpu"
 ENGINE_DIR = Path("/tmp/cnn-deploy-docker")  # a short path: unix socket names are limited to 108 bytes
 
@@ -56,6 +84,7 @@ class Run:
     measured: dict = field(default_factory=dict)
     not_here: str | None = None  # what this machine lacks to run Docker at all
     tls_dir: Path | None = None  # the throwaway CA's files, mounted at /certs
+    python_versions: dict[str, str] = field(default_factory=dict)  # image -> `python3 --version`
 
     def docker(
         self, *args: str, timeout: float = 600, check: bool = True, **kw
@@ -172,25 +201,19 @@ def step_compose(run: Run) -> str:
     )
 
 
-def step_base_image(run: Run) -> str:
-    if os.environ.get("CNN_DEPLOY_BASE_IMAGE"):
-        run.env["CNN_DEPLOY_BASE_IMAGE"] = os.environ["CNN_DEPLOY_BASE_IMAGE"]
-        raise SkipStep(f"CNN_DEPLOY_BASE_IMAGE={os.environ['CNN_DEPLOY_BASE_IMAGE']}")
-    run.env["CNN_DEPLOY_BASE_IMAGE"] = BASE_TAG
-    if run.docker("image", "inspect", BASE_TAG, check=False).returncode == 0:
-        return f"{BASE_TAG} already built"
+def _debootstrap(run: Run, base: Base) -> None:
     if os.geteuid() != 0:
         raise NotHere("no registry here and no base image: building one with debootstrap needs root")
     if shutil.which("debootstrap") is None:
         _apt_install("debootstrap")
     with tempfile.TemporaryDirectory(prefix="cnn-deploy-rootfs-") as tmp:
         result = subprocess.run(
-            ["debootstrap", "--variant=minbase", f"--include={DEBOOTSTRAP_PACKAGES}", "bookworm", tmp,
+            ["debootstrap", "--variant=minbase", f"--include={base.packages}", base.suite, tmp,
              "http://deb.debian.org/debian"],
             capture_output=True, text=True, timeout=1200,
         )  # fmt: skip
         if result.returncode != 0:
-            raise CnnDeployError(f"debootstrap failed: {result.stderr.strip()[-300:]}")
+            raise CnnDeployError(f"debootstrap {base.suite} failed: {result.stderr.strip()[-300:]}")
         os.chmod(tmp, 0o755)  # the temporary directory is 0700: the image's / must not be
         # pip in the builds trusts what the host's pip trusts (a TLS-intercepting proxy's CA too).
         host_bundle = Path(os.environ.get("PIP_CERT") or "/etc/ssl/certs/ca-certificates.crt")
@@ -198,12 +221,27 @@ def step_base_image(run: Run) -> str:
             shutil.copy2(host_bundle, Path(tmp) / "etc/ssl/certs/ca-certificates.crt")
         tar = subprocess.Popen(["tar", "-C", tmp, "-c", "."], stdout=subprocess.PIPE)
         imported = subprocess.run(
-            ["docker", "import", "-", BASE_TAG], stdin=tar.stdout, env=run.env, capture_output=True, text=True
+            ["docker", "import", "-", base.tag], stdin=tar.stdout, env=run.env, capture_output=True, text=True
         )
         tar.wait()
         if imported.returncode != 0:
             raise CnnDeployError(f"docker import failed: {imported.stderr.strip()[-300:]}")
-    return f"{BASE_TAG} from debootstrap (bookworm minbase + {DEBOOTSTRAP_PACKAGES})"
+
+
+def step_base_image(run: Run) -> str:
+    done = []
+    for base in BASES:
+        if os.environ.get(base.variable):
+            run.env[base.variable] = os.environ[base.variable]
+            done.append(f"{base.variable}={os.environ[base.variable]}")
+            continue
+        run.env[base.variable] = base.tag
+        if run.docker("image", "inspect", base.tag, check=False).returncode == 0:
+            done.append(f"{base.tag} already built")
+            continue
+        _debootstrap(run, base)
+        done.append(f"{base.tag} from debootstrap ({base.suite} minbase + {base.packages})")
+    return "; ".join(done)
 
 
 def step_certificates(run: Run) -> str:
@@ -221,10 +259,41 @@ def step_build(run: Run) -> str:
     run.env.setdefault("TRITON_ADMIN_KEY", run.admin_key)
     run.admin_key = run.env["TRITON_ADMIN_KEY"]
     run.compose("build", "triton-cpu", "verify-cpu")
-    for image in ("cnn-deploy-serving-cpu:local", "cnn-deploy-client:local"):
+    for image in IMAGES:
         size = int(run.docker("image", "inspect", "--format", "{{.Size}}", image).stdout.strip())
         run.sizes[image] = f"{size / 1e6:.0f} MB"
     return ", ".join(f"{k} {v}" for k, v in run.sizes.items())
+
+
+def python_verdict(versions: dict[str, str], expected: dict[str, str | None]) -> str | None:
+    """None when each image runs the Python `expected` says (`python3 --version` prints
+    "Python 3.13.5"); else what is wrong. An image expected None (built on a base image of the
+    user's) may run any version: it is recorded."""
+    if not versions:
+        return "no image reported its Python version"
+    wrong = {
+        image: seen
+        for image, seen in versions.items()
+        if expected.get(image) is not None
+        and not seen.removeprefix("Python ").startswith(f"{expected[image]}.")
+    }
+    if not wrong:
+        return None
+    return "expected " + ", ".join(
+        f"{image} on Python {expected[image]}, found {wrong[image]}" for image in wrong
+    )
+
+
+def step_image_python(run: Run) -> str:
+    for image in IMAGES:
+        result = run.docker("run", "--rm", "--network", "none", "--entrypoint", "python3", image, "--version")
+        run.python_versions[image] = (result.stdout or result.stderr).strip()
+    # Only our own offline base images promise a Python; another is the user's choice.
+    expected = {b.image: b.python if run.env.get(b.variable) == b.tag else None for b in BASES}
+    wrong = python_verdict(run.python_versions, expected)
+    if wrong:
+        raise CnnDeployError(wrong)
+    return ", ".join(f"{image} {version}" for image, version in run.python_versions.items())
 
 
 def _ports_free() -> list[int]:
@@ -340,7 +409,7 @@ def step_down(run: Run) -> str:
 
 def prune(run: Run) -> str:
     """Our own engine stores every layer as a full copy (vfs): rebuilds leave GBs of dangling
-    images and build cache behind (32 GB after a few runs filled a CI disk). Keep the tagged
+    images and build cache behind (a few runs fill a CI disk). Keep the tagged
     images (the next run reuses them), drop the rest."""
     if run.started_engine is None:
         raise SkipStep("not our engine: its images are left as they were")
@@ -378,9 +447,10 @@ def _noting_what_is_missing(step_fn):
 STEPS = [
     Step("engine", _noting_what_is_missing(step_engine)),
     Step("compose v2", _noting_what_is_missing(step_compose)),
-    Step("base image", _noting_what_is_missing(step_base_image)),
+    Step("base images", _noting_what_is_missing(step_base_image)),
     Step("certificates", step_certificates),
     Step("build images", step_build),
+    Step("Python in the images", step_image_python),
     Step("up, until healthy", step_up),
     Step("verify (gRPC, HTTP)", step_verify),
     Step("load test", step_loadtest),
@@ -423,7 +493,14 @@ def run_compose_test(output: Path | None = None) -> int:
     if output is not None:
         from cnn_deploy_core.fsutil import atomic_write_text
 
-        record = {"steps": [r.to_dict() for r in results], "image_sizes": run.sizes, "measured": run.measured}
+        record = {
+            "steps": [r.to_dict() for r in results],
+            "image_sizes": run.sizes,
+            "image_python": run.python_versions,
+            "base_images": {b.variable: run.env.get(b.variable) for b in BASES},
+            "measured": run.measured,
+        }
+        record["provenance"] = provenance("make compose-test")
         atomic_write_text(output, json.dumps(record, indent=2) + "\n")
     if run.not_here is not None:
         stderr.print(f"compose-test cannot run here: {run.not_here}", markup=False, highlight=False)

@@ -32,8 +32,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -73,6 +71,7 @@ from cnn_deploy_core.layout import (
     OUTPUT_NAME,
     TRT_SUFFIX,
 )
+from cnn_deploy_core.machine import provenance
 from cnn_deploy_core.metrics import compare
 from cnn_deploy_core.registry import get
 
@@ -127,18 +126,11 @@ def onnxruntime_gpu():
 def gpu_inventory() -> dict:
     """The GPU as nvidia-smi and PyTorch see it, and what ONNX Runtime can use; NoGpu when neither
     sees a GPU."""
-    gpus, why = [], "no NVIDIA driver: nvidia-smi not found"
-    smi = shutil.which("nvidia-smi")
-    if smi is not None:
-        query = subprocess.run(
-            [smi, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        listed = [line.strip() for line in query.stdout.splitlines() if line.strip()]
-        gpus = listed if query.returncode == 0 else []
-        why = f"nvidia-smi: {query.stderr.strip() or 'no GPU listed'}"
+    from serving.gpus import nvidia_gpus
+
+    gpus, why = nvidia_gpus()
+    # PyTorch before onnxruntime: torch loads the CUDA and cuDNN libraries of the nvidia-* wheels,
+    # and preload_dlls (in onnxruntime_gpu) then finds the same files loaded (docs/deploy-gpu.md).
     torch_cuda = torch_inventory()
     if not gpus and torch_cuda is None:
         raise NoGpu(f"no GPU here ({why}; PyTorch sees no CUDA device): nothing to check")
@@ -419,6 +411,7 @@ def run_gpu_check(*, repository: Path, models: list[str] | None, output: Path) -
         "passed": code == 0,
         "skipped": [f"{c.name} {c.model}: {c.detail}" for c in checks if c.status == SKIPPED],
     }
+    report["provenance"] = provenance("make gpu-check")
     atomic_write_text(output, json.dumps(report, indent=2) + "\n")
     for c in checks:
         stdout.print(f"{c.status:8s} {c.name:24s} {c.model:20s} {c.detail}", highlight=False, markup=False)

@@ -10,11 +10,10 @@ from eager FP32 on the same inputs; the judge is gpu_verdicts.agreement_verdict.
 from __future__ import annotations
 
 import copy
-import time
-from collections.abc import Callable
 
 from cnn_deploy.checks.gpu_verdicts import Check, agreement_verdict, memory_verdict, status_of
 from cnn_deploy_core.registry import get
+from export.benchmark_gpu import cuda_seconds_per_call
 
 LECTURE_ARCHS = ("alexnet", "vgg16", "googlenet", "resnet18", "resnet50")
 MODES = ("eager-fp32", "eager-tf32", "eager-fp16", "cuda-graph-fp16")
@@ -49,21 +48,6 @@ def _set_tf32(on: bool) -> None:
 
     torch.backends.cuda.matmul.allow_tf32 = on
     torch.backends.cudnn.allow_tf32 = on
-
-
-def _timed(run: Callable[[], object]) -> float:
-    """Seconds per call of `run`, synchronised, after a warm-up."""
-    import torch
-
-    for _ in range(2):
-        run()
-    torch.cuda.synchronize()
-    runs, start = 0, time.perf_counter()
-    while runs < MIN_RUNS or time.perf_counter() - start < MIN_SECONDS:
-        run()
-        runs += 1
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / runs
 
 
 def _runner(model, mode: str, x):
@@ -114,7 +98,14 @@ def measure_arch(name: str, inventory: dict, *, batches=BATCHES, modes=MODES) ->
             for batch in batches:
                 x = torch.randn((batch, *arch.input_shape), generator=generator).cuda().to(dtype)
                 try:
-                    rates[batch] = round(batch / _timed(_runner(model, mode, x)), 1)
+                    seconds, _ = cuda_seconds_per_call(
+                        _runner(model, mode, x),
+                        seconds=MIN_SECONDS,
+                        sync_each=True,
+                        min_calls=MIN_RUNS,
+                        warmup=2,
+                    )
+                    rates[batch] = round(batch / seconds, 1)
                 except torch.cuda.OutOfMemoryError:
                     oom.append(batch)
                 finally:

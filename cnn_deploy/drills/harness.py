@@ -368,7 +368,7 @@ def split_cpus() -> tuple[tuple[int, ...], set[int]]:
     generator (and its verifier), the others to the servers, as if the client ran on another
     machine. Sharing the cores, a backlog slows the server down (the generator, gRPC and the
     backend copy bigger batches, all on the server's cores), so at 80% of capacity one slow
-    minute of a shared machine turned into a backlog that never cleared (measured in the soak).
+    minute of a shared machine turns into a backlog that never clears (the soak drill runs at 80%).
     With a single CPU there is nothing to split: ((), set())."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:

@@ -79,7 +79,7 @@ class KillFigures:
     problems: tuple[str, ...] = ()  # the judge's, under KILL_OBJECTIVES or KILL_NO_FAILOVER_OBJECTIVES
 
 
-READY_AGAIN_S = 30.0  # a killed replica is back within this (issue 20)
+READY_AGAIN_S = 30.0  # a killed replica is back within this
 
 
 def judge_kill(f: KillFigures) -> list[Check]:
@@ -119,7 +119,7 @@ def judge_kill(f: KillFigures) -> list[Check]:
         )
     else:
         # In flight when the client noticed, not at the kill: requests sent between the kill and
-        # the first failure were on their way to a dead server too (measured: 2 failed, 1 at the kill).
+        # the first failure were on their way to a dead server too.
         checks.append(
             Check(
                 "without failover, failed requests <= those in flight on the killed replica",
@@ -280,8 +280,8 @@ def memory_trend(samples: list[tuple[float, float]], from_s: float) -> tuple[flo
 
 def p99_drift(window_p99_ms: list[float]) -> tuple[float, float, float] | None:
     """(first half's median window p99, second half's, signed drift) from the second window on.
-    One window's p99 against another's is noise on a shared machine (55-244 ms minute to minute at
-    80% load, no trend); wear moves the medians. A p99 that falls is no wear."""
+    One window's p99 against another's is noise on a shared machine (it swings severalfold minute to
+    minute at 80% load, with no trend); wear moves the medians. A p99 that falls is no wear."""
     steady = window_p99_ms[1:]
     half = len(steady) // 2
     if not half:

@@ -55,6 +55,7 @@ from cnn_deploy.drills.judges import Check
 from cnn_deploy_core.console import stderr, stdout
 from cnn_deploy_core.fsutil import atomic_write_text
 from cnn_deploy_core.judge import Objectives, problems
+from cnn_deploy_core.machine import provenance
 
 REPROBE_S = 4.0  # the client leaves a failed replica out for 5 s: failures before that are the kill's
 OVERLOAD_QUEUE = QueuePolicy(max_queue_size=16, timeout_s=2.0)
@@ -220,7 +221,7 @@ def drill_overload(model, repository, scratch, d: Durations, capacity_: float, *
     clock = RequestClock()
     with start_replicas(shedding, scratch / "overload", 1, cpus) as servers:
         # Open loop: enough slots for every request the timeout lets be in flight at this rate,
-        # so the generator never waits for a free one (it did at 64: a closed loop in disguise).
+        # so the generator never waits for a free one (waiting makes it a closed loop in disguise).
         slots = int(rate * (LOAD_TIMEOUT_S + 1)) + 1
         config = load(
             servers.grpc_urls, model, shedding, d.window_s,
@@ -273,7 +274,7 @@ def drill_soak(
     stderr.print(f"[bold]soak[/]: {rate:.1f} req/s (80% of capacity) for {d.soak_s:g} s")
     with start_replicas(repository, scratch / "soak", 1, cpus) as servers:
         # Half a window of slack: the step stops before a window that would end past max_step_s,
-        # and exactly soak_s measured 9 of 10 windows (the soak ran 9 minutes, not 10).
+        # so a step of exactly soak_s would measure one window short of its planned time.
         config = load(
             servers.grpc_urls, model, repository, window,
             mode="rate", levels=(rate,), max_step_s=d.soak_s + window / 2,
@@ -365,6 +366,7 @@ def run_drills(*, model: str, models_dir: Path, short: bool, only: list[str] | N
         "passed": all(r.passed for r in results),
         "drills": [{"name": r.name, "passed": r.passed, **asdict(r)} for r in results],
     }
+    report["provenance"] = provenance(f"python -m cnn_deploy drills --model {model}" + " --short" * short)
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output, json.dumps(report, indent=2, default=str))
     for r in results:

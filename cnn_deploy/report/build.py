@@ -37,7 +37,7 @@ from cnn_deploy.report.roof import measure_machine, rate
 from cnn_deploy.report.roof import session as ort_session
 from cnn_deploy_core import CnnDeployError
 from cnn_deploy_core.layout import FP16_FILE, INPUT_NAME, INT8_FILE, MODEL_FILE
-from cnn_deploy_core.machine import children, pss_mb
+from cnn_deploy_core.machine import children, provenance, pss_mb
 from cnn_deploy_core.registry import Architecture
 
 PROFILE_RUNS = 10
@@ -271,6 +271,7 @@ def build_report(
         "machine": asdict(machine),
         "architectures": [asdict(r) for r in reports],
         "findings": findings([asdict(r) for r in reports]),
+        "provenance": provenance(shlex.join(["python", "-m", "cnn_deploy", *sys.argv[1:]])),
     }
 
 

@@ -1,7 +1,7 @@
 """This machine's roofline: the fp32 compute roof and the memory bandwidth, measured in the report's
 run. The compute roof is the best of several GEMMs (ONNX Runtime's MatMul at a few sizes, numpy's
-BLAS at a few sizes): one runtime's one size put ResNet-18 at 110% of its "peak" (ORT's prepacked
-1024² MatMul), which only showed that roof was not the hardware's limit."""
+BLAS at a few sizes): one runtime at one size is no roof, since a model's own layers can beat it
+(ResNet-18 beats ORT's prepacked 1024² MatMul)."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def best_gemm(gemms: list[Gemm]) -> Gemm:
 
 def _tiny_model(op: str, shapes: list[tuple[int, ...]]):
     """One op on two float tensors; for MatMul the second is a constant, which ORT prepacks as it
-    does a model's weights (a GEMM whose B changes every call measured 10 % slower here)."""
+    does a model's weights (a GEMM whose B changes every call is slower)."""
     from onnx import TensorProto, helper, numpy_helper
 
     out_shape = (shapes[0][0], shapes[1][1]) if op == "MatMul" else shapes[0]

@@ -9,9 +9,13 @@ from pathlib import Path
 from rich.table import Table
 
 from cnn_deploy_core import paths, registry
-from cnn_deploy_core.console import stderr, stdout
+from cnn_deploy_core.console import error, stderr, stdout
+from cnn_deploy_core.layout import INT8_FILE, INT8_S8S8_FILE
 from serving import ServingError
 from serving.commands import repository as _repository
+
+# as `make gpu-check` and `export benchmark --device cuda`: nothing was tried, nothing failed
+NO_GPU_EXIT = 2
 
 
 def add_parsers(sub, repo_opt, json_opt, state_opt) -> dict:
@@ -21,6 +25,13 @@ def add_parsers(sub, repo_opt, json_opt, state_opt) -> dict:
         help="the fastest serving configuration under a p99 SLO, every answer verified",
     )
     t.add_argument("model", metavar="MODEL", help="a model in the repository, e.g. resnet50")
+    t.add_argument(
+        "--device",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="the config to tune: cpu (default) or gpu (TensorRT on this machine's GPU, around the "
+        "registry's GPU sizing; untested on a GPU so far; exit 2 without one)",
+    )
     t.add_argument("--p99-ms", type=float, required=True, help="the latency objective (client p99, ms)")
     t.add_argument(
         "--budget-s",
@@ -32,7 +43,7 @@ def add_parsers(sub, repo_opt, json_opt, state_opt) -> dict:
     t.add_argument(
         "--precisions",
         default=None,
-        help="comma-separated, of fp32,int8 (default: what is exported; fp16 is the gpu config's)",
+        help="comma-separated, of fp32,int8 (default: what is exported); --device gpu: of fp16,fp32,int8",
     )
     t.add_argument(
         "--plans",
@@ -40,20 +51,29 @@ def add_parsers(sub, repo_opt, json_opt, state_opt) -> dict:
         help="instance counts, e.g. 1,2 (threads set by the server's policy for the machine: the "
         "default); or instances x threads, e.g. 1x2 (a fixed count, kept on every machine)",
     )
-    t.add_argument("--delays", default=None, help="queue delays to try, us (default 0,500,2000,8000)")
+    t.add_argument(
+        "--delays", default=None, help="queue delays to try, us (default 0,500,2000,8000; GPU 0,500,2000)"
+    )
     t.add_argument(
         "--max-batch-sizes", default=None, help="max_batch_size values (default: registry's, a quarter)"
     )
     t.add_argument("--preferred", default=None, help="preferred batch sizes to try, e.g. none,4+8 (default)")
     t.add_argument(
-        "--concurrency", default=None, help="client concurrencies, doubled until saturated (1..32)"
+        "--concurrency",
+        default=None,
+        help="client concurrencies, doubled until saturated (1..32; GPU: up to twice its largest batch)",
     )
     t.add_argument("--window-s", type=float, default=2.0, help="load test window, seconds (default 2)")
     t.add_argument(
         "--config-name", default="tuned", help="the config the winner is written as (default tuned)"
     )
     t.add_argument("--force", action="store_true", help="allow --config-name cpu or gpu (overwrites it)")
-    t.add_argument("--output", type=Path, default=None, help="JSON report (default reports/tune-MODEL.json)")
+    t.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="JSON report (default reports/tune-MODEL.json; GPU: tune-MODEL-gpu.json)",
+    )
     return {"tune": cmd_tune}
 
 
@@ -79,21 +99,36 @@ def _plan(text: str) -> tuple[int, int]:
 def cmd_tune(args) -> int:
     from serving import tune
 
+    gpu = args.device == "gpu"
+    if gpu:
+        from serving.gpus import nvidia_gpus
+
+        found, why = nvidia_gpus()
+        if not found:  # before anything starts: the gpu config's KIND_GPU instances need one
+            error(f"no GPU: --device gpu tunes the gpu config on this machine's GPU ({why})")
+            return NO_GPU_EXIT
     repository = _repository(args)
     name = registry.get(args.model).name
     if not (repository / name).is_dir():
         raise ServingError(f"{name} is not in {repository}; place it first: python -m serving repo {name}")
     arch = registry.get(name)
-    space = tune.default_space(arch.max_batch_size, tune.cores(), tune.has_int8(repository, name))
+    int8_file = INT8_S8S8_FILE if gpu else INT8_FILE
+    exported_int8 = tune.has_int8(repository, name, int8_file)
+    if gpu:
+        space = tune.gpu_space(arch, exported_int8)
+    else:
+        space = tune.default_space(arch.max_batch_size, tune.cores(), exported_int8)
     plans = _list(args.plans, _plan, "--plans")
     preferred = _list(
         args.preferred, lambda v: () if v == "none" else tuple(int(x) for x in v.split("+")), "--preferred"
     )
     precisions = _list(args.precisions, lambda v: v.lower(), "--precisions")
-    if precisions is not None:
+    if precisions is not None and gpu:
+        precisions = tune.check_gpu_precisions(precisions, exported_int8)
+    elif precisions is not None:
         from serving.tune_judge import check_precisions
 
-        precisions = check_precisions(precisions, tune.has_int8(repository, name))
+        precisions = check_precisions(precisions, exported_int8)
     space = tune.Space(
         precisions=precisions or space.precisions,
         plans=plans or space.plans,
@@ -102,10 +137,13 @@ def cmd_tune(args) -> int:
         delays=_list(args.delays, int, "--delays") or space.delays,
         concurrency=_list(args.concurrency, int, "--concurrency") or space.concurrency,
     )
-    if "int8" in space.precisions and not tune.has_int8(repository, name):
+    if "int8" in space.precisions and not exported_int8:
         raise ServingError(f"no INT8 export of {name}: python -m export build {name} --int8")
-    output = args.output or paths.reports_dir() / f"tune-{name}.json"
-    stderr.print(f"tuning {name} for p99 <= {args.p99_ms:g} ms within {args.budget_s:.0f}s", highlight=False)
+    output = args.output or paths.reports_dir() / f"tune-{name}{'-gpu' if gpu else ''}.json"
+    stderr.print(
+        f"tuning {name}'s {args.device} config for p99 <= {args.p99_ms:g} ms within {args.budget_s:.0f}s",
+        highlight=False,
+    )
     results = tune.search(
         name,
         repository,
@@ -114,6 +152,7 @@ def cmd_tune(args) -> int:
         space=space,
         window_s=args.window_s,
         progress=lambda m: stderr.print(m, highlight=False, markup=False),
+        device=args.device,
     )
     best = tune.winner(results)
     baseline = results[0]
@@ -130,15 +169,17 @@ def cmd_tune(args) -> int:
             slo_ms=args.p99_ms,
             window_s=args.window_s,
             progress=lambda m: stderr.print(m, highlight=False, markup=False),
+            device=args.device,
         )
-    written = (
-        tune.write_tuned(name, repository, best.candidate, args.config_name, args.force)
-        if ab is not None and ab.ahead
-        else None
-    )
+    written = None
+    if ab is not None and ab.ahead and gpu:  # beside the report: no GPU winner has been served yet
+        written = tune.write_gpu_winner(name, repository, best.candidate, output.with_suffix(".pbtxt"))
+    elif ab is not None and ab.ahead:
+        written = tune.write_tuned(name, repository, best.candidate, args.config_name, args.force)
     report = {
         "command": "python -m serving tune " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "",
         "model": name,
+        "device": args.device,
         "slo_p99_ms": args.p99_ms,
         "space": {k: list(v) for k, v in vars(space).items()},
         "candidates": [m.to_dict() for m in results],
@@ -155,6 +196,9 @@ def cmd_tune(args) -> int:
     }
     output.parent.mkdir(parents=True, exist_ok=True)
     from cnn_deploy_core.fsutil import atomic_write_text
+    from cnn_deploy_core.machine import provenance
+
+    report["provenance"] = provenance(report["command"])
 
     atomic_write_text(output, json.dumps(report, indent=2) + "\n")
     tune.plot(results, args.p99_ms, output.with_suffix(".png"))
@@ -190,7 +234,11 @@ def cmd_tune(args) -> int:
             if ab is not None:
                 stdout.print(_ab_table(ab))
             stdout.print(report["verdict"], highlight=False, markup=False)
-            if written:
+            if written and gpu:
+                model = name + ("_int8" if best.candidate.precision == "int8" else "")
+                target = repository / model / "configs" / f"{args.config_name}.pbtxt"
+                stdout.print(f"written: {written}, not into the repository; to serve it, copy it to {target}")
+            elif written:
                 serve = f"python -m serving up --config-name {args.config_name}"
                 stdout.print(f"written: {written}; serve it with `{serve}`")
         stdout.print(f"JSON: {output}  chart: {output.with_suffix('.png')}", highlight=False)

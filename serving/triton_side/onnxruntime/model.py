@@ -130,7 +130,8 @@ def check_providers(
 
 # Runs beside another model's before the narrow twin is built: more than Triton's warmup makes
 # (one run per warmup sample, two here), which overlaps the neighbours' loading, not their load.
-# Measured: built on the first such run, the demo's server grew by 440 MB PSS at start.
+# Built on the first such run, warm-up alone would build every model's twin at start: the server
+# would hold hundreds of MB more for load that may never come.
 TWIN_AFTER_RUNS = 3
 
 
