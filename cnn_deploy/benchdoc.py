@@ -234,7 +234,14 @@ def _tune(d: dict) -> Rows:
         rows.append((label, f"{cand}: {figure}"))
     ab = d.get("ab") or {}
     if ab:
-        rows.append(("best / current, alternated", num(ab.get("winner_vs_current"), 2, "x")))
+        # the A/B's "current" is the config the winner would replace (an INT8 winner: `<name>_int8`'s)
+        at = f"c={ab.get('concurrency')}"
+        rows.append((f"best / current, alternated, {at}", num(ab.get("winner_vs_current"), 2, "x")))
+        if ab.get("light_concurrency"):
+            light = f"c={ab['light_concurrency']}"
+            rows.append(
+                (f"best / current, alternated, {light}", num(ab.get("light_winner_vs_current"), 2, "x"))
+            )
     rows.append(("verdict", str(d.get("verdict"))))
     return rows
 

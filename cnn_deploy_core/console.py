@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 
 from rich.console import Console
 
@@ -32,10 +34,25 @@ EXTRAS = {
 }
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that what the command started (a throwaway server, a
+    load generator, temporary files) is stopped and removed on the way out, as after Ctrl-C."""
+
+
+def _terminated(signum, frame):
+    raise Terminated()
+
+
 def dispatch(commands: dict, args, user_errors: tuple[type[BaseException], ...] = (CnnDeployError,)) -> int:
-    """Run `commands[args.command]`; a user error is one line on stderr and exit code 1."""
+    """Run `commands[args.command]`; a user error is one line on stderr and exit code 1; SIGTERM
+    unwinds the command like Ctrl-C (exit code 143) instead of killing it where it stands."""
+    own = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if own else None
     try:
         return commands[args.command](args)
+    except Terminated:
+        stderr.print("terminated")
+        return 128 + signal.SIGTERM
     except user_errors as e:
         error(str(e))
         return 1
@@ -55,3 +72,6 @@ def dispatch(commands: dict, args, user_errors: tuple[type[BaseException], ...] 
             raise
         error(f"unexpected {e.__class__.__name__}: {e} (set CNN_DEPLOY_DEBUG=1 for the traceback)")
         return 1
+    finally:
+        if own and previous is not None:  # None: a handler not set from Python, left as it is
+            signal.signal(signal.SIGTERM, previous)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import metadata
@@ -108,9 +110,18 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def provenance(command: str) -> dict:
+def invoked_command() -> str:
+    """The command line this process runs, as a user would type it (`python -m cnn_deploy ...`):
+    every option included, so that the figure it measures can be measured again."""
+    argv = getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv]
+    return shlex.join(["python", *argv[1:]])
+
+
+def provenance(command: str | None = None) -> dict:
     """Where and how a figure was measured: every benchmark report carries this under "provenance",
-    and docs/benchmarks.md refuses a report without it (a figure means nothing without its machine)."""
+    and docs/benchmarks.md refuses a report without it (a figure means nothing without its machine).
+    `command`: the command line to record (default: this process's own, `invoked_command()`); a
+    caller whose arguments may hold a secret passes a redacted one."""
     versions = {}
     for name in PROVENANCE_PACKAGES:
         try:
@@ -125,7 +136,7 @@ def provenance(command: str) -> dict:
             "memory_gib": memory_gib(),
         },
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": command,
+        "command": command or invoked_command(),
         "python": platform.python_version(),
         "packages": versions,
     }

@@ -202,7 +202,7 @@ def run_benchmark(
         },
         "results": [asdict(r) for r in results],
     }
-    report["provenance"] = provenance(report["command"])
+    report["provenance"] = provenance()
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output, json.dumps(report, indent=2))
     _plot(results, output.with_suffix(".png"))

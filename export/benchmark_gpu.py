@@ -290,7 +290,7 @@ def run_benchmark_cuda(
         "failed": failed,
         "results": [asdict(r) for r in results],
     }
-    report["provenance"] = provenance(report["command"])
+    report["provenance"] = provenance()
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output, json.dumps(report, indent=2))
     if as_json:

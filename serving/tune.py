@@ -65,12 +65,14 @@ from serving.repository.versions import served_versions
 from serving.threads import available_cores
 from serving.triton import ServerOptions, serve
 from serving.tune_judge import (
+    AB_LIGHT_CONCURRENCY,
     AB_ROUNDS,
     LOADTEST_TIMEOUT_S,
     AbRound,
     CandidateFailed,
     ab_ratio,
     ab_verdict,
+    light_ratio,
     point_of,
     read_loadtest,
     run_verdict,
@@ -391,7 +393,8 @@ def winner(results: list[Measured]) -> Measured | None:
 
 @dataclass
 class AbResult:
-    """The winner against the current config, alternately, at the winner's concurrency."""
+    """The winner against the current config, alternately, at the winner's concurrency (and at
+    AB_LIGHT_CONCURRENCY)."""
 
     concurrency: int
     runs: list[dict] = field(default_factory=list)  # round, config, model, figures, problems
@@ -406,6 +409,8 @@ class AbResult:
             "runs": self.runs,
             "rounds": [asdict(r) for r in self.rounds],
             "winner_vs_current": ab_ratio(self.rounds),  # median of the rounds' ratios
+            "light_concurrency": AB_LIGHT_CONCURRENCY if self.concurrency != AB_LIGHT_CONCURRENCY else None,
+            "light_winner_vs_current": light_ratio(self.rounds),
             "ahead": self.ahead,
             "why": self.why,
             "seconds": self.seconds,
@@ -413,20 +418,29 @@ class AbResult:
 
 
 def _ab_run(
-    repository: Path, model: str, config: str, c: int, window_s: float, slo_ms: float, device: str = "cpu"
+    repository: Path,
+    model: str,
+    config: str,
+    concurrencies: tuple[int, ...],
+    window_s: float,
+    slo_ms: float,
+    device: str = "cpu",
 ) -> dict:
-    """One A/B run: a fresh server of `config`, one load test at `c`; its figures and what the judge
-    found unsound in it (a server that did not start, a load test without a report, included)."""
+    """One A/B run: a fresh server of `config`, one load test at each of `concurrencies` (the last is
+    the one the A/B decides on); the figures of each and what the judge found unsound in any (a
+    server that did not start, a load test without a report, included)."""
+    points, within, problems = {}, False, []
     try:
         with _scratch_server(repository, model, config, device) as (opts, scratch):
-            report, problem, within = _loadtest(opts.grpc_url, model, c, scratch, window_s, slo_ms)
+            for c in concurrencies:
+                report, problem, within = _loadtest(opts.grpc_url, model, c, scratch, window_s, slo_ms)
+                points[c] = point_of(report, c)
+                problems += [problem] if problem else [] if points[c] else [f"no answer at c={c}"]
     except CandidateFailed as e:
-        return {"point": None, "within": False, "problems": [str(e)]}
+        problems.append(str(e))
     except ServingError as e:
-        return {"point": None, "within": False, "problems": [f"the server did not start: {e}"]}
-    point = point_of(report, c)
-    problems = [problem] if problem else [] if point else ["no answer"]
-    return {"point": point, "within": within, "problems": problems}
+        problems.append(f"the server did not start: {e}")
+    return {"points": points, "point": points.get(concurrencies[-1]), "within": within, "problems": problems}
 
 
 def ab_test(
@@ -440,15 +454,18 @@ def ab_test(
     progress=lambda message: None,
     device: str = "cpu",
 ) -> AbResult:
-    """The winner and the current config (the model's cpu config), each on fresh servers of the same
-    setup, alternately (current first in odd rounds, the winner first in even ones, so that a drift
-    of the machine favours neither), at the concurrency the winner was best at; judged by
-    tune_judge.ab_verdict. Stops at the first unsound run: it rejects the winner."""
+    """The winner and the current config of the model it serves (`<name>_int8`'s for an INT8 winner:
+    the config its file would replace), each on fresh servers of the same setup, alternately
+    (current first in odd rounds, the winner first in even ones, so that a drift of the machine
+    favours neither), at AB_LIGHT_CONCURRENCY and at the concurrency the winner was best at;
+    judged by tune_judge.ab_verdict. Stops at the first unsound run: it rejects the winner."""
     started = time.monotonic()
     c = winner.best["concurrency"]
+    light = AB_LIGHT_CONCURRENCY if c != AB_LIGHT_CONCURRENCY else None
+    concurrencies = (light, c) if light else (c,)
     model = name + (INT8_SUFFIX if winner.candidate.precision == "int8" else "")
     configs = {
-        "current": (name, current_config(repository, name, device)),
+        "current": (model, current_config(repository, model, device)),
         "winner": (model, _config(name, winner.candidate, repository / name, device).to_pbtxt()),
     }
     result = AbResult(concurrency=c)
@@ -456,13 +473,22 @@ def ab_test(
         order = ("current", "winner") if number % 2 else ("winner", "current")
         runs = {}
         for which in order:
-            run = _ab_run(repository, *configs[which], c, window_s, slo_ms, device)
+            run = _ab_run(repository, *configs[which], concurrencies, window_s, slo_ms, device)
             runs[which] = run
             result.runs.append({"round": number, "config": which, "model": configs[which][0], **run})
-            point = run["point"]
-            figures = f"{point['infer_per_s']:.1f} infer/s, p99 {point['p99_ms']:.1f} ms" if point else "-"
+            figures = (
+                ", ".join(
+                    f"c={k} {p['infer_per_s']:.1f} infer/s, p99 {p['p99_ms']:.1f} ms" if p else f"c={k} -"
+                    for k, p in run["points"].items()
+                )
+                or "-"
+            )
             progress(f"  A/B round {number}, {which}: {figures}{'; ' if run['problems'] else ''}"
                      + "; ".join(run["problems"]))  # fmt: skip
+        light_figure = {
+            w: (run["points"].get(light) or {}).get("infer_per_s", 0.0) if light else None
+            for w, run in runs.items()
+        }
         result.rounds.append(
             AbRound(
                 current_infer_per_s=(runs["current"]["point"] or {}).get("infer_per_s", 0.0),
@@ -470,6 +496,8 @@ def ab_test(
                 current_within=runs["current"]["within"],
                 winner_within=runs["winner"]["within"],
                 problems=tuple(f"{w}: {p}" for w in order for p in runs[w]["problems"]),
+                light_current_infer_per_s=light_figure["current"],
+                light_winner_infer_per_s=light_figure["winner"],
             )
         )
         if result.rounds[-1].problems:

@@ -19,6 +19,11 @@ AB_ROUNDS = 3  # the winner and the current config, each measured this many time
 # The winner must beat the current config by this much (median of the rounds' ratios) to replace
 # it: two runs of one config differ by a few percent, and a tie is not worth a new config.
 AB_MIN_GAIN = 1.02
+# The A/B also measures both configs at this light load (on the same servers), and the winner must
+# serve it at AB_LIGHT_FLOOR of the current config at least: a config tuned for its best load (a
+# long queue delay, more instances) must not make the everyday few-clients case slower.
+AB_LIGHT_CONCURRENCY = 4
+AB_LIGHT_FLOOR = 0.95
 TUNER_OBJECTIVES = Objectives()  # the strictest: a figure measured on a bad run is no figure
 
 
@@ -103,6 +108,9 @@ class AbRound:
     current_within: bool  # its p99 met the objective
     winner_within: bool
     problems: tuple[str, ...] = ()
+    # at AB_LIGHT_CONCURRENCY (None: the winner's concurrency is that one already)
+    light_current_infer_per_s: float | None = None
+    light_winner_infer_per_s: float | None = None
 
 
 def ab_ratio(rounds: list[AbRound]) -> float | None:
@@ -112,9 +120,19 @@ def ab_ratio(rounds: list[AbRound]) -> float | None:
     return median(r.winner_infer_per_s / r.current_infer_per_s for r in rounds)
 
 
+def light_ratio(rounds: list[AbRound]) -> float | None:
+    """The winner's throughput / the current config's at AB_LIGHT_CONCURRENCY: the median of the
+    rounds' ratios; None when not measured (or the current config answered nothing there)."""
+    pairs = [(r.light_winner_infer_per_s, r.light_current_infer_per_s) for r in rounds]
+    if not pairs or any(w is None or c is None or c <= 0 for w, c in pairs):
+        return None
+    return median(w / c for w, c in pairs)
+
+
 def ab_verdict(rounds: list[AbRound]) -> tuple[bool, str]:
     """(whether the winner is ahead of the current config, why): every run sound, AB_ROUNDS rounds at
-    least, the winner within the p99 objective in every round, and either faster in every round and
+    least, at AB_LIGHT_CONCURRENCY (where measured) at least AB_LIGHT_FLOOR of the current config,
+    the winner within the p99 objective in every round, and either faster in every round and
     ahead by AB_MIN_GAIN (median of the per-round ratios), or the only one of the two within the
     objective (the current config missed it in every round). Every round, not most: on a busy
     machine one config's throughput swings by half from run to run, and a config that loses a
@@ -125,6 +143,16 @@ def ab_verdict(rounds: list[AbRound]) -> tuple[bool, str]:
     if len(rounds) < AB_ROUNDS:
         return False, f"{len(rounds)} A/B rounds, {AB_ROUNDS} needed"
     n = len(rounds)
+    measured_light = [r.light_current_infer_per_s is not None for r in rounds]
+    if any(measured_light):
+        light = light_ratio(rounds)
+        if light is None:
+            return False, f"nothing to compare at c={AB_LIGHT_CONCURRENCY}: a run there answered nothing"
+        if light < AB_LIGHT_FLOOR:
+            return False, (
+                f"the winner is slower at c={AB_LIGHT_CONCURRENCY}: {light:.3f}x the current config "
+                f"(median of {n} rounds; needs {AB_LIGHT_FLOOR:.2f}x)"
+            )
     winner_within = sum(r.winner_within for r in rounds)
     if winner_within < n:
         return False, f"the winner missed the p99 objective in {n - winner_within} of {n} rounds"
@@ -135,6 +163,8 @@ def ab_verdict(rounds: list[AbRound]) -> tuple[bool, str]:
         return False, "the current config answered nothing in a round: nothing to compare"
     faster = sum(r.winner_infer_per_s > r.current_infer_per_s for r in rounds)
     figures = f"{ratio:.3f}x the current config (median of {n} rounds), faster in {faster} of {n}"
+    if any(measured_light):
+        figures += f"; {light_ratio(rounds):.3f}x at c={AB_LIGHT_CONCURRENCY}"
     if ratio >= AB_MIN_GAIN and faster == n:
         return True, f"the winner is ahead: {figures}"
     return False, f"the winner is not ahead: {figures} (needs {AB_MIN_GAIN:.2f}x and every round)"

@@ -143,6 +143,17 @@ def test_provenance_names_machine_date_and_command():
     assert benchdoc.provenance_problem({"provenance": prov}) is None
 
 
+def test_provenance_records_the_command_line_as_run_with_every_option(monkeypatch):
+    argv = ["/srv/.venv/bin/python", "-m", "cnn_deploy", "bench-images", "--window-s", "3"]
+    argv += ["--output", "a b.json"]
+    monkeypatch.setattr("sys.orig_argv", argv)
+    command = provenance()["command"]
+    assert command == "python -m cnn_deploy bench-images --window-s 3 --output 'a b.json'"
+    assert shlex.split(command)[1:] == argv[1:]  # reruns as it ran, whatever the venv's path
+    redacted = "python -m clients loadtest --inference-key-file REDACTED"
+    assert provenance(redacted)["command"] == redacted  # a caller's own (redacted) command stands
+
+
 def test_report_without_provenance_is_refused_in_one_line(tmp_path, capsys):
     from cnn_deploy.cli import main
 

@@ -431,3 +431,35 @@ def test_a_queue_timeout_is_overload_counted_as_failure_never_failed_over(small_
     assert set(report["totals"]["errors"]) == {"ServerOverloadedError"}, report["totals"]["errors"]
     assert all(r["failovers"] == 0 for r in report["replicas"]), report["replicas"]
     assert code == 1 and "requests failed" in err and "ServerOverloadedError×" in err
+
+
+def test_sigterm_unwinds_a_command_so_what_it_started_is_stopped(tmp_path):
+    """`kill` (SIGTERM) of a CLI command runs its clean-ups as Ctrl-C does: a throwaway server in a
+    `with` block is stopped, not left running (a killed `serving tune` left its scratch server)."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    done, started = tmp_path / "stopped", tmp_path / "started"
+    script = textwrap.dedent(f"""
+        import argparse, time
+        from cnn_deploy_core.console import dispatch
+
+        def run(args):
+            try:
+                open({str(started)!r}, "w").close()
+                time.sleep(60)
+            finally:
+                open({str(done)!r}, "w").close()  # what stopping the server would be
+            return 0
+
+        raise SystemExit(dispatch({{"run": run}}, argparse.Namespace(command="run")))
+    """)
+    process = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 128 + signal.SIGTERM and done.exists() and "terminated" in err

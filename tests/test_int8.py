@@ -57,6 +57,9 @@ def test_int8_is_served_as_its_own_model_on_the_cpu_and_gpu_configs(repository):
         golden = GoldenSet.load(int8 / "1" / config.parameters[GOLDEN_PARAM].string_value)
         assert golden.meta["file"] == config.default_model_filename
     assert not tensorrt_violations(onnx.load(str(int8 / "1" / gpu.default_model_filename)))
+    # what Triton reads for a config name this model lacks (`serving up --config-name tuned` with
+    # another model tuned): the cpu config, as for every other model of the repository
+    assert (int8 / "config.pbtxt").read_text() == (int8 / "configs" / "cpu.pbtxt").read_text()
 
 
 def test_each_int8_golden_set_says_which_file_and_config_it_serves(models_dir):

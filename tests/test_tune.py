@@ -321,6 +321,29 @@ def test_the_ab_accepts_only_a_winner_clearly_and_repeatedly_ahead():
     assert ab_verdict(_rounds([60, 60, 60], [50, 50, 50], current_within=False))[0]
 
 
+def test_the_ab_refuses_a_winner_slower_under_light_load():
+    """Measured: an INT8 winner (2 instances, 8 ms queue delay) 2.9x the current config at c=32
+    served resnet18_int8 at 0.6x its own current config at c=4: the A/B says no."""
+    from dataclasses import replace
+
+    from serving.tune_judge import AB_LIGHT_CONCURRENCY, AB_LIGHT_FLOOR, ab_verdict
+
+    def light(rounds, current, winner):
+        return [
+            replace(r, light_current_infer_per_s=c, light_winner_infer_per_s=w)
+            for r, c, w in zip(rounds, current, winner, strict=True)
+        ]
+
+    fast_at_its_load = _rounds([123.8, 123.3, 120.6], [346.2, 351.8, 372.8])
+    ahead, why = ab_verdict(light(fast_at_its_load, [306.0, 301.2, 288.0], [180.8, 183.6, 181.0]))
+    assert not ahead and f"slower at c={AB_LIGHT_CONCURRENCY}" in why and "0.6" in why
+    floor = 100 * AB_LIGHT_FLOOR
+    assert ab_verdict(light(fast_at_its_load, [100, 100, 100], [floor, floor, floor]))[0]
+    assert not ab_verdict(light(fast_at_its_load, [100, 100, 100], [floor * 0.99] * 3))[0]
+    ahead, why = ab_verdict(light(fast_at_its_load, [100, 0.0, 100], [100, 100, 100]))
+    assert not ahead and "answered nothing" in why  # no light figure is no pass
+
+
 def test_an_unsound_ab_run_rejects_the_winner_whatever_its_speed():
     from serving.tune_judge import ab_verdict
 

@@ -152,7 +152,7 @@ def run(model: str, *, models_dir: Path, concurrency: list[int], window_s: float
         "preprocessing_in_process": decode_vs_resize(spec),
         "ms_per_image_by_batch": by_batch,
     }
-    result["provenance"] = provenance(result["command"])
+    result["provenance"] = provenance()
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output, json.dumps(result, indent=2) + "\n")
     from rich.table import Table

@@ -123,7 +123,7 @@ def run(model: str, *, repository: Path, models_dir: Path, seconds: float, outpu
         "in_process": in_process(model_dir, [1, 8], seconds),
         "served": served(model, repository, [1, 8], window_s=2.0),
     }
-    report["provenance"] = provenance("make bench-int8" if model == "resnet50" else report["command"])
+    report["provenance"] = provenance()
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output, json.dumps(report, indent=2) + "\n")
     for where in ("in_process", "served"):

@@ -278,7 +278,7 @@ def run_bench(
         "ratios": rows,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    report["provenance"] = provenance(report["command"])
+    report["provenance"] = provenance()
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output, json.dumps(report, indent=2) + "\n")
     _plot(points, output.with_suffix(".png"))

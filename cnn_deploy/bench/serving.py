@@ -196,7 +196,7 @@ def run_benchmark(
         "best_served": asdict(best),
         "ratio_best_served_to_ort": best.images_per_s / ort[best_bs],
     }
-    report["provenance"] = provenance(report["command"])
+    report["provenance"] = provenance()
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output, json.dumps(report, indent=2))
     if as_json:

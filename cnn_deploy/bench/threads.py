@@ -111,7 +111,7 @@ def run(models: list[str], *, models_dir: Path, window_s: float, output: Path) -
         "default": DEFAULT_POLICY,
         "cpu_model": cpu_model(),
     }
-    report["provenance"] = provenance(report["command"])
+    report["provenance"] = provenance()
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output, json.dumps(report, indent=2) + "\n")
     for name in settings:

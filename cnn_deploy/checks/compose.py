@@ -500,7 +500,7 @@ def run_compose_test(output: Path | None = None) -> int:
             "base_images": {b.variable: run.env.get(b.variable) for b in BASES},
             "measured": run.measured,
         }
-        record["provenance"] = provenance("make compose-test")
+        record["provenance"] = provenance()
         atomic_write_text(output, json.dumps(record, indent=2) + "\n")
     if run.not_here is not None:
         stderr.print(f"compose-test cannot run here: {run.not_here}", markup=False, highlight=False)

@@ -411,7 +411,7 @@ def run_gpu_check(*, repository: Path, models: list[str] | None, output: Path) -
         "passed": code == 0,
         "skipped": [f"{c.name} {c.model}: {c.detail}" for c in checks if c.status == SKIPPED],
     }
-    report["provenance"] = provenance("make gpu-check")
+    report["provenance"] = provenance()
     atomic_write_text(output, json.dumps(report, indent=2) + "\n")
     for c in checks:
         stdout.print(f"{c.status:8s} {c.name:24s} {c.model:20s} {c.detail}", highlight=False, markup=False)

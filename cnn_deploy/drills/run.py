@@ -366,7 +366,7 @@ def run_drills(*, model: str, models_dir: Path, short: bool, only: list[str] | N
         "passed": all(r.passed for r in results),
         "drills": [{"name": r.name, "passed": r.passed, **asdict(r)} for r in results],
     }
-    report["provenance"] = provenance(f"python -m cnn_deploy drills --model {model}" + " --short" * short)
+    report["provenance"] = provenance()
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output, json.dumps(report, indent=2, default=str))
     for r in results:

@@ -271,7 +271,7 @@ def build_report(
         "machine": asdict(machine),
         "architectures": [asdict(r) for r in reports],
         "findings": findings([asdict(r) for r in reports]),
-        "provenance": provenance(shlex.join(["python", "-m", "cnn_deploy", *sys.argv[1:]])),
+        "provenance": provenance(),
     }
 
 

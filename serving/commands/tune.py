@@ -198,7 +198,7 @@ def cmd_tune(args) -> int:
     from cnn_deploy_core.fsutil import atomic_write_text
     from cnn_deploy_core.machine import provenance
 
-    report["provenance"] = provenance(report["command"])
+    report["provenance"] = provenance()
 
     atomic_write_text(output, json.dumps(report, indent=2) + "\n")
     tune.plot(results, args.p99_ms, output.with_suffix(".png"))
@@ -261,16 +261,21 @@ def _verdict(best, baseline, ab) -> str | None:
 
 
 def _ab_table(ab) -> Table:
-    table = Table(title=f"A/B at c={ab.concurrency}: the current config and the winner, alternately")
-    for col in ("round", "config", "infer/s", "p99", "generator ms/req", "verifier ms/req", "problems"):
+    light = next((c for c in (ab.runs[0]["points"] if ab.runs else {}) if c != ab.concurrency), None)
+    title = f"A/B at c={ab.concurrency}" + (f" and c={light}" if light else "")
+    table = Table(title=f"{title}: the current config and the winner, alternately")
+    columns = ("round", "config", "infer/s", *((f"infer/s c={light}",) if light else ()), "p99")
+    for col in (*columns, "generator ms/req", "verifier ms/req", "problems"):
         table.add_column(col, justify="left" if col in ("config", "problems") else "right")
     for run in ab.runs:
         point = run["point"] or {}
         cpu = [point.get(f"{who}_cpu_ms_per_request") for who in ("generator", "verifier")]
+        light_point = run["points"].get(light) if light else None
         table.add_row(
             str(run["round"]),
             run["config"],
             f"{point['infer_per_s']:.1f}" if point else "-",
+            *((f"{light_point['infer_per_s']:.1f}" if light_point else "-",) if light else ()),
             f"{point['p99_ms']:.1f}" if point else "-",
             *(f"{ms:.2f}" if ms is not None else "-" for ms in cpu),
             "; ".join(run["problems"]),

@@ -83,9 +83,11 @@ def place_int8(arch: Architecture, served: list[Version], repository: Path, stat
             if src.is_file() and (not dst.is_file() or sha256_file(dst) != sha256_file(src)):
                 atomic_write_bytes(dst, src.read_bytes())
     atomic_write_bytes(int8_dir / LABELS_FILE, (model_dir / LABELS_FILE).read_bytes())
-    atomic_write_text(
-        int8_dir / "configs" / f"{CPU}.pbtxt", int8_cpu_config(arch, served, state.cpu).to_pbtxt()
-    )
+    cpu_text = int8_cpu_config(arch, served, state.cpu).to_pbtxt()
+    atomic_write_text(int8_dir / "configs" / f"{CPU}.pbtxt", cpu_text)
+    # As for `<name>`: Triton reads config.pbtxt when --model-config-name names a config this model
+    # lacks (`serving up --config-name tuned` with another model tuned), and plain tritonserver does.
+    atomic_write_text(int8_dir / DEFAULT_CONFIG, cpu_text)
     # The gpu config serves the versions exported with TensorRT's file; an older export has none.
     gpu = int8_dir / "configs" / f"{GPU}.pbtxt"
     gpu_served = [v for v in served if INT8_S8S8_FILE in v.files]
