@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cnn_deploy_core import CnnDeployError, paths
+from cnn_deploy_core.fsutil import atomic_write_text
 
 FIGURES_BEGIN = "<!-- figures -->"
 FIGURES_END = "<!-- /figures -->"
@@ -227,7 +228,7 @@ def _export_bench(d: dict) -> Rows:
 def _tune(d: dict) -> Rows:
     winner, base = d.get("winner") or {}, d.get("baseline") or {}
     rows = [("model", f"{d.get('model')}, p99 objective {num(d.get('slo_p99_ms'), 0, ' ms')}")]
-    for label, m in (("current config", base), ("best candidate", winner)):
+    for label, m in (("search start (the cpu config)", base), ("best candidate", winner)):
         best = m.get("best") or {}
         cand = (m.get("candidate") or {}).get("label", "")
         figure = f"{num(best.get('infer_per_s'))} infer/s, p99 {num(best.get('p99_ms'))} ms"
@@ -235,12 +236,18 @@ def _tune(d: dict) -> Rows:
     ab = d.get("ab") or {}
     if ab:
         # the A/B's "current" is the config the winner would replace (an INT8 winner: `<name>_int8`'s)
+        current = ab.get("current_model") or next((r.get("model") for r in ab.get("runs", [])), "?")
         at = f"c={ab.get('concurrency')}"
-        rows.append((f"best / current, alternated, {at}", num(ab.get("winner_vs_current"), 2, "x")))
+        rows.append(
+            (f"best / {current}'s current config, alternated, {at}", num(ab.get("winner_vs_current"), 2, "x"))
+        )
         if ab.get("light_concurrency"):
             light = f"c={ab['light_concurrency']}"
             rows.append(
-                (f"best / current, alternated, {light}", num(ab.get("light_winner_vs_current"), 2, "x"))
+                (
+                    f"best / {current}'s current config, alternated, {light}",
+                    num(ab.get("light_winner_vs_current"), 2, "x"),
+                )
             )
     rows.append(("verdict", str(d.get("verdict"))))
     return rows
@@ -441,10 +448,12 @@ def run(add: list[Path], root: Path | None = None) -> int:
         load(path)  # refuses a report without provenance before anything is copied
     where.reports.mkdir(parents=True, exist_ok=True)
     for path in add:
-        shutil.copyfile(path, where.reports / path.name)
+        target = where.reports / path.name
+        if not (target.exists() and target.samefile(path)):  # already published: regenerate only
+            shutil.copyfile(path, target)
     doc, readme = generate(where)
-    where.doc.write_text(doc)
+    atomic_write_text(where.doc, doc)
     if readme is not None:
-        where.readme.write_text(readme)
+        atomic_write_text(where.readme, readme)
     print(f"{where.doc}: {len(collect(where.reports))} report(s)" + (", README.md figures" if readme else ""))
     return 0

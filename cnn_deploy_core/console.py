@@ -40,6 +40,7 @@ class Terminated(BaseException):
 
 
 def _terminated(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
     raise Terminated()
 
 
@@ -73,5 +74,5 @@ def dispatch(commands: dict, args, user_errors: tuple[type[BaseException], ...] 
         error(f"unexpected {e.__class__.__name__}: {e} (set CNN_DEPLOY_DEBUG=1 for the traceback)")
         return 1
     finally:
-        if own and previous is not None:  # None: a handler not set from Python, left as it is
-            signal.signal(signal.SIGTERM, previous)
+        if own:  # None: a handler not installed from Python; the default is the closest
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)

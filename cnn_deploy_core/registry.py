@@ -83,8 +83,8 @@ class Architecture:
     gpu: GpuSizing = GpuSizing()
     # The dynamic batcher's max_queue_delay_microseconds, per device. CPU: none. A batch of N
     # costs about N batches of 1 there, so waiting for one to fill only idles the instance;
-    # requests that arrive during a run still meet in the next batch (`make bench-serving`,
-    # docs/benchmarks.md). GPU: 2 ms, where a bigger batch costs little more than one image.
+    # requests that arrive during a run still meet in the next batch (`make bench-serving`).
+    # GPU: 2 ms, where a bigger batch costs little more than one image.
     cpu_queue_delay_us: int = 0
     gpu_queue_delay_us: int = 2000
 

@@ -24,7 +24,7 @@ from rich.table import Table
 
 from cnn_deploy_core.fsutil import atomic_write_text
 from cnn_deploy_core.layout import INPUT_NAME
-from cnn_deploy_core.machine import provenance
+from cnn_deploy_core.machine import invoked_command, provenance
 from cnn_deploy_core.registry import Architecture
 from export.convert import optimize, to_onnx
 from export.models import load_model, weights_enum
@@ -190,9 +190,7 @@ def run_benchmark(
             )
             progress.advance(task)
     report = {
-        "command": "python -m export benchmark "
-        + " ".join(a.name for a in archs)
-        + f" --batch-sizes {','.join(map(str, batch_sizes))} --threads {threads}",
+        "command": invoked_command(),  # as run, every option (provenance has it too)
         "threads": threads,
         "machine": {
             "processor": platform.processor() or platform.machine(),

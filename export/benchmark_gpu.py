@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -25,7 +26,7 @@ import numpy as np
 
 from cnn_deploy_core.fsutil import atomic_write_text
 from cnn_deploy_core.layout import INPUT_NAME, OUTPUT_NAME
-from cnn_deploy_core.machine import provenance
+from cnn_deploy_core.machine import invoked_command, provenance
 from cnn_deploy_core.registry import Architecture
 from export import ExportError
 
@@ -72,11 +73,11 @@ def versions() -> tuple[dict, list[str], str | None]:
     try:
         import onnxruntime as ort
 
-        if hasattr(ort, "preload_dlls"):  # pip's CUDA/cuDNN libraries, before any session
-            try:
-                ort.preload_dlls()
-            except Exception:
-                pass
+        from cnn_deploy_core.cuda import preload_cuda_libraries
+
+        why = preload_cuda_libraries(ort)  # pip's CUDA/cuDNN libraries, before any session
+        if why:
+            print(f"export benchmark: {why}", file=sys.stderr)
         found["onnxruntime"] = ort.__version__
         providers = ort.get_available_providers()
     except ImportError:
@@ -282,9 +283,7 @@ def run_benchmark_cuda(
         if bad:
             failed[arch.name] = bad
     report = {
-        "command": "python -m export benchmark "
-        + " ".join(a.name for a in archs)
-        + f" --device cuda --batch-sizes {','.join(map(str, batch_sizes))}",
+        "command": invoked_command(),  # as run, every option (provenance has it too)
         "machine": {"python": platform.python_version(), **device, **found, "providers": providers},
         "absent": {name: why for name, why in reasons.items() if why},
         "failed": failed,

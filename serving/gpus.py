@@ -24,5 +24,7 @@ def nvidia_gpus() -> tuple[list[str], str]:
         query = subprocess.run([smi, *QUERY], capture_output=True, text=True, timeout=30)
     except subprocess.TimeoutExpired:
         return [], "nvidia-smi did not answer within 30 s"
+    except OSError as e:  # found but not runnable (permissions, a broken driver install)
+        return [], f"nvidia-smi could not run: {e}"
     gpus = listed(query.returncode, query.stdout)
     return gpus, "" if gpus else f"nvidia-smi: {query.stderr.strip() or 'no GPU listed'}"

@@ -17,7 +17,7 @@ model's threads are waiting for. Policies (`serving up --ort-threads`):
 A config that names its own `intra_op_thread_count` (`--cpu-threads`, or a `serving tune`
 plan like 1x2) keeps it and runs free of turns and twins. Spinning is turned off as soon as more than
 one session shares the machine, but within an "adapt" run (see `cpu_share`). The figures behind
-the default: `make bench-threads` (docs/benchmarks.md, threads). "turns" waits in Triton's rate
+the default: `make bench-threads`. "turns" waits in Triton's rate
 limiter, not on a lock in our backend: a lock takes its batch before waiting, where the rate
 limiter lets the batch grow while it waits. "adapt"'s runs never wait while a core is free for them.
 
@@ -152,7 +152,7 @@ def cpu_share(
     cores: int | None = None,
 ) -> CpuShare:
     """Each session's threads under `policy` (see the module's docstring; the trade-off's figures:
-    `make bench-threads`, docs/benchmarks.md). `cores`: the server's own (pinned) count, else this
+    `make bench-threads`). `cores`: the server's own (pinned) count, else this
     process's `available_cores()`."""
     if policy not in POLICIES:
         raise ValueError(f"thread policy must be one of {', '.join(POLICIES)}, got {policy!r}")

@@ -24,7 +24,7 @@ def python_refusal(version: tuple[int, int]) -> str | None:
     if version >= (3, 13):
         return (
             f"the server runs on Python 3.11 and 3.12, not {version[0]}.{version[1]}: its Triton "
-            "Python backend needs numpy 1.x, which has no build for Python 3.13"
+            "Python backend needs numpy 1.x, which has no build for Python 3.13 or later"
         )
     return None
 

@@ -255,3 +255,29 @@ def test_a_gpu_is_what_nvidia_smi_lists():
     ]
     assert listed(9, "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver") == []
     assert listed(0, "") == []
+
+
+def test_pips_cuda_libraries_are_loaded_in_one_place_and_a_failure_is_one_line():
+    """gpu-check, the GPU benchmark and our backend (KIND_GPU) all call cnn_deploy_core.cuda."""
+    import types
+
+    from cnn_deploy_core.cuda import preload_cuda_libraries
+
+    loaded = []
+    assert preload_cuda_libraries(types.SimpleNamespace(preload_dlls=lambda: loaded.append(1))) is None
+    assert loaded == [1]
+
+    def broken():
+        raise OSError("libcudnn.so.9: cannot open shared object file")
+
+    why = preload_cuda_libraries(types.SimpleNamespace(preload_dlls=broken, __version__="1.31.1"))
+    assert "libcudnn.so.9" in why and "\n" not in why
+    assert "no preload_dlls" in preload_cuda_libraries(types.SimpleNamespace(__version__="1.18.0"))
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    callers = ("cnn_deploy/checks/gpu.py", "export/benchmark_gpu.py")
+    callers += ("serving/triton_side/onnxruntime/model.py",)
+    for caller in callers:
+        text = (root / caller).read_text()
+        assert "preload_cuda_libraries(ort)" in text and "ort.preload_dlls()" not in text, caller

@@ -21,13 +21,22 @@ ALTERNATING = ["current", "winner", "winner", "current", "current", "winner"]
 
 
 def test_tune_writes_a_named_config_that_serves_and_verifies(repository, tmp_path):
+    from cnn_deploy_core import registry
+    from serving.repository import CpuPlan, write_configs
+
     repo = tmp_path / "repo"
     for name in ("resnet18", "resnet18_int8", "identity"):
         shutil.copytree(repository / name, repo / name)
+    # A current config with room to win: one intra-op thread on this machine's cores (as placed
+    # by `serving repo resnet18 --cpu-threads 1`); the one candidate, 1x2, uses two.
+    state = ModelState.load(repo / "resnet18")
+    state.cpu = CpuPlan(1, 1)
+    write_configs(registry.get("resnet18"), repo / "resnet18", state)
+    state.save(repo / "resnet18")
     output = tmp_path / "tune.json"
     result = run_cli(
         "serving", "tune", "resnet18", "--p99-ms", "10000", "--budget-s", "300", "--repository", str(repo),
-        "--precisions", "fp32,int8", "--plans", "1x2", "--delays", "0", "--max-batch-sizes", "32",
+        "--precisions", "fp32", "--plans", "1x2", "--delays", "0", "--max-batch-sizes", "32",
         "--preferred", "none", "--concurrency", "1,2", "--window-s", "1", "--output", str(output),
         home=tmp_path, timeout=900,
     )  # fmt: skip
@@ -38,10 +47,11 @@ def test_tune_writes_a_named_config_that_serves_and_verifies(repository, tmp_pat
         assert candidate["rejected"] is None and candidate["points"]
         assert all(p["verified"] > 0 and p["wrong"] == 0 for p in candidate["points"])
     assert output.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
-    # INT8 wins on CPU; before it is written, the A/B measures it against the current config on the
-    # same server setup, alternately, every run judged sound, the generator's cost reported.
+    # Two threads win; before the winner is written, the A/B measures it against the current config
+    # on the same server setup, alternately, every run judged sound, the generator's cost reported.
     ab = report["ab"]
     assert ab is not None and ab["ahead"] and ab["winner_vs_current"] > 1, ab
+    assert ab["current_model"] == "resnet18" and ab["light_concurrency"] is None  # best at c <= 4
     assert [r["config"] for r in ab["runs"]] == ALTERNATING
     for run in ab["runs"]:
         assert not run["problems"] and run["point"]["verified"] > 0, run
@@ -51,6 +61,7 @@ def test_tune_writes_a_named_config_that_serves_and_verifies(repository, tmp_pat
     model = "resnet18" + ("_int8" if winner["precision"] == "int8" else "")
     tuned = parse_pbtxt((repo / model / "configs" / "tuned.pbtxt").read_text())
     assert tuned.name == model and tuned.instance_group[0].count == 1
+    assert tuned.parameters["intra_op_thread_count"].string_value == "2"
     assert ModelState.load(repo / "resnet18").tuned["config_name"] == "tuned"
     assert (repo / "resnet18" / "configs" / "cpu.pbtxt").is_file()  # never overwritten
 
@@ -67,6 +78,7 @@ def test_tune_writes_a_named_config_that_serves_and_verifies(repository, tmp_pat
         home=tmp_path,
     )
     try:
+        # resnet18 on its tuned config; resnet18_int8, which has none, on its config.pbtxt
         assert up.returncode == 0, up.stderr
         verify = run_cli("clients", "verify", "--url", f"grpc://127.0.0.1:{grpc}", "--repository", str(repo),
                          "--model", "resnet18", "--model", "resnet18_int8")  # fmt: skip
@@ -393,6 +405,58 @@ def test_tune_writes_nothing_when_the_ab_finds_the_winner_slower(monkeypatch, tm
     assert len(ab["runs"]) == 6 and len(served) == 6
     assert [r["config"] for r in ab["runs"]] == ALTERNATING
     assert not (model / "configs" / "tuned.pbtxt").exists() and ModelState.load(model).tuned is None
+
+
+def test_an_int8_winner_is_measured_against_its_own_models_config_and_at_light_load(
+    monkeypatch, tmp_path
+):
+    """The A/B runs the config the winner would replace (`<name>_int8`'s for an INT8 winner), at
+    4 clients and at the winner's concurrency; a winner best at 2 clients is held to 2 only."""
+    from tests import reports
+
+    calls = []
+
+    def loadtest(url, model, c, scratch, window_s, slo_ms):
+        config = (scratch / "repo" / model / "configs" / "cpu.pbtxt").read_text()
+        calls.append((model, c, "winner" if "count: 2" in config else "current"))
+        fast = 300.0 if "count: 2" in config else 250.0
+        slow_at_four = "count: 2" in config and c == 4
+        step = dataclasses.replace(reports.step(), inferences_per_s=200.0 if slow_at_four else fast)
+        return reports.report(steps=[step]), None, True
+
+    monkeypatch.setattr(tune, "_loadtest", loadtest)
+    monkeypatch.setattr(tune, "serve", lambda opts, *a, **k: _FakeServer(opts))
+    monkeypatch.setattr(tune, "_config", lambda *a: _FakeConfig("count: 2"))
+    for name in ("resnet18", "resnet18_int8"):
+        (tmp_path / name / "configs").mkdir(parents=True)
+        (tmp_path / name / "configs" / "cpu.pbtxt").write_text(f'name: "{name}"\n')
+    winner = tune.Measured(tune.Candidate("int8", 2, 0, 32, (), 2000))
+
+    winner.best = {"concurrency": 16, "infer_per_s": 300.0}
+    ab = tune.ab_test("resnet18", tmp_path, winner, slo_ms=400, window_s=1)
+    assert {m for m, _, _ in calls} == {"resnet18_int8"} and ab.current_model == "resnet18_int8"
+    assert [c for _, c, _ in calls[:2]] == [4, 16] and len(calls) == 12  # 6 runs, 2 loads each
+    assert not ab.ahead and "slower at c=4" in ab.why and ab.to_dict()["light_concurrency"] == 4
+
+    calls.clear()
+    winner.best = {"concurrency": 2, "infer_per_s": 300.0}
+    ab = tune.ab_test("resnet18", tmp_path, winner, slo_ms=400, window_s=1)
+    assert [c for _, c, _ in calls] == [2] * 6 and ab.light is None and ab.ahead
+
+
+def test_a_new_tune_of_the_other_precision_replaces_the_old_tuned_file(repository, tmp_path):
+    """`--config-name tuned` serves one tuned config per model: an INT8 winner after an fp32 one
+    removes `<name>/configs/tuned.pbtxt`, and the other way round."""
+    for name in ("resnet18", "resnet18_int8"):
+        shutil.copytree(repository / name, tmp_path / name)
+    fp32_file = tmp_path / "resnet18" / "configs" / "tuned.pbtxt"
+    int8_file = tmp_path / "resnet18_int8" / "configs" / "tuned.pbtxt"
+    assert tune.write_tuned("resnet18", tmp_path, tune.Candidate("fp32", 2)) == fp32_file
+    assert fp32_file.is_file() and not int8_file.exists()
+    assert tune.write_tuned("resnet18", tmp_path, tune.Candidate("int8", 2)) == int8_file
+    assert int8_file.is_file() and not fp32_file.exists()
+    tune.write_tuned("resnet18", tmp_path, tune.Candidate("fp32", 1))
+    assert fp32_file.is_file() and not int8_file.exists()
 
 
 # ---- the GPU search space (`serving tune --device gpu`): pure, checked without a GPU ----

@@ -17,7 +17,7 @@ or JSON work. Answers come back as raw bytes and are decoded by the verifier, of
 
 Written against the raw protocol because tritonclient builds, copies and serializes every
 request anew (InferInput.set_data_from_numpy, protobuf assembly), which is most of a fast
-model's client cost (`make bench-loadgen`, docs/benchmarks.md).
+model's client cost (`make bench-loadgen`).
 """
 
 from __future__ import annotations

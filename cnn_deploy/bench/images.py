@@ -27,7 +27,7 @@ from cnn_deploy_core.console import stderr, stdout
 from cnn_deploy_core.fsutil import atomic_write_text
 from cnn_deploy_core.images import all_photos
 from cnn_deploy_core.layout import IMAGE_SUFFIX
-from cnn_deploy_core.machine import cpu_flags, provenance
+from cnn_deploy_core.machine import cpu_flags, invoked_command, provenance
 from cnn_deploy_core.preprocess import Preprocessing, decode, preprocess
 
 
@@ -144,7 +144,7 @@ def run(model: str, *, models_dir: Path, concurrency: list[int], window_s: float
         for c in concurrency
     }
     result = {
-        "command": f"python -m cnn_deploy bench-images --model {model}",
+        "command": invoked_command(),  # as run, every option (provenance has it too)
         "cpu_flags": cpu_flags(),
         "cores": os.cpu_count(),
         "points": points,

@@ -22,7 +22,7 @@ from cnn_deploy_core import CnnDeployError, paths
 from cnn_deploy_core.console import stderr, stdout
 from cnn_deploy_core.fsutil import atomic_write_text
 from cnn_deploy_core.layout import INPUT_NAME, INT8_FILE, INT8_S8S8_FILE, INT8_SUFFIX, MODEL_FILE
-from cnn_deploy_core.machine import cpu_flags, provenance
+from cnn_deploy_core.machine import cpu_flags, invoked_command, provenance
 
 ROUNDS = 5
 
@@ -117,7 +117,7 @@ def run(model: str, *, repository: Path, models_dir: Path, seconds: float, outpu
     flags = cpu_flags()
     stderr.print(f"CPU instruction sets: {', '.join(flags) or 'none of avx2/avx512/vnni/amx'}")
     report = {
-        "command": f"python -m cnn_deploy bench-int8 --model {model}",
+        "command": invoked_command(),  # as run, every option (provenance has it too)
         "cpu_flags": flags,
         "cores": os.cpu_count(),
         "in_process": in_process(model_dir, [1, 8], seconds),

@@ -32,7 +32,7 @@ from cnn_deploy.harness import place, step_config, temporary_server, the_step, v
 from cnn_deploy_core import CnnDeployError, paths
 from cnn_deploy_core.console import stderr, stdout
 from cnn_deploy_core.fsutil import atomic_write_bytes, atomic_write_text
-from cnn_deploy_core.machine import cpu_flags, provenance
+from cnn_deploy_core.machine import cpu_flags, invoked_command, provenance
 
 NO_PERF_ANALYZER_EXIT = 2
 TRITONCLIENT = "tritonclient==2.51.0"
@@ -266,8 +266,7 @@ def run_bench(
                 }
             )
     report = {
-        "command": f"python -m cnn_deploy bench-loadgen --models {','.join(models)} "
-        f"--concurrency {','.join(map(str, concurrencies))} --shared-memory {shared_memory}",
+        "command": invoked_command(),  # as run, every option (provenance has it too)
         "machine": {
             "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(),

@@ -26,7 +26,7 @@ from cnn_deploy.harness import place, step_config, temporary_server, the_step, v
 from cnn_deploy_core import CnnDeployError
 from cnn_deploy_core.fsutil import atomic_write_text
 from cnn_deploy_core.layout import MODEL_FILE
-from cnn_deploy_core.machine import cpu_flags, cpu_model, provenance
+from cnn_deploy_core.machine import cpu_flags, cpu_model, invoked_command, provenance
 from cnn_deploy_core.registry import get
 from serving.repository import CpuPlan
 
@@ -175,10 +175,7 @@ def run_benchmark(
     runs = mean_runs(served_rounds)
     best = max(runs, key=lambda r: r.images_per_s)
     report = {
-        "command": f"python -m cnn_deploy bench-serving --model {model}"
-        + (f" --policies {','.join(policies)}" if any(not p.threads for p in plans) else "")
-        + (f" --beside {','.join(beside)}" if beside else "")
-        + (f" --rounds {rounds}" if rounds > 1 else ""),
+        "command": invoked_command(),  # as run, every option (provenance has it too)
         "beside": list(beside),
         "rounds": rounds,
         "cpu_flags": cpu_flags(),

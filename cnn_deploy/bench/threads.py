@@ -31,7 +31,7 @@ from cnn_deploy.harness import place, step_config, temporary_server, the_step, v
 from cnn_deploy_core.console import stderr, stdout
 from cnn_deploy_core.fsutil import atomic_write_text
 from cnn_deploy_core.layout import ENV_ORT_SPINNING, ENV_ORT_THREADS
-from cnn_deploy_core.machine import cpu_flags, cpu_model, provenance
+from cnn_deploy_core.machine import cpu_flags, cpu_model, invoked_command, provenance
 
 ROUNDS = 3
 
@@ -99,7 +99,7 @@ def run(models: list[str], *, models_dir: Path, window_s: float, output: Path) -
     total = {k: {sc: sum(v[sc].values()) for sc in scenarios} for k, v in mean.items()}
     base = total["ort-default"]
     report = {
-        "command": f"python -m cnn_deploy bench-threads --models {','.join(models)}",
+        "command": invoked_command(),  # as run, every option (provenance has it too)
         "cpu_flags": flags,
         "cores": cores,
         "settings": described,

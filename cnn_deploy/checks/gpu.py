@@ -71,7 +71,7 @@ from cnn_deploy_core.layout import (
     OUTPUT_NAME,
     TRT_SUFFIX,
 )
-from cnn_deploy_core.machine import provenance
+from cnn_deploy_core.machine import invoked_command, provenance
 from cnn_deploy_core.metrics import compare
 from cnn_deploy_core.registry import get
 
@@ -108,12 +108,11 @@ def onnxruntime_gpu():
         import onnxruntime as ort
     except ImportError:
         return None, "onnxruntime is not installed: pip install 'cnn-deploy[gpu]'"
-    preload = getattr(ort, "preload_dlls", None)
-    if preload is not None:
-        try:
-            preload()
-        except Exception as e:  # a missing library shows below as a missing provider
-            stderr.print(f"gpu-check: onnxruntime.preload_dlls(): {e}", highlight=False, markup=False)
+    from cnn_deploy_core.cuda import preload_cuda_libraries
+
+    why = preload_cuda_libraries(ort)
+    if why:  # a missing library shows below as a missing provider
+        stderr.print(f"gpu-check: {why}", highlight=False, markup=False)
     providers = ort.get_available_providers()
     if CUDA_PROVIDER not in providers:
         return None, (
@@ -400,7 +399,7 @@ def run_gpu_check(*, repository: Path, models: list[str] | None, output: Path) -
                 stderr.print(f"  {c.status}: {c.model}: {c.detail}", highlight=False, markup=False)
     code, summary = overall(checks)
     report = {
-        "command": "python -m cnn_deploy gpu-check",
+        "command": invoked_command(),  # as run, every option (provenance has it too)
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), **inventory},
         "repository": str(repository),
         "budget_s": BUDGET_S,

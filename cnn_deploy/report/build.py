@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -37,7 +35,7 @@ from cnn_deploy.report.roof import measure_machine, rate
 from cnn_deploy.report.roof import session as ort_session
 from cnn_deploy_core import CnnDeployError
 from cnn_deploy_core.layout import FP16_FILE, INPUT_NAME, INT8_FILE, MODEL_FILE
-from cnn_deploy_core.machine import children, provenance, pss_mb
+from cnn_deploy_core.machine import children, invoked_command, provenance, pss_mb
 from cnn_deploy_core.registry import Architecture
 
 PROFILE_RUNS = 10
@@ -266,7 +264,7 @@ def build_report(
         r.served = served(arch, models_dir, window_s, url)
         reports.append(r)
     return {
-        "command": shlex.join(["python", "-m", "cnn_deploy", *sys.argv[2:]]) if len(sys.argv) > 1 else "",
+        "command": invoked_command(),  # as run, every option (provenance has it too)
         "finished_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "machine": asdict(machine),
         "architectures": [asdict(r) for r in reports],

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from rich.table import Table
 
 from cnn_deploy_core import paths, registry
 from cnn_deploy_core.console import error, stderr, stdout
-from cnn_deploy_core.layout import INT8_FILE, INT8_S8S8_FILE
+from cnn_deploy_core.layout import INT8_FILE, INT8_S8S8_FILE, INT8_SUFFIX
+from cnn_deploy_core.machine import invoked_command
 from serving import ServingError
 from serving.commands import repository as _repository
 
@@ -177,7 +177,7 @@ def cmd_tune(args) -> int:
     elif ab is not None and ab.ahead:
         written = tune.write_tuned(name, repository, best.candidate, args.config_name, args.force)
     report = {
-        "command": "python -m serving tune " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "",
+        "command": invoked_command(),  # as run, every option (provenance has it too)
         "model": name,
         "device": args.device,
         "slo_p99_ms": args.p99_ms,
@@ -230,14 +230,20 @@ def cmd_tune(args) -> int:
             point = best.best
             line = f"winner: {best.candidate.label()}, {point['infer_per_s']:.1f} infer/s"
             line += f" at c={point['concurrency']}"
-            stdout.print(line + (f" ({speed:.2f}x the current config)" if speed else ""), highlight=False)
+            start = f"{name}'s cpu config, where the search started" if not gpu else "the gpu config"
+            stdout.print(line + (f" ({speed:.2f}x {start})" if speed else ""), highlight=False)
             if ab is not None:
                 stdout.print(_ab_table(ab))
             stdout.print(report["verdict"], highlight=False, markup=False)
             if written and gpu:
-                model = name + ("_int8" if best.candidate.precision == "int8" else "")
-                target = repository / model / "configs" / f"{args.config_name}.pbtxt"
-                stdout.print(f"written: {written}, not into the repository; to serve it, copy it to {target}")
+                model = name + (INT8_SUFFIX if best.candidate.precision == "int8" else "")
+                # over the gpu config: under another name every other model would fall back to
+                # its config.pbtxt, the CPU config
+                target = repository / model / "configs" / "gpu.pbtxt"
+                stdout.print(
+                    f"written: {written}, not into the repository; to serve it, copy it over {target} "
+                    "and serve with `--config-name gpu` (a later `serving repo` regenerates that file)"
+                )
             elif written:
                 serve = f"python -m serving up --config-name {args.config_name}"
                 stdout.print(f"written: {written}; serve it with `{serve}`")
@@ -261,9 +267,9 @@ def _verdict(best, baseline, ab) -> str | None:
 
 
 def _ab_table(ab) -> Table:
-    light = next((c for c in (ab.runs[0]["points"] if ab.runs else {}) if c != ab.concurrency), None)
+    light = ab.light
     title = f"A/B at c={ab.concurrency}" + (f" and c={light}" if light else "")
-    table = Table(title=f"{title}: the current config and the winner, alternately")
+    table = Table(title=f"{title}: {ab.current_model}'s current config and the winner, alternately")
     columns = ("round", "config", "infer/s", *((f"infer/s c={light}",) if light else ()), "p99")
     for col in (*columns, "generator ms/req", "verifier ms/req", "problems"):
         table.add_column(col, justify="left" if col in ("config", "problems") else "right")

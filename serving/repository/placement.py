@@ -169,9 +169,12 @@ def write_configs(arch: Architecture, model_dir: Path, state: ModelState) -> lis
         if int8 and not int8_served:
             state.tuned = None  # the tuned precision is gone with this export: back to the cpu config
         else:
+            name = f"{state.tuned['config_name']}.pbtxt"
             target = model_dir.parent / (arch.name + (INT8_SUFFIX if int8 else "")) / "configs"
+            other = model_dir.parent / (arch.name + ("" if int8 else INT8_SUFFIX)) / "configs"
+            (other / name).unlink(missing_ok=True)  # a tune of the other precision, now replaced
             text = candidate_config(arch, int8_served if int8 else served, state.tuned).to_pbtxt()
-            atomic_write_text(target / f"{state.tuned['config_name']}.pbtxt", text)
+            atomic_write_text(target / name, text)
     return served
 
 

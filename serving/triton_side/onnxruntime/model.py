@@ -23,6 +23,7 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 from cnn_deploy_core.cores import CoreGate
+from cnn_deploy_core.cuda import preload_cuda_libraries
 from cnn_deploy_core.dtypes import config_to_kserve, kserve_to_numpy
 from cnn_deploy_core.layout import (
     ENV_ORT_GATE,
@@ -175,6 +176,10 @@ class TritonPythonModel:
         kind = str(args.get("model_instance_kind", "CPU"))
         trt = _tensorrt_options(config, self.name) if kind == "GPU" else None
         requested = requested_providers(kind, trt is not None)
+        if kind == "GPU":  # before the first session: pip's CUDA libraries (cnn_deploy_core/cuda.py)
+            why = preload_cuda_libraries(ort)
+            if why:
+                pb_utils.Logger.log_warn(f"{self.name}: {why}")
         allow = (_param(config, ALLOW_FALLBACK, "false") or "").strip().lower() in ("1", "true", "yes")
         # Refuse before loading (the CPU onnxruntime package on a GPU host) and after (ORT drops a
         # provider whose libraries fail to load, e.g. TensorRT, and only logs it).
