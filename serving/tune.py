@@ -69,6 +69,7 @@ from serving.triton import ServerOptions, serve
 from serving.tune_judge import (
     AB_LIGHT_CONCURRENCY,
     AB_ROUNDS,
+    GPU_PRECISIONS,
     LOADTEST_TIMEOUT_S,
     AbRound,
     CandidateFailed,
@@ -82,7 +83,6 @@ from serving.tune_judge import (
 )
 
 TUNED = "tuned"
-GPU_PRECISIONS = ("fp16", "fp32", "int8")  # TensorRT's, on the gpu config's files
 GPU_DELAYS = (0, 500, 2000)  # us; the gpu config's own is 2000 (the registry's gpu_queue_delay_us)
 
 
@@ -160,22 +160,6 @@ def gpu_space(arch: Architecture, has_s8s8: bool) -> Space:
         delays=GPU_DELAYS,
         concurrency=tuple(concurrency),
     )
-
-
-def check_gpu_precisions(precisions: tuple[str, ...], has_s8s8: bool) -> tuple[str, ...]:
-    """The GPU precisions to try, or a one-line error: unknown ones, or int8 without the S8S8 file."""
-    unknown = [p for p in precisions if p not in GPU_PRECISIONS]
-    if unknown or not precisions:
-        raise ServingError(
-            f"--precisions: {', '.join(unknown) or 'none given'} not served on the GPU; choose from "
-            f"{', '.join(GPU_PRECISIONS)}"
-        )
-    if "int8" in precisions and not has_s8s8:
-        raise ServingError(
-            "--precisions int8: no S8S8 INT8 file (the form TensorRT builds); "
-            "run `python -m export build NAME --int8`"
-        )
-    return tuple(dict.fromkeys(precisions))
 
 
 def current_candidate(arch: Architecture, state: ModelState, device: str) -> Candidate:

@@ -13,6 +13,7 @@ from cnn_deploy_core.loadtest_report import LoadTestReport, ReportSchemaError
 from serving import ServingError
 
 PRECISIONS = ("fp32", "int8")  # what the CPU configs can serve (fp16 is the GPU config's)
+GPU_PRECISIONS = ("fp16", "fp32", "int8")  # TensorRT's, on the gpu config's files
 LOADTEST_TIMEOUT_S = 600
 SATURATION = 1.05  # more concurrency must add 5 % throughput to be worth its latency
 AB_ROUNDS = 3  # the winner and the current config, each measured this many times, alternately
@@ -31,16 +32,22 @@ class CandidateFailed(ServingError):
     """A candidate could not be measured (its load test failed, timed out or said nothing)."""
 
 
-def check_precisions(precisions: tuple[str, ...], has_int8: bool) -> tuple[str, ...]:
-    """The precisions to try, or a one-line error: unknown ones, or int8 without an INT8 export."""
-    unknown = [p for p in precisions if p not in PRECISIONS]
+def check_precisions(precisions: tuple[str, ...], has_int8: bool, device: str = "cpu") -> tuple[str, ...]:
+    """The precisions to try on `device`'s config, or a one-line error: unknown ones, or int8
+    without its INT8 file (the GPU's: the S8S8 form TensorRT builds)."""
+    gpu = device == "gpu"
+    allowed = GPU_PRECISIONS if gpu else PRECISIONS
+    unknown = [p for p in precisions if p not in allowed]
     if unknown or not precisions:
+        where = "the GPU" if gpu else "CPU"
+        hint = "" if gpu else " (fp16 is the gpu config's)"
         raise ServingError(
-            f"--precisions: {', '.join(unknown) or 'none given'} not served on CPU; choose from "
-            f"{', '.join(PRECISIONS)} (fp16 is the gpu config's)"
+            f"--precisions: {', '.join(unknown) or 'none given'} not served on {where}; choose from "
+            f"{', '.join(allowed)}{hint}"
         )
     if "int8" in precisions and not has_int8:
-        raise ServingError("--precisions int8: no INT8 export; run `python -m export build NAME --int8`")
+        missing = "no S8S8 INT8 file (the form TensorRT builds)" if gpu else "no INT8 export"
+        raise ServingError(f"--precisions int8: {missing}; run `python -m export build NAME --int8`")
     return tuple(dict.fromkeys(precisions))
 
 

@@ -510,11 +510,13 @@ def test_a_gpu_candidate_is_the_gpu_config_with_its_settings(tmp_path):
 
 
 def test_gpu_precisions_are_checked_before_any_measurement():
-    assert tune.check_gpu_precisions(("fp32", "fp16", "fp32"), has_s8s8=False) == ("fp32", "fp16")
+    from serving.tune_judge import check_precisions
+
+    assert check_precisions(("fp32", "fp16", "fp32"), has_int8=False, device="gpu") == ("fp32", "fp16")
     with pytest.raises(ServingError, match="bf16 not served on the GPU"):
-        tune.check_gpu_precisions(("fp16", "bf16"), has_s8s8=True)
+        check_precisions(("fp16", "bf16"), has_int8=True, device="gpu")
     with pytest.raises(ServingError, match="no S8S8 INT8 file"):
-        tune.check_gpu_precisions(("int8",), has_s8s8=False)
+        check_precisions(("int8",), has_int8=False, device="gpu")
 
 
 @pytest.mark.skipif(_has_gpu(), reason="this machine has a GPU")

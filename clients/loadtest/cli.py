@@ -10,8 +10,6 @@ nothing measured), 99 when only the latency objective was missed.
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +32,7 @@ from cnn_deploy_core.console import error, stderr, stdout
 from cnn_deploy_core.fsutil import ensure_writable_dir
 from cnn_deploy_core.judge import LATENCY, Objectives, problems
 from cnn_deploy_core.layout import IDENTITY_MODEL
+from cnn_deploy_core.machine import invoked_command
 
 
 def _levels(number: type) -> Callable[[str], tuple]:
@@ -336,7 +335,7 @@ class _ProgressDisplay:
 
 def run(args: argparse.Namespace) -> int:
     """Run the load test the options describe; returns the exit code."""
-    command = getattr(args, "command_line", None) or shlex.join(["python", "-m", "clients", *sys.argv[1:]])
+    command = getattr(args, "command_line", None) or invoked_command()
     command = redact_command(command)  # --admin-key never reaches a report
     try:
         config, objectives = config_from_args(args)

@@ -123,12 +123,10 @@ def cmd_tune(args) -> int:
         args.preferred, lambda v: () if v == "none" else tuple(int(x) for x in v.split("+")), "--preferred"
     )
     precisions = _list(args.precisions, lambda v: v.lower(), "--precisions")
-    if precisions is not None and gpu:
-        precisions = tune.check_gpu_precisions(precisions, exported_int8)
-    elif precisions is not None:
+    if precisions is not None:
         from serving.tune_judge import check_precisions
 
-        precisions = check_precisions(precisions, exported_int8)
+        precisions = check_precisions(precisions, exported_int8, args.device)
     space = tune.Space(
         precisions=precisions or space.precisions,
         plans=plans or space.plans,
