@@ -112,16 +112,19 @@ def usable_cores() -> int:
 
 def invoked_command() -> str:
     """The command line this process runs, as a user would type it (`python -m cnn_deploy ...`):
-    every option included, so that the figure it measures can be measured again."""
+    every option included, so that the figure it measures can be measured again, but a secret's
+    value (an option like --admin-key, a URL's password) redacted: reports are shared."""
+    from cnn_deploy_core.secrets import redact_argv
+
     argv = getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv]
-    return shlex.join(["python", *argv[1:]])
+    return shlex.join(["python", *redact_argv(argv[1:])])
 
 
 def provenance(command: str | None = None) -> dict:
     """Where and how a figure was measured: every benchmark report carries this under "provenance",
     and docs/benchmarks.md refuses a report without it (a figure means nothing without its machine).
-    `command`: the command line to record (default: this process's own, `invoked_command()`); a
-    caller whose arguments may hold a secret passes a redacted one."""
+    `command`: the command line to record (default: this process's own, `invoked_command()`,
+    with its secrets redacted)."""
     versions = {}
     for name in PROVENANCE_PACKAGES:
         try:

@@ -5,15 +5,22 @@ a file that only its owner may read does not. So every command that takes a key 
 `--*-key-file`, and a key file (or a TLS private key) that other users may read is refused. The
 environment is a fair channel too (/proc/PID/environ is readable by the process's user only), but
 an environment key is a *default*: it is sent only where it cannot be overheard (loopback, or TLS).
+
+Nor does a secret reach a report (`redact_command`, `redact_url`): every report records the command
+that made it, and reports are shared (CI artefacts, tickets, docs/benchmarks.md); `--admin-key`
+opens the server's admin APIs, and a URL may carry a password.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import secrets
+import shlex
 import stat
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from cnn_deploy_core import CnnDeployError
 
@@ -122,9 +129,61 @@ def may_send_env_key(host: str, tls: bool) -> bool:
     return tls or is_loopback(host)
 
 
-def redact(text: str, secrets: list[str | None] | tuple[str | None, ...]) -> str:
-    """`text` with every given secret replaced by ***."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, REDACTED)
-    return text
+# Options whose value is a secret: --admin-key, --token, --password, --api-key, --auth-header, ...
+_SECRET_OPTION = re.compile(
+    r"^--?(?:\w+[-_])*(key|token|password|passwd|secret|auth|credentials?)(?:[-_]\w+)*$", re.I
+)
+_SECRET_ASSIGNMENT = re.compile(r"^[A-Z_]*(KEY|TOKEN|PASSWORD|SECRET)[A-Z_]*=", re.I)  # FOO_KEY=... prefixes
+
+
+def redact_url(url: str) -> str:
+    """A URL (or several, comma-separated) without the password of its user info."""
+    return ",".join(_redact_one_url(u) for u in url.split(","))
+
+
+def _redact_one_url(url: str) -> str:
+    if "@" not in url or "://" not in url:
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return REDACTED
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:{REDACTED}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """The arguments with every secret option's value (and a URL's password) replaced by ***."""
+    out: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            out.append(REDACTED)
+            hide_next = False
+            continue
+        name, eq, _ = arg.partition("=")
+        if _SECRET_OPTION.match(name):
+            if eq:
+                out.append(f"{name}={REDACTED}")
+            else:
+                out.append(arg)
+                hide_next = True
+            continue
+        if _SECRET_ASSIGNMENT.match(arg):
+            out.append(f"{name}={REDACTED}")
+            continue
+        out.append(redact_url(arg) if "://" in arg else arg)
+    return out
+
+
+def redact_command(command: str) -> str:
+    """A shell command line, redacted (see redact_argv); unparsable text is redacted whole."""
+    if not command:
+        return command
+    try:
+        argv = shlex.split(command)
+    except ValueError:
+        return REDACTED
+    return shlex.join(redact_argv(argv))

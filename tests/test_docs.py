@@ -152,6 +152,10 @@ def test_provenance_records_the_command_line_as_run_with_every_option(monkeypatc
     assert shlex.split(command)[1:] == argv[1:]  # reruns as it ran, whatever the venv's path
     redacted = "python -m clients loadtest --inference-key-file REDACTED"
     assert provenance(redacted)["command"] == redacted  # a caller's own (redacted) command stands
+    secret = ["python", "-m", "clients", "loadtest", "--admin-key", "s3cret", "--url", "grpc://u:pw@h:1"]
+    monkeypatch.setattr("sys.orig_argv", secret)
+    command = provenance()["command"]  # no report carries a secret, whatever command made it
+    assert "s3cret" not in command and "pw@" not in command and "--url 'grpc://u:***@h:1'" in command
 
 
 def test_report_without_provenance_is_refused_in_one_line(tmp_path, capsys):

@@ -25,7 +25,6 @@ from clients.loadtest.cli import add_parser
 from clients.loadtest.config import LoadTestConfig
 from clients.loadtest.measure import StepContext, StepLog, Window, breakdowns, step_result
 from clients.loadtest.prepare import checked
-from clients.loadtest.redact import redact_command, redact_url
 from clients.loadtest.report import summary_lines, summary_table, write_reports
 from clients.loadtest.runner import _Sweep
 from clients.loadtest.transport import RAW
@@ -48,6 +47,7 @@ from cnn_deploy_core.loadtest_report import (
     SloResult,
     Totals,
 )
+from cnn_deploy_core.secrets import redact_command, redact_url
 
 ROWS, CLASSES = 4, 10
 EXPECTED = np.random.default_rng(0).standard_normal((ROWS, CLASSES)).astype(np.float32)

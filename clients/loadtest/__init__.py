@@ -7,7 +7,7 @@
 `prepare` (model, workload, transport, statistics reader), `transport` and `replicas` (the wire),
 `verifier` (answers checked off the timing path), `measure` (windows, stability, a step's
 figures), `runner` (the run), `verdict` (the exit code of what cnn_deploy_core.judge found),
-`report` and `table` (the files and the terminal summary), `redact` (no secret in a report), `cli`.
+`report` and `table` (the files and the terminal summary), `cli`.
 The report's typed schema is :mod:`cnn_deploy_core.loadtest_report`, which the tuner, drills and
 benchmarks read; whether a run was sound is :mod:`cnn_deploy_core.judge`'s to say.
 """

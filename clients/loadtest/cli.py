@@ -22,7 +22,6 @@ from clients import ClientError
 from clients.endpoints import add_url_argument, parse_urls
 from clients.keys import add_key_argument, from_file, inference_key
 from clients.loadtest.config import ARRIVALS, INPUTS, SHARED_MEMORY, LoadTestConfig, default
-from clients.loadtest.redact import redact_command
 from clients.loadtest.report import summary_lines, summary_table, to_json, write_reports
 from clients.loadtest.runner import Progress, run_loadtest
 from clients.loadtest.verdict import EXIT_CODES_HELP, EXIT_FAILED, EXIT_INTERRUPTED, exit_code
@@ -335,8 +334,7 @@ class _ProgressDisplay:
 
 def run(args: argparse.Namespace) -> int:
     """Run the load test the options describe; returns the exit code."""
-    command = getattr(args, "command_line", None) or invoked_command()
-    command = redact_command(command)  # --admin-key never reaches a report
+    command = getattr(args, "command_line", None) or invoked_command()  # the runner redacts it
     try:
         config, objectives = config_from_args(args)
         output = args.output or paths.reports_dir()

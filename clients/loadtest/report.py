@@ -1,6 +1,6 @@
 """What a load test writes: the report (its typed schema lives in cnn_deploy_core.loadtest_report) as
 JSON, CSV and PNG files, readable by their owner and group only (0640: a report names servers and
-models; secrets are redacted before it is built, see redact.py).
+models; secrets are redacted before it is built, see cnn_deploy_core/secrets.py).
 
 The writers take the report's dict (`LoadTestReport.to_dict()`, i.e. the JSON), so a saved report
 can be rendered again without rerunning. numpy, matplotlib (Agg) and rich only. The table and the

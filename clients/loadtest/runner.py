@@ -50,13 +50,13 @@ from clients.loadtest.measure import (
     step_result,
 )
 from clients.loadtest.prepare import StatsFn, make_transport, prepare, statistics_reader
-from clients.loadtest.redact import redact_command, redact_url
 from clients.loadtest.verifier import InlineVerifier, ProcessVerifier
 from clients.loadtest.workload import Workload, image_model
 from cnn_deploy_core.judge import Objectives, error_kinds, problems, slo_result
 from cnn_deploy_core.layout import IDENTITY_MODEL
 from cnn_deploy_core.loadtest_report import LoadTestReport, ReplicaResult, SloResult, StepResult, Totals
 from cnn_deploy_core.machine import provenance
+from cnn_deploy_core.secrets import redact_command, redact_url
 
 __all__ = ["Progress", "ProgressFn", "_Window", "agreeing_suffix", "run_loadtest", "run_loadtest_async"]
 
