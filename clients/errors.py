@@ -166,7 +166,7 @@ def _status(error: BaseException) -> tuple[str, str] | None:
 
 
 def _aiohttp_kind(error: BaseException) -> str | None:
-    """"connect" when aiohttp never got a connection (refused, DNS, connect timeout), "broken" when
+    """ "connect" when aiohttp never got a connection (refused, DNS, connect timeout), "broken" when
     it lost one during the exchange, else None."""
     try:
         import aiohttp

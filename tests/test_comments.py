@@ -99,7 +99,7 @@ def test_history_lines_says_yes_to_reasons():
 
 def test_history_in_hash_comments_reads_only_comments():
     assert history_in_hash_comments('echo "round 2"\n# fine\nrun: x  # see issue 7\n') == [
-        (3, 'run: x  # see issue 7')
+        (3, "run: x  # see issue 7")
     ]
 
 

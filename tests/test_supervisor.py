@@ -146,6 +146,7 @@ def _kill_replica_under_load(state: Path) -> dict:
     def ready_again():
         now = _replicas(_record(state))[1]
         return now["state"] == "ready" and now["pid"] != before[1]["pid"] and now
+
     again = _wait(ready_again, READY_AGAIN_S, "replica 2 ready again under a new pid")
     assert again["restarts"] == 1
     with TritonClient(urls[1]) as client:  # the restarted process took its share of traffic

@@ -407,9 +407,7 @@ def test_tune_writes_nothing_when_the_ab_finds_the_winner_slower(monkeypatch, tm
     assert not (model / "configs" / "tuned.pbtxt").exists() and ModelState.load(model).tuned is None
 
 
-def test_an_int8_winner_is_measured_against_its_own_models_config_and_at_light_load(
-    monkeypatch, tmp_path
-):
+def test_an_int8_winner_is_measured_against_its_own_models_config_and_at_light_load(monkeypatch, tmp_path):
     """The A/B runs the config the winner would replace (`<name>_int8`'s for an INT8 winner), at
     4 clients and at the winner's concurrency; a winner best at 2 clients is held to 2 only."""
     from tests import reports

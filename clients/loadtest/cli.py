@@ -115,7 +115,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-verify",
         action="store_true",
-        help="do not check answers (a model without a golden set); the report says \"not verified\". "
+        help='do not check answers (a model without a golden set); the report says "not verified". '
         "Without it, a model whose answers cannot be checked is an error",
     )
     p.add_argument(
