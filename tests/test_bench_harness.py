@@ -85,3 +85,33 @@ def test_served_figures_are_averaged_point_by_point_over_the_rounds():
     ]
     with pytest.raises(ValueError, match="same points"):
         mean_runs([rounds[0], rounds[1][:1]])
+
+
+def test_perf_analyzer_is_measured_again_once_when_its_windows_never_agreed():
+    from cnn_deploy.bench.loadgen import PerfAnalyzerFailed, Point, perf_analyzer_point
+
+    point = Point("perf_analyzer", "identity", 1, 100.0, 1.0, 2.0, 0.1, 500)
+
+    def runs(*outcomes):
+        queue = list(outcomes)
+
+        def measure():
+            outcome = queue.pop(0)
+            if isinstance(outcome, Exception):
+                raise outcome
+            return outcome
+
+        return measure, queue
+
+    unstable = PerfAnalyzerFailed("perf_analyzer failed: Failed to obtain stable measurement", unstable=True)
+    measure, left = runs(point)
+    assert perf_analyzer_point(measure, "identity c=1") is point and not left
+    measure, left = runs(unstable, point)  # the report says which figure took a second run
+    assert perf_analyzer_point(measure, "identity c=1").measured_again and not left
+    measure, left = runs(unstable, unstable, point)  # twice unstable: the benchmark fails
+    with pytest.raises(PerfAnalyzerFailed, match="stable measurement"):
+        perf_analyzer_point(measure, "identity c=1")
+    measure, left = runs(PerfAnalyzerFailed("perf_analyzer failed: connection refused"), point)
+    with pytest.raises(PerfAnalyzerFailed, match="refused"):  # any other failure: no second try
+        perf_analyzer_point(measure, "identity c=1")
+    assert left == [point]
