@@ -194,11 +194,17 @@ def _serving(d: dict) -> Rows:
 
 
 def _loadgen(d: dict) -> Rows:
+    again = {(p.get("model"), p.get("concurrency")) for p in d.get("points", []) if p.get("measured_again")}
     return [
         (
             f"{r.get('model')} c={r.get('concurrency')}",
             f"ours / perf_analyzer: throughput {num(r.get('throughput_ratio'), 2)}, "
-            f"p50 {num(r.get('p50_ratio'), 2)}, CPU per request {num(r.get('cpu_ratio'), 2)}",
+            f"p50 {num(r.get('p50_ratio'), 2)}, CPU per request {num(r.get('cpu_ratio'), 2)}"
+            + (
+                "; perf_analyzer's first run unstable, measured again"
+                if (r.get("model"), r.get("concurrency")) in again
+                else ""
+            ),
         )
         for r in d.get("ratios", [])
     ]
