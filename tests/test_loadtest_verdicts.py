@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import stat
+import time
 from collections import Counter
 from dataclasses import replace
 
@@ -140,6 +141,24 @@ def test_timeouts_count_at_their_time_to_failure_in_the_judged_p99():
     assert not report.slo.passed and report.slo.failing == []  # a latency miss alone...
     found = problems(report, objectives)
     assert [p.kind for p in found] == [LATENCY] and exit_code(found) == EXIT_SLO_MISSED  # ... exits 99
+
+
+def test_arrivals_due_while_a_step_decides_to_stop_are_not_dropped(monkeypatch):
+    """The step's own end-of-window work holds the event loop (here 60 ms, at 200 arrivals/s):
+    arrivals due meanwhile, after the last window closed, are not the generator falling behind."""
+    import clients.loadtest.runner as runner
+
+    real = runner.agreeing_suffix
+
+    def slow(windows, stability):
+        time.sleep(0.06)  # blocks the loop, as sorting a long soak's windows does
+        return real(windows, stability)
+
+    monkeypatch.setattr(runner, "agreeing_suffix", slow)
+    sweep = _run(Scripted(lambda n: ("ok", 0.001)), mode="rate", levels=(200,), max_windows=3)
+    (step,) = sweep.steps
+    assert step.dropped == 0 and sweep.totals.dropped == 0
+    assert not sweep.totals.errors and sweep.totals.wrong == 0
 
 
 def test_arrivals_never_sent_when_a_step_ends_are_dropped_and_shown():

@@ -6,7 +6,7 @@ Modelled on Triton's perf_analyzer, with its known pitfalls avoided:
   and the difference (the schedule slip) is reported. When the server falls behind, requests wait
   for a free slot (`max_outstanding`) and the response times grow with the backlog, as a user's
   would. SLOs are judged on response time, over every request after the warm-up, failures at their
-  time to failure; arrivals never sent when a step ends are counted as dropped.
+  time to failure; arrivals due within the measured time and never sent are counted as dropped.
 - **Stable, well-founded percentiles.** After a warm-up, measurement windows repeat until the
   last three agree on throughput and median latency (robust, unlike p99); the result merges the
   trailing windows that agree, and keeps measuring until the percentiles rest on `min_samples`
@@ -248,7 +248,11 @@ class _Sweep:
             if schedule is not None:  # the scheduler may sleep until its next arrival: stop it now
                 for task in drivers:
                     task.cancel()
-                log.dropped = schedule.unsent_until(time.perf_counter())
+                # Dropped: due within the measured time and never sent. Not those that fell due
+                # after the last window closed, while this step was deciding to stop: the event
+                # loop was busy with that, not behind.
+                measured_until = windows[-1].end if windows else time.perf_counter()
+                log.dropped = schedule.unsent_until(measured_until)
                 self.totals.dropped += log.dropped
             await self._drain(drivers | in_flight)
             self.log = None
