@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
+from cnn_deploy_core.secrets import redact_argv
+
 # The instruction sets that change our figures (ORT's kernels, INT8 speed-ups).
 FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile")
 
@@ -114,8 +116,6 @@ def invoked_command() -> str:
     """The command line this process runs, as a user would type it (`python -m cnn_deploy ...`):
     every option included, so that the figure it measures can be measured again, but a secret's
     value (an option like --admin-key, a URL's password) redacted: reports are shared."""
-    from cnn_deploy_core.secrets import redact_argv
-
     argv = getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv]
     return shlex.join(["python", *redact_argv(argv[1:])])
 

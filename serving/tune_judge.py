@@ -150,9 +150,9 @@ def ab_verdict(rounds: list[AbRound]) -> tuple[bool, str]:
     if len(rounds) < AB_ROUNDS:
         return False, f"{len(rounds)} A/B rounds, {AB_ROUNDS} needed"
     n = len(rounds)
-    measured_light = [r.light_current_infer_per_s is not None for r in rounds]
-    if any(measured_light):
-        light = light_ratio(rounds)
+    measured_light = any(r.light_current_infer_per_s is not None for r in rounds)
+    light = light_ratio(rounds)
+    if measured_light:
         if light is None:
             return False, f"nothing to compare at c={AB_LIGHT_CONCURRENCY}: a run there answered nothing"
         if light < AB_LIGHT_FLOOR:
@@ -170,8 +170,8 @@ def ab_verdict(rounds: list[AbRound]) -> tuple[bool, str]:
         return False, "the current config answered nothing in a round: nothing to compare"
     faster = sum(r.winner_infer_per_s > r.current_infer_per_s for r in rounds)
     figures = f"{ratio:.3f}x the current config (median of {n} rounds), faster in {faster} of {n}"
-    if any(measured_light):
-        figures += f"; {light_ratio(rounds):.3f}x at c={AB_LIGHT_CONCURRENCY}"
+    if measured_light:
+        figures += f"; {light:.3f}x at c={AB_LIGHT_CONCURRENCY}"
     if ratio >= AB_MIN_GAIN and faster == n:
         return True, f"the winner is ahead: {figures}"
     return False, f"the winner is not ahead: {figures} (needs {AB_MIN_GAIN:.2f}x and every round)"
